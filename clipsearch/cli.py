@@ -1,0 +1,252 @@
+"""The ``clipsearch`` command: parses arguments, calls :class:`Library`, formats the result.
+
+Results go to stdout (plain lines or ``--json``) so they can be piped; progress,
+warnings and errors go to stderr. A :class:`ClipSearchError` becomes a one-line message
+and exit code 1; usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import ClipSearchError
+
+ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # also read by library.default_library_dir
+
+app = typer.Typer(
+    help="Search a folder of images by meaning, with CLIP.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+# Options shared by several commands, defined once.
+LibraryOpt = Annotated[Optional[Path], typer.Option(
+    "--library", "-L", envvar=ENV_LIBRARY, show_envvar=True,
+    help="Library folder. Default: $CLIPSEARCH_LIBRARY, else a per-user data folder.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+LimitOpt = Annotated[int, typer.Option("--limit", "-n", min=1, help="How many results.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps. auto picks CUDA, then MPS, then CPU.")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m",
+    help="CLIP model, recorded in the library on first index: ARCH/TAG (default "
+         "ViT-B-32/laion2b_s34b_b79k), ARCH/path/to/checkpoint, hf-hub:ORG/NAME, a model folder, "
+         "`demo` (bundled, offline) or ARCH/random (benchmarks only).")]
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _fail(exc: ClipSearchError) -> None:
+    err = _stderr()
+    err.print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
+    if exc.hint:
+        err.print(f"[dim]hint:[/] {exc.hint}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def command(fn):
+    """Register a command whose ClipSearchErrors become a message and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ClipSearchError as exc:
+            _fail(exc)
+
+    return app.command()(wrapper)
+
+
+def _open(library: Path | None, **kwargs):
+    # Imported here, not at the top: `clipsearch --help` must not pay for SQLAlchemy and FAISS.
+    from .library import Library
+
+    return Library.open(library, **kwargs)
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library log messages.")] = False):
+    # Failures reach the user as our own one-line errors; the libraries' log lines
+    # (huggingface_hub's download retries, open_clip's notes) only with -v.
+    logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL, format="%(levelname)s: %(message)s")
+    if not verbose:
+        logging.getLogger("huggingface_hub").setLevel(logging.CRITICAL)
+    # Our own warnings (random weights, ...) as one clean line; other libraries' only with -v.
+    warnings.simplefilter("default" if verbose else "ignore")
+    warnings.filterwarnings("default", module=r"clipsearch(\.|$)")
+    warnings.showwarning = lambda message, *a, **k: _stderr().print(f"[yellow]warning:[/] {message}")
+
+
+class _ProgressBar:
+    """Draws an ``index`` run on stderr: a bar with images/s and time left."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self._progress = None
+        self._task = None
+        self._console = _stderr()
+
+    def start(self, total: int) -> None:
+        if self.quiet or not total:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("indexing"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=self._console, transient=True)
+        self._task = self._progress.add_task("index", total=total, rate="")
+        self._progress.start()
+
+    def advance(self, count: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, count)
+            speed = self._progress.tasks[0].speed
+            self._progress.update(self._task, rate=f"{speed:.1f} img/s" if speed else "")
+
+    def skipped(self, path: str, reason: str) -> None:
+        if not self.quiet:
+            self._console.print(f"skipping {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@command
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders, searched recursively.",
+                                                show_default=False)],
+    library: LibraryOpt = None,
+    model: ModelOpt = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", min=1, help="Images per model call. Default: 32 on CPU, 256 on CUDA.")] = None,
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or skipped-file lines.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Index images: embed new and changed files, forget deleted ones.
+
+    Hidden files and folders are skipped. Re-running on an unchanged folder encodes nothing.
+
+    Example: `clipsearch index ~/Photos --model demo`
+    """
+    bar = _ProgressBar(quiet or json_out)
+    with _open(library, model=model, device=device) as lib:
+        spec = lib.model
+        if spec is not None and spec.is_random:
+            _stderr().print(f"[bold yellow]warning:[/] {spec} has RANDOM weights; results are meaningless.")
+        try:
+            report = lib.index(paths, batch_size=batch_size, progress=bar)
+        finally:
+            bar.stop()
+    if json_out:
+        _print_json(report.to_dict())
+        return
+    _stderr().print(
+        f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
+        f"removed {report.removed}, errors {len(report.errors)} in {report.seconds:.1f}s")
+
+
+@command
+def search(
+    text: Annotated[Optional[str], typer.Argument(help="What to look for, in words.", show_default=False)] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", "-i", help="Search by this image instead.",
+                                                  show_default=False)] = None,
+    limit: LimitOpt = 10,
+    library: LibraryOpt = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Find the images closest to a text or an image.
+
+    Prints one line per hit, the cosine score then the path; `--json` prints an array.
+
+    Example: `clipsearch search "a dog on the beach" -n 5`
+    """
+    if text is None and image is None:
+        raise typer.BadParameter("give a text query or --image PATH", param_hint="TEXT")
+    with _open(library, device=device, create=False) as lib:
+        hits = lib.search(text=text, image=image, k=limit)
+    if json_out:
+        _print_json([h.to_dict() for h in hits])
+    elif not hits:
+        _stderr().print("no results")
+    else:
+        for h in hits:
+            sys.stdout.write(f"{h.score:.4f}\t{h.path}\n")
+
+
+@command
+def info(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
+    """Show what a library holds: images, vectors, errors and its model.
+
+    Example: `clipsearch info --json`
+    """
+    with _open(library, create=False) as lib:
+        summary = lib.info()
+    if json_out:
+        _print_json(summary.to_dict())
+        return
+    for key, value in summary.to_dict().items():
+        sys.stdout.write(f"{key:15} {value}\n")
+
+
+@command
+def errors(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
+    """List the files that could not be indexed, with the reason.
+
+    Example: `clipsearch errors --json`
+    """
+    with _open(library, create=False) as lib:
+        failed = lib.errors()
+    if json_out:
+        _print_json([f.to_dict() for f in failed])
+        return
+    for f in failed:
+        sys.stdout.write(f"{f.path}\t{f.reason}\n")
+    if not failed:
+        _stderr().print("no errors")
+
+
+@command
+def models(
+    arch: Annotated[Optional[str], typer.Argument(help="Show the pretrained tags of this architecture.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the open_clip architectures and their pretrained tags.
+
+    Example: `clipsearch models ViT-B-32`
+    """
+    from .encoder import available_models
+
+    table = available_models(arch)
+    if json_out:
+        _print_json(table)
+        return
+    for name, tags in table.items():
+        sys.stdout.write(f"{name}\t{' '.join(tags)}\n")
+
+
+def main() -> None:
+    app(prog_name="clipsearch")
+
+
+if __name__ == "__main__":
+    main()

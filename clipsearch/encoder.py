@@ -1,0 +1,348 @@
+"""CLIP models: naming them, loading them lazily, and turning images and texts into vectors.
+
+One ``--model`` string names a model. The forms are:
+
+    ViT-B-32/laion2b_s34b_b79k   an open_clip architecture and pretrained tag (the default)
+    ViT-B-32/path/to/weights.pt  an open_clip architecture and a local checkpoint file
+    ViT-B-32/random              random weights, for speed benchmarks only
+    hf-hub:ORG/NAME              an open_clip model on the Hugging Face Hub
+    path/to/folder               a folder with open_clip_config.json and a checkpoint
+    demo                         the tiny bundled model of coloured shapes
+
+Parsing a name needs no torch; torch and open_clip are imported on first use only,
+so commands that only read the database start fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import ModelError, ModelNotFoundError, WeightsUnavailableError
+from .results import ModelIdentity
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+_LOCAL_DIR = "local-dir:"
+_HF_HUB = "hf-hub:"
+
+_OFFLINE_HINT = ("connect to the internet once so the weights can be downloaded and cached, "
+                 "pass a local checkpoint (--model ARCH/path/to/weights.safetensors, or a folder with "
+                 "open_clip_config.json), or try the bundled offline model with --model demo")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed ``--model`` string; ``name`` and ``pretrained`` are what the library records."""
+
+    name: str
+    pretrained: str | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.pretrained == "random"
+
+    def __str__(self) -> str:
+        return self.name if self.pretrained is None else f"{self.name}/{self.pretrained}"
+
+    def matches(self, identity: ModelIdentity) -> bool:
+        return (self.name, self.pretrained) == (identity.name, identity.pretrained)
+
+    @classmethod
+    def from_identity(cls, identity: ModelIdentity) -> "ModelSpec":
+        return cls(identity.name, identity.pretrained)
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        text = text.strip()
+        if not text:
+            raise ModelNotFoundError("the model name is empty", hint=f"for example --model {DEFAULT_MODEL}")
+        if text == "demo":
+            return cls("demo")
+        if text.startswith(_HF_HUB):
+            if not text[len(_HF_HUB):]:
+                raise ModelNotFoundError("hf-hub: needs a repository, as in hf-hub:ORG/NAME")
+            return cls(text)
+        if text.startswith(_LOCAL_DIR):
+            return cls._local(Path(text[len(_LOCAL_DIR):]).expanduser())
+        path = Path(text).expanduser()
+        if path.exists():
+            return cls._local(path)
+        arch, _, rest = text.partition("/")
+        if not rest:
+            raise ModelNotFoundError(
+                f"model {text!r} names no pretrained weights",
+                hint=f"use ARCH/TAG, for example {DEFAULT_MODEL}; `clipsearch models` lists the tags")
+        rest_path = Path(rest).expanduser()
+        if rest != "random" and (rest_path.is_file() or rest.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+            if not rest_path.is_file():
+                raise ModelNotFoundError(f"checkpoint file not found: {rest}")
+            return cls(arch, str(rest_path.resolve()))
+        return cls(arch, rest)
+
+    @classmethod
+    def _local(cls, path: Path) -> "ModelSpec":
+        path = path.resolve()
+        folder = path if path.is_dir() else path.parent
+        if not (folder / "open_clip_config.json").is_file():
+            if path.is_file():
+                raise ModelNotFoundError(
+                    f"{path} is a checkpoint without an open_clip_config.json beside it",
+                    hint=f"name its architecture too, for example --model ViT-B-32/{path}")
+            raise ModelNotFoundError(f"{path} has no open_clip_config.json",
+                                     hint="a model folder holds open_clip_config.json and its weights")
+        return cls(f"{_LOCAL_DIR}{folder}")
+
+
+def available_models(arch: str | None = None) -> dict[str, list[str]]:
+    """open_clip architectures with their pretrained tags (all, or just ``arch``)."""
+    import open_clip
+
+    names = open_clip.list_models()
+    if arch is not None:
+        _check_arch(names, arch)
+        names = [arch]
+    table = {name: list(open_clip.list_pretrained_tags_by_model(name)) for name in names}
+    table["demo"] = ["(bundled tiny model of coloured shapes)"] if arch is None else table.get("demo", [])
+    return {k: v for k, v in table.items() if v or arch is not None}
+
+
+def _check_arch(names: list[str], arch: str) -> None:
+    if arch not in names:
+        close = difflib.get_close_matches(arch, names, n=5)
+        raise ModelNotFoundError(f"unknown model architecture {arch!r}",
+                                 hint=f"did you mean {', '.join(close)}?" if close else "`clipsearch models` lists them")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
+    import torch
+
+    if device not in DEVICES:
+        raise ModelError(f"unknown device {device!r}", hint=f"choose one of: {', '.join(DEVICES)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU", hint="use --device auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError("--device mps was asked for, but MPS is not available", hint="use --device auto")
+    return device
+
+
+def default_batch_size(device: str) -> int:
+    return 256 if device == "cuda" else 32
+
+
+class Encoder:
+    """A CLIP model with its preprocessing and tokenizer, loaded on first use.
+
+    Every ``encode_*`` method returns L2-normalised float32 arrays of shape ``(n, dim)``.
+    """
+
+    def __init__(self, spec: ModelSpec | str, device: str = "auto"):
+        self.spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
+        self.requested_device = device
+        self._model = None
+        self._preprocess = None
+        self._tokenizer = None
+        self.device: str | None = None
+        self._dim: int | None = None
+
+    # -- loading ----------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> "Encoder":
+        if self._model is not None:
+            return self
+        import open_clip
+
+        self.device = resolve_device(self.requested_device)
+        model_name, pretrained = self._open_clip_args(open_clip)
+        if self.spec.is_random:
+            warnings.warn(f"{self.spec.name} has RANDOM weights: its vectors mean nothing; "
+                          "use it only to measure speed", stacklevel=2)
+
+        def create():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=self.device, weights_only=True)
+            return model, preprocess, open_clip.get_tokenizer(model_name)
+
+        try:
+            # Cached weights first, with the Hub switched off: without this, an offline
+            # machine spends a minute in huggingface_hub's retries even when the weights
+            # are already on disk.
+            with _hub_offline():
+                model, preprocess, tokenizer = create()
+        except Exception as exc:
+            if not _is_download_error(exc):
+                raise
+            if _offline_requested() or not _hub_reachable():
+                raise WeightsUnavailableError(
+                    f"the weights of {self.spec} are not on this machine and the model hub "
+                    "cannot be reached", hint=_OFFLINE_HINT) from exc
+            try:
+                model, preprocess, tokenizer = create()
+            except Exception as exc2:
+                if not _is_download_error(exc2):
+                    raise
+                raise WeightsUnavailableError(
+                    f"could not download the weights of {self.spec}: {_first_line(exc2)}",
+                    hint=_OFFLINE_HINT) from exc2
+        model.eval()
+        self._model, self._preprocess, self._tokenizer = model, preprocess, tokenizer
+        self._dim = int(self.encode_texts([""]).shape[1])
+        return self
+
+    def _open_clip_args(self, open_clip) -> tuple[str, str | None]:
+        spec = self.spec
+        if spec.name == "demo":
+            from .resources import demo_model_dir
+
+            folder = demo_model_dir()
+            if not (folder / "open_clip_model.safetensors").is_file():
+                raise WeightsUnavailableError(f"the demo model's weights are missing from {folder}",
+                                              hint="reinstall clipsearch, or run scripts/train_demo_model.py")
+            return f"{_LOCAL_DIR}{folder}", None
+        if spec.name.startswith((_HF_HUB, _LOCAL_DIR)):
+            if spec.name.startswith(_LOCAL_DIR) and not os.path.isdir(spec.name[len(_LOCAL_DIR):]):
+                raise ModelNotFoundError(f"the model folder {spec.name[len(_LOCAL_DIR):]} no longer exists")
+            return spec.name, None
+        arch = spec.name
+        _check_arch(open_clip.list_models(), arch)
+        if spec.pretrained is None or spec.is_random:
+            return arch, None
+        if os.path.isfile(spec.pretrained):
+            return arch, spec.pretrained
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if spec.pretrained not in tags:
+            raise ModelNotFoundError(
+                f"{arch} has no pretrained tag {spec.pretrained!r}",
+                hint=f"available: {', '.join(tags) or 'none'}; or pass a checkpoint file")
+        return arch, spec.pretrained
+
+    @property
+    def dim(self) -> int:
+        self.load()
+        assert self._dim is not None
+        return self._dim
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.spec.name, self.spec.pretrained, self.dim)
+
+    @property
+    def image_size(self) -> int:
+        self.load()
+        size = self._model.visual.preprocess_cfg["size"]
+        return size if isinstance(size, int) else max(size)
+
+    # -- encoding ---------------------------------------------------------------------
+
+    def preprocess(self, image: "Image.Image"):
+        """The model's own resize, crop and normalisation: a ``(3, H, W)`` tensor."""
+        self.load()
+        return self._preprocess(image)
+
+    def encode_pixels(self, pixels: list) -> np.ndarray:
+        """Encode a batch of tensors made by :meth:`preprocess`."""
+        import torch
+
+        self.load()
+        with torch.inference_mode(), self._autocast():
+            x = torch.stack(pixels).to(self.device, non_blocking=True)
+            return _normalise(self._model.encode_image(x))
+
+    def encode_images(self, images: list["Image.Image"]) -> np.ndarray:
+        if not images:
+            return np.empty((0, self.dim), np.float32)
+        return self.encode_pixels([self.preprocess(im) for im in images])
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        self.load()
+        with torch.inference_mode(), self._autocast():
+            tokens = self._tokenizer(list(texts)).to(self.device)
+            return _normalise(self._model.encode_text(tokens))
+
+    def _autocast(self):
+        import torch
+
+        if self.device == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+
+def _is_download_error(exc: BaseException) -> bool:
+    # open_clip wraps failed downloads in RuntimeError; urllib and huggingface_hub raise
+    # OSError subclasses or their own types.
+    return isinstance(exc, (RuntimeError, OSError, ValueError)) or type(exc).__module__.split(".")[0] in (
+        "huggingface_hub", "requests", "urllib3", "httpx")
+
+
+def _offline_requested() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CLIPSEARCH_OFFLINE"))
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the Hub, instead of a minute of retries when offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint = urlparse(constants.ENDPOINT)
+    except ImportError:
+        return False
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _normalise(x) -> np.ndarray:
+    x = x.float()
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return x.cpu().numpy().astype(np.float32, copy=False)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,87 @@
+"""Every error clipsearch raises on purpose.
+
+    ClipSearchError                  anything clipsearch reports to the user
+    ├── LibraryError                 the library folder or its database
+    │   ├── SchemaTooNewError        written by a newer clipsearch
+    │   ├── LibraryEmptyError        nothing indexed yet
+    │   └── LibraryLockedError       another process is indexing
+    ├── ModelError                   choosing or loading a CLIP model
+    │   ├── ModelNotFoundError       unknown architecture, tag or checkpoint
+    │   ├── WeightsUnavailableError  weights could not be downloaded or read
+    │   └── ModelMismatchError       the library was built with another model
+    ├── InputError                   what the user asked for cannot be done
+    │   ├── PathNotFoundError
+    │   ├── NoImagesError
+    │   └── QueryError               empty text, or a query image that is not an image
+    └── ImageError                   one file could not be decoded (recorded, never fatal)
+
+Each error carries a one-line message and, where one helps, a ``hint`` that says what
+to do next. The library never prints and never exits; the CLI turns these into a
+message and exit code 1, the web layer into a 4xx response.
+"""
+
+from __future__ import annotations
+
+
+class ClipSearchError(Exception):
+    """Base class of every error clipsearch raises on purpose."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"
+
+
+class LibraryError(ClipSearchError):
+    """The library folder or its database cannot be used."""
+
+
+class SchemaTooNewError(LibraryError):
+    """The database was written by a newer version of clipsearch."""
+
+
+class LibraryEmptyError(LibraryError):
+    """The library has no model or no images yet."""
+
+
+class LibraryLockedError(LibraryError):
+    """Another process is writing to the library."""
+
+
+class ModelError(ClipSearchError):
+    """A CLIP model could not be chosen or loaded."""
+
+
+class ModelNotFoundError(ModelError):
+    """The model name, pretrained tag or checkpoint does not exist."""
+
+
+class WeightsUnavailableError(ModelError):
+    """The weights could not be downloaded or read."""
+
+
+class ModelMismatchError(ModelError):
+    """The library was built with a different model."""
+
+
+class InputError(ClipSearchError):
+    """The request cannot be carried out as given."""
+
+
+class PathNotFoundError(InputError):
+    """A path given on the command line does not exist."""
+
+
+class NoImagesError(InputError):
+    """No image files were found where the user pointed."""
+
+
+class QueryError(InputError):
+    """The query is empty or its image cannot be read."""
+
+
+class ImageError(ClipSearchError):
+    """One image could not be read or decoded."""

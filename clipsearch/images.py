@@ -1,0 +1,106 @@
+"""Reading image files: one read, a content hash, and a cheap decode to RGB.
+
+CLIP looks at about 224 pixels, so a 12-megapixel JPEG is decoded at a reduced scale
+(``Image.draft``) and other large images are box-reduced early; the model's own
+preprocessing then does the final resize and crop exactly as in training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".heic", ".heif", ".avif",
+})
+DEFAULT_MAX_MEGAPIXELS = 200.0
+_ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image ready for the model, with facts about the original file."""
+
+    image: Image.Image  # RGB, possibly reduced
+    width: int  # of the original, after EXIF orientation
+    height: int
+    content_hash: str
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def read_image(path: Path, target_size: int = 224, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:
+    """Read, hash and decode ``path``; raises :class:`ImageError` with a reason on any failure."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+    if not data:
+        raise ImageError("empty file")
+    digest = hash_bytes(data)
+    return DecodedImage(*decode_image(data, target_size, max_megapixels), digest)
+
+
+def decode_image(data: bytes, target_size: int = 224,
+                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> tuple[Image.Image, int, int]:
+    """Decode bytes to ``(rgb_image, width, height)``."""
+    try:
+        im = Image.open(io.BytesIO(data))
+        width, height = im.size
+        if width * height > max_megapixels * 1e6:
+            raise ImageError(f"image too large: {width}x{height} is over the {max_megapixels:g} megapixel cap")
+        orientation = im.getexif().get(0x0112, 1)
+        if orientation in _ROTATED_ORIENTATIONS:
+            width, height = height, width
+        if im.format == "JPEG":
+            # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT, never below target_size.
+            im.draft("RGB", (target_size, target_size))
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+        short = min(im.size)
+        factor = short // (2 * target_size)
+        if factor >= 2:
+            im = im.reduce(factor)
+        return im, width, height
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageError("not an image, or an unsupported format") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image too large: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"broken image: {exc}") from exc
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # Stretch high-bit-depth data to 8 bits instead of letting convert() clip it to white.
+        a = np.asarray(im, dtype=np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        # Transparent pixels carry arbitrary colours; show them on white, as a viewer would.
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")

@@ -1,0 +1,256 @@
+"""``Library``: the one entry point for the CLI, the web layer and Python users.
+
+    from clipsearch import Library
+
+    with Library.open("~/.clipsearch-demo", model="demo") as lib:
+        lib.index(["data/samples"])
+        for hit in lib.search(text="a red circle", k=5):
+            print(hit.score, hit.path)
+
+A library is a folder holding ``library.db`` (SQLite: files, embeddings, the model's
+identity) and ``index.v<N>.faiss``, a FAISS index derived from the database at vector
+version ``N``. When the saved index does not match the database (a crash between a
+commit and a save, say) it is rebuilt from the stored embeddings on open.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .encoder import DEFAULT_MODEL, Encoder, ModelSpec
+from .errors import (
+    ImageError, LibraryEmptyError, LibraryError, LibraryLockedError, ModelMismatchError, PathNotFoundError,
+    QueryError,
+)
+from .index import VectorIndex
+from .indexer import Indexer, IndexProgress
+from .results import FileError, IndexReport, LibraryInfo, SearchHit
+from .scanner import resolve_roots
+from .store import Store
+
+ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # the CLI names it too, without importing this module
+DB_NAME = "library.db"
+_INDEX_FILE = re.compile(r"^index\.v(\d+)\.faiss$")
+
+
+def default_library_dir() -> Path:
+    """``$CLIPSEARCH_LIBRARY``, else a per-user data folder."""
+    env = os.environ.get(ENV_LIBRARY)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("clipsearch", appauthor=False)) / "library"
+
+
+class Library:
+    """A searchable collection of images. Use :meth:`open`; it is a context manager."""
+
+    def __init__(self, root: Path, store: Store, model: str | None = None, device: str = "auto",
+                 encoder: Encoder | None = None):
+        self.root = root
+        self.store = store
+        self.device = device
+        # An encoder passed in (tests use a fake one) stands for the model it names.
+        self._requested = encoder.spec if encoder is not None else ModelSpec.parse(model) if model else None
+        recorded = store.model_identity()
+        if recorded and self._requested and not self._requested.matches(recorded):
+            raise ModelMismatchError(
+                f"this library was built with {ModelSpec.from_identity(recorded)}, not {self._requested}",
+                hint="leave out --model to use the library's own model, or pick another --library")
+        self._encoder = encoder
+        self._vectors: VectorIndex | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None = None, model: str | None = None, *,
+             device: str = "auto", create: bool = True, encoder: Encoder | None = None) -> "Library":
+        """Open the library at ``path`` (default: see :func:`default_library_dir`)."""
+        root = Path(path).expanduser() if path else default_library_dir()
+        root = root.absolute()
+        db = root / DB_NAME
+        if not db.exists():
+            if not create:
+                raise LibraryEmptyError(f"no library at {root}",
+                                        hint="index some images first: clipsearch index PATH")
+            if root.exists() and not root.is_dir():
+                raise LibraryError(f"{root} is a file, not a library folder")
+            root.mkdir(parents=True, exist_ok=True)
+        return cls(root, Store(db), model=model, device=device, encoder=encoder)
+
+    def __enter__(self) -> "Library":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- the model --------------------------------------------------------------------
+
+    @property
+    def model(self) -> ModelSpec | None:
+        """The model this library uses: the recorded one, else the one asked for."""
+        recorded = self.store.model_identity()
+        return ModelSpec.from_identity(recorded) if recorded else self._requested
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            spec = self.model
+            if spec is None:
+                raise LibraryEmptyError(f"the library at {self.root} has no model yet",
+                                        hint="index some images first: clipsearch index PATH")
+            self._encoder = Encoder(spec, self.device)
+        return self._encoder
+
+    # -- the vector index -------------------------------------------------------------
+
+    def _index_files(self) -> dict[int, Path]:
+        found = {}
+        for p in self.root.iterdir():
+            m = _INDEX_FILE.match(p.name)
+            if m:
+                found[int(m.group(1))] = p
+        return found
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The FAISS index, loaded from disk or rebuilt from the database if stale."""
+        if self._vectors is None:
+            identity = self.store.model_identity()
+            if identity is None:
+                raise LibraryEmptyError(f"the library at {self.root} is empty",
+                                        hint="index some images first: clipsearch index PATH")
+            saved = self._index_files().get(self.store.vectors_version())
+            if saved is not None:
+                self._vectors = VectorIndex.load(saved)
+            else:
+                ids, matrix, _ = self.store.vectors()
+                self._vectors = VectorIndex.build(ids, matrix, identity.dim)
+        return self._vectors
+
+    def _save_vectors(self) -> None:
+        version = self.store.vectors_version()
+        target = self.root / f"index.v{version}.faiss"
+        self.vectors.save(target)
+        for v, p in self._index_files().items():
+            if v != version:
+                p.unlink(missing_ok=True)
+
+    # -- indexing ---------------------------------------------------------------------
+
+    def index(self, paths: Iterable[str | os.PathLike], *, batch_size: int | None = None,
+              progress: IndexProgress | None = None) -> IndexReport:
+        """Add new and changed images under ``paths``, and forget the ones that are gone."""
+        roots = resolve_roots(paths)
+        with _Lock(self.root / "lock"):
+            if self.store.model_identity() is None and self._requested is None:
+                self._requested = ModelSpec.parse(DEFAULT_MODEL)
+            self._vectors = None  # another process may have indexed since we last looked
+            indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
+                              before_encoding=self._record_model)
+            try:
+                return indexer.run(roots, progress)
+            finally:
+                if self.store.model_identity() is not None:
+                    self._save_vectors()
+
+    def _record_model(self) -> None:
+        # Called once the model is loaded, before any vector is written: the dimension is
+        # part of the identity, and a run that finds nothing to encode records nothing.
+        if self.store.model_identity() is None:
+            self.store.set_model_identity(self.encoder.identity)
+
+    # -- searching --------------------------------------------------------------------
+
+    def search(self, text: str | None = None, image: str | os.PathLike | None = None,
+               k: int = 10) -> list[SearchHit]:
+        """The ``k`` images nearest to a text, an image file, or both (their vectors averaged)."""
+        if text is None and image is None:
+            raise QueryError("give a text query or a query image")
+        if text is not None and not text.strip():
+            raise QueryError("the query text is empty")
+        if k < 1:
+            raise QueryError(f"the number of results must be at least 1, not {k}")
+        vectors = self.vectors
+        terms = []
+        if text is not None:
+            terms.append(self.encoder.encode_texts([text])[0])
+        if image is not None:
+            terms.append(self.encoder.encode_images([self._query_image(image)])[0])
+        xq = np.sum(terms, axis=0)
+        xq /= max(float(np.linalg.norm(xq)), 1e-12)
+        D, I = vectors.search(xq, k)
+        return self._hits(D[0], I[0])
+
+    def _query_image(self, image: str | os.PathLike):
+        from .images import read_image
+
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise PathNotFoundError(f"query image not found: {image}")
+        try:
+            return read_image(path, self.encoder.image_size).image
+        except ImageError as exc:
+            raise QueryError(f"cannot use {image} as a query image: {exc.message}") from exc
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchHit]:
+        found = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]
+        rows = self.store.images([i for _, i in found])
+        return [SearchHit(i, rows[i].path, s, rows[i].width, rows[i].height) for s, i in found if i in rows]
+
+    # -- reporting --------------------------------------------------------------------
+
+    def info(self) -> LibraryInfo:
+        counts = self.store.counts()
+        identity = self.store.model_identity()
+        index_files = self._index_files()
+        return LibraryInfo(
+            library=str(self.root),
+            images=counts["indexed"],
+            vectors=self.vectors.ntotal if identity else 0,
+            errors=counts["error"],
+            model=str(ModelSpec.from_identity(identity)) if identity else None,
+            pretrained=identity.pretrained if identity else None,
+            dim=identity.dim if identity else None,
+            database_bytes=sum(p.stat().st_size for p in self.root.glob(DB_NAME + "*")),
+            index_bytes=sum(p.stat().st_size for p in index_files.values()),
+        )
+
+    def errors(self) -> list[FileError]:
+        """Files that could not be indexed, with the reason."""
+        return self.store.errors()
+
+
+class _Lock:
+    """An exclusive, non-blocking lock on the library: one writer at a time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> "_Lock":
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; one writer is the user's job
+            return self
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise LibraryLockedError(f"another clipsearch process is indexing {self.path.parent}",
+                                     hint="wait for it to finish, then run this again") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None

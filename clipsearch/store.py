@@ -1,0 +1,273 @@
+"""The metadata database: SQLite through SQLAlchemy, its schema owned by Alembic.
+
+The database is the source of truth. It holds a row per file, the exact embedding of
+every indexed image, and a ``vectors_version`` counter that every committed change to
+the set of vectors bumps. The FAISS index is a cache derived from it (see
+``library.py``), so a crash between a database commit and an index save loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, Text, create_engine, delete, event,
+    func, or_, select, update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from .errors import LibraryError, SchemaTooNewError
+from .results import FileError, ModelIdentity
+
+STATUS_INDEXED = "indexed"
+STATUS_ERROR = "error"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EmbeddingRow(Base):
+    __tablename__ = "embeddings"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MetaRow(Base):
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """What the database remembers of a file, enough to tell whether it changed."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    status: str
+
+
+@dataclass(frozen=True)
+class IndexedImage:
+    """One freshly embedded file, ready to be written."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    width: int
+    height: int
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class FailedImage:
+    path: str
+    size: int
+    mtime_ns: int
+    reason: str
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _on_connect(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets searches read a consistent snapshot while an index run writes.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+class Store:
+    """The library's SQLite database."""
+
+    def __init__(self, db_path: Path):
+        self.path = Path(db_path)
+        self.engine = create_engine(f"sqlite:///{self.path}")
+        event.listen(self.engine, "connect", _on_connect)
+        self._migrate()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema -----------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        from .resources import migrations_dir
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(migrations_dir()))
+        script = ScriptDirectory.from_config(cfg)
+        head = script.get_current_head()
+        try:
+            with self.engine.begin() as conn:
+                current = MigrationContext.configure(conn).get_current_revision()
+                if current == head:
+                    return
+                known = {rev.revision for rev in script.walk_revisions()}
+                if current is not None and current not in known:
+                    raise SchemaTooNewError(
+                        f"the library at {self.path.parent} was written by a newer clipsearch "
+                        f"(schema {current})",
+                        hint="upgrade clipsearch: pip install -U clipsearch",
+                    )
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except SchemaTooNewError:
+            raise
+        except Exception as exc:  # sqlite3.DatabaseError and friends: not a usable database
+            if isinstance(exc, LibraryError):
+                raise
+            raise LibraryError(f"cannot open the database {self.path}: {exc}",
+                               hint="is this a clipsearch library folder?") from exc
+
+    # -- meta -------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with Session(self.engine) as s:
+            row = s.get(MetaRow, key)
+            return row.value if row else None
+
+    def model_identity(self) -> ModelIdentity | None:
+        with Session(self.engine) as s:
+            meta = {r.key: r.value for r in s.scalars(select(MetaRow))}
+        if "model" not in meta:
+            return None
+        return ModelIdentity(meta["model"], meta.get("pretrained") or None, int(meta["dim"]))
+
+    def set_model_identity(self, identity: ModelIdentity) -> None:
+        with Session(self.engine) as s, s.begin():
+            for key, value in (("model", identity.name), ("pretrained", identity.pretrained or ""),
+                               ("dim", str(identity.dim))):
+                s.merge(MetaRow(key=key, value=value))
+
+    def vectors_version(self) -> int:
+        return int(self.get_meta("vectors_version") or 0)
+
+    # -- files ------------------------------------------------------------------------
+
+    def known_files(self, roots: Iterable[Path]) -> dict[str, KnownFile]:
+        """Every file the database has under any of ``roots`` (a root may also be a file)."""
+        clauses = []
+        for root in roots:
+            r = str(root)
+            prefix = r.rstrip("/") + "/"
+            # A range on the path, not LIKE: paths may contain % and _, and this uses the index.
+            # '0' is the character right after '/', so this is "starts with prefix".
+            clauses += [ImageRow.path == r, (ImageRow.path >= prefix) & (ImageRow.path < prefix[:-1] + "0")]
+        if not clauses:
+            return {}
+        stmt = select(ImageRow.id, ImageRow.path, ImageRow.size, ImageRow.mtime_ns, ImageRow.status).where(
+            or_(*clauses))
+        with Session(self.engine) as s:
+            return {r.path: KnownFile(r.id, r.path, r.size, r.mtime_ns, r.status) for r in s.execute(stmt)}
+
+    def commit_batch(
+        self,
+        indexed: Sequence[IndexedImage] = (),
+        failed: Sequence[FailedImage] = (),
+        removed: Sequence[int] = (),
+    ) -> list[int]:
+        """Write one batch in one transaction; returns the ids of ``indexed``, in order."""
+        ids: list[int] = []
+        with Session(self.engine) as s, s.begin():
+            if removed:
+                s.execute(delete(ImageRow).where(ImageRow.id.in_(list(removed))))
+            for item in indexed:
+                row = self._upsert(s, item.path, item.size, item.mtime_ns)
+                row.content_hash, row.width, row.height = item.content_hash, item.width, item.height
+                row.status, row.error = STATUS_INDEXED, None
+                s.flush()
+                s.merge(EmbeddingRow(image_id=row.id, vector=np.asarray(item.vector, np.float32).tobytes()))
+                ids.append(row.id)
+            for item in failed:
+                row = self._upsert(s, item.path, item.size, item.mtime_ns)
+                row.status, row.error, row.width, row.height, row.content_hash = (
+                    STATUS_ERROR, item.reason, None, None, None)
+                s.flush()
+                s.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id == row.id))
+            if indexed or removed or failed:
+                current = s.get(MetaRow, "vectors_version")
+                version = int(current.value) + 1 if current else 1
+                s.merge(MetaRow(key="vectors_version", value=str(version)))
+        return ids
+
+    @staticmethod
+    def _upsert(s: Session, path: str, size: int, mtime_ns: int) -> ImageRow:
+        row = s.scalar(select(ImageRow).where(ImageRow.path == path))
+        if row is None:
+            row = ImageRow(path=path)
+            s.add(row)
+        row.size, row.mtime_ns, row.indexed_at = size, mtime_ns, _now()
+        return row
+
+    def touch(self, changes: Sequence[tuple[int, int]]) -> None:
+        """Record new mtimes for files whose content is unchanged: ``(id, mtime_ns)``."""
+        if not changes:
+            return
+        with Session(self.engine) as s, s.begin():
+            s.execute(update(ImageRow), [{"id": i, "mtime_ns": m} for i, m in changes])
+
+    # -- reading ----------------------------------------------------------------------
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """All stored vectors as ``(ids, matrix)`` plus the version they belong to."""
+        with Session(self.engine) as s, s.begin():
+            # One transaction, so the version matches the vectors read.
+            meta = s.get(MetaRow, "vectors_version")
+            version = int(meta.value) if meta else 0
+            rows = s.execute(select(EmbeddingRow.image_id, EmbeddingRow.vector)).all()
+        if not rows:
+            return np.empty(0, np.int64), np.empty((0, 0), np.float32), version
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
+        return ids, matrix, version
+
+    def images(self, ids: Sequence[int]) -> dict[int, ImageRow]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            return {r.id: r for r in s.scalars(select(ImageRow).where(ImageRow.id.in_(list(ids))))}
+
+    def errors(self) -> list[FileError]:
+        with Session(self.engine) as s:
+            rows = s.execute(select(ImageRow.path, ImageRow.error).where(ImageRow.status == STATUS_ERROR)
+                             .order_by(ImageRow.path))
+            return [FileError(p, e or "") for p, e in rows]
+
+    def counts(self) -> dict[str, int]:
+        with Session(self.engine) as s:
+            rows = s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all()
+        counts = {status: n for status, n in rows}
+        return {"indexed": counts.get(STATUS_INDEXED, 0), "error": counts.get(STATUS_ERROR, 0)}

@@ -1,0 +1,89 @@
+"""Shared fixtures: demo-world images, a library built with the real demo model, a fake encoder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch import Library, demoworld
+from clipsearch.results import ModelIdentity
+
+# Never reach for a model hub from the tests: missing weights must fail fast and offline.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def demo_images(tmp_path_factory) -> list[Path]:
+    """One image per colour and shape (48), small enough to index in seconds."""
+    folder = tmp_path_factory.mktemp("demo_images")
+    return [p for p, _ in demoworld.write_images(folder, 48, seed=7, size_range=(64, 320))]
+
+
+@pytest.fixture(scope="session")
+def demo_library(tmp_path_factory, demo_images) -> Path:
+    """A library of ``demo_images`` indexed with the real demo model. Treat it as read-only."""
+    root = tmp_path_factory.mktemp("demo_library")
+    with Library.open(root, model="demo") as lib:
+        report = lib.index([demo_images[0].parent])
+    assert report.added == 48 and not report.errors
+    return root
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed CLI as a user would, in a fresh process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "clipsearch.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=300)
+
+
+class FakeEncoder:
+    """A stand-in for ``Encoder`` in fast unit tests: the vector is the image's mean colour.
+
+    It counts what it encodes, so tests can prove that unchanged files are never re-encoded.
+    """
+
+    def __init__(self, name: str = "fake"):
+        from clipsearch.encoder import ModelSpec
+
+        self.spec = ModelSpec(name)
+        self.device = "cpu"
+        self.image_size = 32
+        self.encoded: list[int] = []
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(self.spec.name, None, 4)
+
+    @property
+    def dim(self) -> int:
+        return 4
+
+    def load(self):
+        return self
+
+    def preprocess(self, image):
+        rgb = np.asarray(image.convert("RGB").resize((8, 8)), np.float32).mean(axis=(0, 1)) / 255.0
+        return np.append(rgb, 0.5)
+
+    def encode_pixels(self, pixels: list) -> np.ndarray:
+        self.encoded.append(len(pixels))
+        x = np.stack(pixels).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        colours = {"red": [1, 0, 0, 0.5], "green": [0, 1, 0, 0.5], "blue": [0, 0, 1, 0.5]}
+        x = np.array([colours.get(t, [1, 1, 1, 0.5]) for t in texts], np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def encode_images(self, images) -> np.ndarray:
+        return self.encode_pixels([self.preprocess(im) for im in images])
+
+
+@pytest.fixture
+def fake_encoder() -> FakeEncoder:
+    return FakeEncoder()

@@ -1,0 +1,198 @@
+"""End to end: the real CLI, the real demo model, real image files and a real library on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from clipsearch import demoworld
+from clipsearch.cli import app
+from conftest import run_cli
+
+runner = CliRunner()
+
+
+def cli(*args: str):
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    return result
+
+
+def label_of(path: str) -> str:
+    colour, shape, _ = Path(path).stem.split("_")
+    return f"{colour} {shape}"
+
+
+@pytest.fixture
+def small_library(tmp_path):
+    """A fresh library of 12 demo images, indexed through the CLI."""
+    photos = tmp_path / "photos"
+    demoworld.write_images(photos, 12, seed=3, size_range=(64, 256))
+    lib = tmp_path / "lib"
+    result = cli("index", str(photos), "--library", str(lib), "--model", "demo", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["added"] == 12 and report["error_count"] == 0
+    return photos, lib
+
+
+@pytest.mark.parametrize("label", ["red circle", "blue square", "yellow star", "green triangle",
+                                   "purple ring", "white cross", "orange square", "black star"])
+def test_text_query_finds_the_right_colour_and_shape(demo_library, label):
+    result = cli("search", f"a {label}", "-n", "1", "--json", "-L", str(demo_library))
+    assert result.exit_code == 0, result.stderr
+    [hit] = json.loads(result.stdout)
+    assert label_of(hit["path"]) == label
+    assert Path(hit["path"]).is_absolute() and isinstance(hit["score"], float)
+
+
+def test_image_query_returns_itself_first(demo_library, demo_images):
+    for path in demo_images[::7]:
+        result = cli("search", "--image", str(path), "-n", "3", "--json", "-L", str(demo_library))
+        assert result.exit_code == 0, result.stderr
+        hits = json.loads(result.stdout)
+        assert hits[0]["path"] == str(path) and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
+        assert hits[1]["score"] < hits[0]["score"]
+
+
+def test_plain_output_is_score_then_path(demo_library):
+    result = cli("search", "a red circle", "-n", "3", "-L", str(demo_library))
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    score, path = lines[0].split("\t")
+    assert 0 < float(score) <= 1 and Path(path).is_file()
+
+
+def test_reindex_is_a_no_op(small_library):
+    photos, lib = small_library
+    report = json.loads(cli("index", str(photos), "-L", str(lib), "--json").stdout)
+    assert (report["added"], report["updated"], report["unchanged"], report["removed"]) == (0, 0, 12, 0)
+
+
+def test_deleted_file_disappears(small_library):
+    photos, lib = small_library
+    victim = sorted(photos.iterdir())[0]
+    victim.unlink()
+    report = json.loads(cli("index", str(photos), "-L", str(lib), "--json").stdout)
+    assert report["removed"] == 1 and report["unchanged"] == 11
+    hits = json.loads(cli("search", f"a {label_of(str(victim))}", "-n", "20", "--json", "-L", str(lib)).stdout)
+    assert str(victim) not in {h["path"] for h in hits} and len(hits) == 11
+    info = json.loads(cli("info", "--json", "-L", str(lib)).stdout)
+    assert info["images"] == 11 and info["vectors"] == 11
+
+
+def test_changed_file_is_re_embedded(small_library, tmp_path):
+    photos, lib = small_library
+    target = next(p for p in sorted(photos.iterdir()) if "red" not in p.name)
+    # Overwrite it with a red circle; the file keeps its old (now misleading) name.
+    import random
+    scene = demoworld.random_scene(random.Random(5), "red", "circle", (200, 200))
+    demoworld.render(scene).save(target, "PNG")
+    os.utime(target, ns=(10**9, 10**9))
+    report = json.loads(cli("index", str(photos), "-L", str(lib), "--json").stdout)
+    assert report["updated"] == 1 and report["unchanged"] == 11
+    hits = json.loads(cli("search", "--image", str(target), "-n", "1", "--json", "-L", str(lib)).stdout)
+    assert hits[0]["path"] == str(target) and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
+    red = json.loads(cli("search", "a red circle", "-n", "3", "--json", "-L", str(lib)).stdout)
+    assert str(target) in {h["path"] for h in red}
+
+
+def test_a_different_model_is_refused(small_library):
+    photos, lib = small_library
+    result = cli("index", str(photos), "-L", str(lib), "--model", "ViT-B-32/random")
+    assert result.exit_code == 1
+    assert "built with demo, not ViT-B-32/random" in result.stderr
+
+
+def test_info_json(small_library):
+    _, lib = small_library
+    info = json.loads(cli("info", "--json", "-L", str(lib)).stdout)
+    assert {k: info[k] for k in ("images", "vectors", "errors", "model", "dim")} == {
+        "images": 12, "vectors": 12, "errors": 0, "model": "demo", "dim": 64}
+    assert info["library"] == str(lib)
+
+
+def test_broken_files_are_skipped_and_listed(small_library):
+    photos, lib = small_library
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (photos / "zero.png").write_bytes(b"")
+    result = cli("index", str(photos), "-L", str(lib))
+    assert result.exit_code == 0
+    assert "skipping" in result.stderr and "errors 2" in result.stderr
+    listed = json.loads(cli("errors", "--json", "-L", str(lib)).stdout)
+    assert {Path(e["path"]).name: e["reason"] for e in listed} == {
+        "broken.jpg": "not an image, or an unsupported format", "zero.png": "empty file"}
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["search", ""], 1, "the query text is empty"),
+    (["search", "--image", "{tmp}/notes.png"], 1, "cannot use"),
+    (["search", "--image", "{tmp}/absent.png"], 1, "query image not found"),
+    (["index", "{tmp}/absent"], 1, "no such file or folder"),
+    (["index", "{tmp}/empty"], 1, "no image files found"),
+    (["search"], 2, "give a text query"),
+    (["search", "a cat", "-n", "0"], 2, ""),
+])
+def test_bad_input_gets_one_clear_line(small_library, tmp_path, args, code, message):
+    _, lib = small_library
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.png").write_text("not an image")
+    result = cli(*[a.format(tmp=tmp_path) for a in args], "-L", str(lib))
+    assert result.exit_code == code, result.stderr
+    assert message in result.stderr
+
+
+def test_search_without_a_library_says_how_to_make_one(tmp_path):
+    result = cli("search", "a cat", "-L", str(tmp_path / "none"))
+    assert result.exit_code == 1 and "clipsearch index" in result.stderr
+
+
+def test_missing_weights_fail_fast_with_advice(tmp_path):
+    photos = tmp_path / "photos"
+    demoworld.write_images(photos, 2, size_range=(64, 64))
+    result = run_cli("index", str(photos), "-L", str(tmp_path / "lib"), "--model", "ViT-B-32/laion2b_s34b_b79k",
+                     env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "not on this machine" in result.stderr and "--model demo" in result.stderr
+
+
+def test_the_installed_command_runs_end_to_end(tmp_path, demo_images):
+    """The console script itself, in fresh processes: index, then a text and an image search."""
+    exe = shutil.which("clipsearch", path=str(Path(sys.executable).parent))
+    assert exe, "the clipsearch console script is not installed"
+    lib = tmp_path / "lib"
+    env = {**os.environ, "CLIPSEARCH_LIBRARY": str(lib)}
+    subprocess.run([exe, "index", str(demo_images[0].parent), "--model", "demo", "-q"], env=env, check=True)
+    out = subprocess.run([exe, "search", "a green ring", "-n", "1"], env=env, capture_output=True, text=True,
+                         check=True)
+    assert label_of(out.stdout.split("\t")[1].strip()) == "green ring"
+    out = subprocess.run([exe, "search", "--image", str(demo_images[5]), "-n", "1"], env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split("\t")[1].strip() == str(demo_images[5])
+
+
+@pytest.mark.parametrize("args", [["--help"], ["search", "--help"], ["info", "-L", "{lib}"],
+                                  ["errors", "-L", "{lib}"]])
+def test_cheap_commands_never_import_torch(small_library, args):
+    _, lib = small_library
+    argv = ["clipsearch"] + [a.format(lib=lib) for a in args]
+    code = ("import sys\nsys.argv = %r\nfrom clipsearch.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')" % argv)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "NO-TORCH"
+
+
+def test_models_lists_tags():
+    result = cli("models", "ViT-B-32", "--json")
+    assert "laion2b_s34b_b79k" in json.loads(result.stdout)["ViT-B-32"]
+    result = cli("models", "ViT-B-99")
+    assert result.exit_code == 1 and "did you mean" in result.stderr

@@ -1,0 +1,132 @@
+"""The Library facade with a fake encoder: incremental indexing, removal, errors, recovery."""
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from clipsearch import Library
+from clipsearch.errors import (
+    LibraryEmptyError, LibraryLockedError, ModelMismatchError, NoImagesError, PathNotFoundError, QueryError,
+)
+from conftest import FakeEncoder
+
+COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
+
+
+def make_images(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, rgb in COLOURS.items():
+        paths[name] = folder / f"{name}.png"
+        Image.new("RGB", (40, 30), rgb).save(paths[name])
+    return paths
+
+
+def test_index_then_search_by_text_and_image(tmp_path, fake_encoder):
+    paths = make_images(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        report = lib.index([tmp_path / "photos"])
+        assert (report.added, report.updated, report.unchanged, report.removed) == (3, 0, 0, 0)
+        hits = lib.search(text="green", k=2)
+        assert hits[0].path == str(paths["green"]) and hits[0].score > hits[1].score
+        assert (hits[0].width, hits[0].height) == (40, 30)
+        assert lib.search(image=paths["blue"], k=1)[0].path == str(paths["blue"])
+        info = lib.info()
+        assert (info.images, info.vectors, info.errors, info.model, info.dim) == (3, 3, 0, "fake", 4)
+
+
+def test_reindex_is_a_no_op_and_changes_are_picked_up(tmp_path, fake_encoder):
+    paths = make_images(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        lib.index([tmp_path / "photos"])
+        encoded_before = sum(fake_encoder.encoded)
+        report = lib.index([tmp_path / "photos"])
+        assert (report.added, report.updated, report.unchanged) == (0, 0, 3)
+        assert sum(fake_encoder.encoded) == encoded_before
+
+        # Change red into blue: same path, new content and mtime.
+        Image.new("RGB", (40, 30), COLOURS["blue"]).save(paths["red"])
+        os.utime(paths["red"], ns=(1, 1))
+        paths["green"].unlink()
+        report = lib.index([tmp_path / "photos"])
+        assert (report.added, report.updated, report.unchanged, report.removed) == (0, 1, 1, 1)
+        assert sum(fake_encoder.encoded) == encoded_before + 1
+        found = [h.path for h in lib.search(text="blue", k=10)]
+        assert str(paths["green"]) not in found and len(found) == 2
+        now_blue = lib.search(image=paths["blue"], k=2)
+        assert {h.path for h in now_blue} == {str(paths["red"]), str(paths["blue"])}
+        assert now_blue[1].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_broken_files_are_recorded_and_not_retried_until_they_change(tmp_path, fake_encoder):
+    make_images(tmp_path / "photos")
+    broken = tmp_path / "photos" / "broken.jpg"
+    broken.write_bytes(b"not a jpeg at all")
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        report = lib.index([tmp_path / "photos"])
+        assert report.added == 3 and [e.path for e in report.errors] == [str(broken)]
+        assert lib.errors()[0].reason.startswith("not an image")
+        report = lib.index([tmp_path / "photos"])
+        assert report.unchanged == 4 and not report.errors
+        Image.new("RGB", (10, 10), "white").save(broken, "JPEG")
+        report = lib.index([tmp_path / "photos"])
+        assert report.updated == 1 and lib.errors() == [] and lib.info().images == 4
+
+
+def test_only_the_scanned_roots_lose_their_missing_files(tmp_path, fake_encoder):
+    make_images(tmp_path / "a")
+    make_images(tmp_path / "b")
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        lib.index([tmp_path / "a", tmp_path / "b"])
+        report = lib.index([tmp_path / "a"])
+        assert report.removed == 0 and lib.info().images == 6
+
+
+def test_a_stale_or_missing_faiss_file_is_rebuilt_from_the_database(tmp_path, fake_encoder):
+    paths = make_images(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        lib.index([tmp_path / "photos"])
+    for f in (tmp_path / "lib").glob("index.v*.faiss"):
+        f.rename(f.with_name("index.v0.faiss"))  # as if a crash came between commit and save
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        assert lib.vectors.ntotal == 3
+        assert lib.search(text="red", k=1)[0].path == str(paths["red"])
+
+
+def test_bad_requests_raise_clear_errors(tmp_path, fake_encoder):
+    (tmp_path / "empty").mkdir()
+    make_images(tmp_path / "photos")
+    with pytest.raises(LibraryEmptyError, match="no library"):
+        Library.open(tmp_path / "nothing", create=False)
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        with pytest.raises(NoImagesError):
+            lib.index([tmp_path / "empty"])
+        with pytest.raises(PathNotFoundError):
+            lib.index([tmp_path / "missing"])
+        with pytest.raises(LibraryEmptyError):
+            lib.search(text="red")
+        lib.index([tmp_path / "photos"])
+        for kwargs in ({}, {"text": "  "}, {"text": "red", "k": 0}):
+            with pytest.raises(QueryError):
+                lib.search(**kwargs)
+        not_image = tmp_path / "notes.png"
+        not_image.write_text("hello")
+        with pytest.raises(QueryError, match="cannot use"):
+            lib.search(image=not_image)
+        with pytest.raises(PathNotFoundError):
+            lib.search(image=tmp_path / "nope.png")
+    with pytest.raises(ModelMismatchError, match="built with fake"):
+        Library.open(tmp_path / "lib", model="ViT-B-32/random")
+
+
+def test_a_second_writer_is_refused(tmp_path, fake_encoder):
+    from clipsearch.library import _Lock
+
+    make_images(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        with _Lock(tmp_path / "lib" / "lock"):
+            with pytest.raises(LibraryLockedError, match="another clipsearch process"):
+                lib.index([tmp_path / "photos"])
+        assert lib.index([tmp_path / "photos"]).added == 3

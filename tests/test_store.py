@@ -1,0 +1,87 @@
+"""The SQLite store: migrations, change detection by path prefix, batch commits, versions."""
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch.errors import LibraryError, SchemaTooNewError
+from clipsearch.results import ModelIdentity
+from clipsearch.store import FailedImage, IndexedImage, Store
+
+
+def item(path, vec=(1.0, 0.0), size=10, mtime=1):
+    return IndexedImage(path, size, mtime, "h" + path, 4, 3, np.array(vec, np.float32))
+
+
+def test_migrations_create_the_schema_and_are_idempotent(tmp_path):
+    db = tmp_path / "library.db"
+    Store(db).close()
+    Store(db).close()
+    con = sqlite3.connect(db)
+    tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+    assert {"images", "embeddings", "meta", "alembic_version"} <= tables
+    assert con.execute("select version_num from alembic_version").fetchone()[0] == "0001"
+    assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
+
+
+def test_newer_schema_is_refused_with_a_clear_error(tmp_path):
+    db = tmp_path / "library.db"
+    Store(db).close()
+    con = sqlite3.connect(db)
+    con.execute("update alembic_version set version_num='9999_future'")
+    con.commit()
+    con.close()
+    with pytest.raises(SchemaTooNewError, match="newer clipsearch"):
+        Store(db)
+
+
+def test_a_file_that_is_not_a_database_is_a_library_error(tmp_path):
+    db = tmp_path / "library.db"
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(LibraryError):
+        Store(db)
+
+
+def test_model_identity_round_trip(tmp_path):
+    s = Store(tmp_path / "library.db")
+    assert s.model_identity() is None
+    s.set_model_identity(ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", 512))
+    assert s.model_identity() == ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", 512)
+
+
+def test_known_files_matches_whole_folder_names_and_odd_characters(tmp_path):
+    s = Store(tmp_path / "library.db")
+    paths = ["/p/photos/a.jpg", "/p/photos/sub/b.jpg", "/p/photos2/c.jpg", "/p/photos_x/d.jpg",
+             "/p/100%/e.jpg", "/p/single.jpg"]
+    s.commit_batch([item(p) for p in paths])
+    assert set(s.known_files([Path("/p/photos")])) == {"/p/photos/a.jpg", "/p/photos/sub/b.jpg"}
+    assert set(s.known_files([Path("/p/100%")])) == {"/p/100%/e.jpg"}
+    assert set(s.known_files([Path("/p/single.jpg")])) == {"/p/single.jpg"}
+    assert len(s.known_files([Path("/p")])) == 6
+
+
+def test_batches_bump_the_vector_version_and_keep_vectors(tmp_path):
+    s = Store(tmp_path / "library.db")
+    assert s.vectors_version() == 0
+    ids = s.commit_batch([item("/a.jpg", (1, 0)), item("/b.jpg", (0, 1))])
+    assert s.vectors_version() == 1
+    got_ids, matrix, version = s.vectors()
+    assert version == 1 and sorted(got_ids) == sorted(ids)
+    assert np.allclose(matrix[list(got_ids).index(ids[1])], [0, 1])
+    # Re-indexing a path keeps its id; removing it drops its vector.
+    again = s.commit_batch([item("/a.jpg", (0.6, 0.8), mtime=2)])
+    assert again == [ids[0]]
+    s.commit_batch(removed=[ids[1]])
+    got_ids, matrix, version = s.vectors()
+    assert version == 3 and got_ids.tolist() == [ids[0]] and np.allclose(matrix[0], [0.6, 0.8])
+
+
+def test_a_failed_file_is_recorded_with_its_reason_and_loses_its_vector(tmp_path):
+    s = Store(tmp_path / "library.db")
+    s.commit_batch([item("/a.jpg")])
+    s.commit_batch(failed=[FailedImage("/a.jpg", 5, 9, "broken image: truncated")])
+    assert [(e.path, e.reason) for e in s.errors()] == [("/a.jpg", "broken image: truncated")]
+    assert s.counts() == {"indexed": 0, "error": 1}
+    assert len(s.vectors()[0]) == 0
