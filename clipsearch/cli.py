@@ -138,12 +138,15 @@ def index(
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", min=1, help="Images per model call. Default: 32 on CPU, 256 on CUDA.")] = None,
     device: DeviceOpt = "auto",
+    retry_errors: Annotated[bool, typer.Option(
+        "--retry-errors", help="Try files that failed before again, even if they did not change.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or skipped-file lines.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Index images: embed new and changed files, forget deleted ones.
+    """Index images: embed new and changed files, follow moved ones, forget deleted ones.
 
-    Hidden files and folders are skipped. Re-running on an unchanged folder encodes nothing.
+    Hidden files and folders are skipped. Re-running on an unchanged folder encodes nothing;
+    a moved, renamed or copied file keeps its vector (matched by content hash).
 
     Example: `clipsearch index ~/Photos --model demo`
     """
@@ -153,14 +156,14 @@ def index(
         if spec is not None and spec.is_random:
             _stderr().print(f"[bold yellow]warning:[/] {spec} has RANDOM weights; results are meaningless.")
         try:
-            report = lib.index(paths, batch_size=batch_size, progress=bar)
+            report = lib.index(paths, batch_size=batch_size, progress=bar, retry_errors=retry_errors)
         finally:
             bar.stop()
     if json_out:
         _print_json(report.to_dict())
         return
     _stderr().print(
-        f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
+        f"added {report.added}, updated {report.updated}, moved {report.moved}, unchanged {report.unchanged}, "
         f"removed {report.removed}, errors {len(report.errors)} in {report.seconds:.1f}s")
 
 

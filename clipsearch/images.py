@@ -45,14 +45,21 @@ def hash_bytes(data: bytes) -> str:
 
 def read_image(path: Path, target_size: int = 224, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:
     """Read, hash and decode ``path``; raises :class:`ImageError` with a reason on any failure."""
+    data = read_file(path)
+    return DecodedImage(*decode_image(data, target_size, max_megapixels), hash_bytes(data))
+
+
+def read_file(path: Path) -> bytes:
+    """The whole file, read once: it is hashed and decoded from memory."""
     try:
         data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ImageError("file vanished before it could be read") from exc
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
     if not data:
         raise ImageError("empty file")
-    digest = hash_bytes(data)
-    return DecodedImage(*decode_image(data, target_size, max_megapixels), digest)
+    return data
 
 
 def decode_image(data: bytes, target_size: int = 224,

@@ -146,8 +146,11 @@ class Library:
     # -- indexing ---------------------------------------------------------------------
 
     def index(self, paths: Iterable[str | os.PathLike], *, batch_size: int | None = None,
-              progress: IndexProgress | None = None) -> IndexReport:
-        """Add new and changed images under ``paths``, and forget the ones that are gone."""
+              progress: IndexProgress | None = None, retry_errors: bool = False) -> IndexReport:
+        """Add new and changed images under ``paths``, follow moved ones, forget deleted ones.
+
+        Files that failed before are tried again only when they changed, or with ``retry_errors``.
+        """
         roots = resolve_roots(paths)
         with _Lock(self.root / "lock"):
             if self.store.model_identity() is None and self._requested is None:
@@ -156,7 +159,7 @@ class Library:
             indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
                               before_encoding=self._record_model)
             try:
-                return indexer.run(roots, progress)
+                return indexer.run(roots, progress, retry_errors=retry_errors)
             finally:
                 if self.store.model_identity() is not None:
                     self._save_vectors()

@@ -35,6 +35,7 @@ class IndexReport(_Record):
 
     added: int = 0
     updated: int = 0
+    moved: int = 0
     unchanged: int = 0
     removed: int = 0
     errors: list[FileError] = field(default_factory=list)

@@ -85,6 +85,16 @@ class IndexedImage:
 
 
 @dataclass(frozen=True)
+class MovedImage:
+    """A file found at a new path with the content of row ``id``: the row follows it."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
 class FailedImage:
     path: str
     size: int
@@ -200,12 +210,16 @@ class Store:
         indexed: Sequence[IndexedImage] = (),
         failed: Sequence[FailedImage] = (),
         removed: Sequence[int] = (),
+        moved: Sequence[MovedImage] = (),
     ) -> list[int]:
         """Write one batch in one transaction; returns the ids of ``indexed``, in order."""
         ids: list[int] = []
         with Session(self.engine) as s, s.begin():
             if removed:
                 s.execute(delete(ImageRow).where(ImageRow.id.in_(list(removed))))
+            for m in moved:
+                s.execute(update(ImageRow).where(ImageRow.id == m.id).values(
+                    path=m.path, size=m.size, mtime_ns=m.mtime_ns, indexed_at=_now()))
             for item in indexed:
                 row = self._upsert(s, item.path, item.size, item.mtime_ns)
                 row.content_hash, row.width, row.height = item.content_hash, item.width, item.height
@@ -219,7 +233,7 @@ class Store:
                     STATUS_ERROR, item.reason, None, None, None)
                 s.flush()
                 s.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id == row.id))
-            if indexed or removed or failed:
+            if indexed or removed or failed or moved:
                 current = s.get(MetaRow, "vectors_version")
                 version = int(current.value) + 1 if current else 1
                 s.merge(MetaRow(key="vectors_version", value=str(version)))
@@ -234,12 +248,19 @@ class Store:
         row.size, row.mtime_ns, row.indexed_at = size, mtime_ns, _now()
         return row
 
-    def touch(self, changes: Sequence[tuple[int, int]]) -> None:
-        """Record new mtimes for files whose content is unchanged: ``(id, mtime_ns)``."""
-        if not changes:
-            return
-        with Session(self.engine) as s, s.begin():
-            s.execute(update(ImageRow), [{"id": i, "mtime_ns": m} for i, m in changes])
+    def find_by_hash(self, content_hash: str) -> tuple[int, str] | None:
+        """An indexed file with exactly this content, as ``(id, path)``."""
+        with Session(self.engine) as s:
+            row = s.execute(select(ImageRow.id, ImageRow.path).where(
+                ImageRow.content_hash == content_hash, ImageRow.status == STATUS_INDEXED).limit(1)).first()
+        return (row.id, row.path) if row else None
+
+    def vector_of(self, image_id: int) -> np.ndarray:
+        with Session(self.engine) as s:
+            blob = s.scalar(select(EmbeddingRow.vector).where(EmbeddingRow.image_id == image_id))
+        if blob is None:
+            raise KeyError(image_id)
+        return np.frombuffer(blob, np.float32).copy()
 
     # -- reading ----------------------------------------------------------------------
 

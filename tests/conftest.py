@@ -51,7 +51,7 @@ class FakeEncoder:
         from clipsearch.encoder import ModelSpec
 
         self.spec = ModelSpec(name)
-        self.device = "cpu"
+        self.device = self.requested_device = "cpu"
         self.image_size = 32
         self.encoded: list[int] = []
 

@@ -46,8 +46,8 @@ def test_reindex_is_a_no_op_and_changes_are_picked_up(tmp_path, fake_encoder):
         assert (report.added, report.updated, report.unchanged) == (0, 0, 3)
         assert sum(fake_encoder.encoded) == encoded_before
 
-        # Change red into blue: same path, new content and mtime.
-        Image.new("RGB", (40, 30), COLOURS["blue"]).save(paths["red"])
+        # Change red into a blue of its own: same path, new content and mtime.
+        Image.new("RGB", (40, 30), (25, 25, 225)).save(paths["red"])
         os.utime(paths["red"], ns=(1, 1))
         paths["green"].unlink()
         report = lib.index([tmp_path / "photos"])
@@ -56,8 +56,8 @@ def test_reindex_is_a_no_op_and_changes_are_picked_up(tmp_path, fake_encoder):
         found = [h.path for h in lib.search(text="blue", k=10)]
         assert str(paths["green"]) not in found and len(found) == 2
         now_blue = lib.search(image=paths["blue"], k=2)
-        assert {h.path for h in now_blue} == {str(paths["red"]), str(paths["blue"])}
-        assert now_blue[1].score == pytest.approx(1.0, abs=1e-4)
+        assert [h.path for h in now_blue] == [str(paths["blue"]), str(paths["red"])]
+        assert now_blue[1].score == pytest.approx(1.0, abs=1e-3)
 
 
 def test_broken_files_are_recorded_and_not_retried_until_they_change(tmp_path, fake_encoder):
@@ -130,3 +130,39 @@ def test_a_second_writer_is_refused(tmp_path, fake_encoder):
             with pytest.raises(LibraryLockedError, match="another clipsearch process"):
                 lib.index([tmp_path / "photos"])
         assert lib.index([tmp_path / "photos"]).added == 3
+
+
+def test_moves_renames_and_copies_reuse_vectors_without_encoding(tmp_path, fake_encoder):
+    paths = make_images(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        lib.index([tmp_path / "photos"])
+        ids = {h.path: h.id for h in lib.search(text="red", k=3)}
+        calls = list(fake_encoder.encoded)
+
+        (tmp_path / "photos" / "sub").mkdir()
+        moved = tmp_path / "photos" / "sub" / "renamed-red.png"
+        paths["red"].rename(moved)
+        copy = tmp_path / "photos" / "copy-of-green.png"
+        copy.write_bytes(paths["green"].read_bytes())
+        report = lib.index([tmp_path / "photos"])
+        assert (report.added, report.moved, report.unchanged, report.removed) == (1, 1, 2, 0)
+        assert fake_encoder.encoded == calls  # nothing was encoded
+        hits = {h.path: h for h in lib.search(text="red", k=4)}
+        assert hits[str(moved)].id == ids[str(paths["red"])]  # same row, same vector
+        assert str(paths["red"]) not in hits
+        green = lib.search(image=paths["green"], k=2)
+        assert {h.path for h in green} == {str(paths["green"]), str(copy)}
+        assert green[1].score == pytest.approx(1.0, abs=1e-5)
+        assert lib.info().images == 4 and lib.vectors.ntotal == 4
+
+
+def test_identical_new_files_are_encoded_once(tmp_path, fake_encoder):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (20, 20), (200, 100, 0)).save(folder / "a.png")
+    for name in ("b.png", "c.png"):
+        (folder / name).write_bytes((folder / "a.png").read_bytes())
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        report = lib.index([folder])
+        assert report.added == 3 and sum(fake_encoder.encoded) == 1
+        assert len(lib.search(image=folder / "a.png", k=5)) == 3
