@@ -101,9 +101,21 @@ class _ProgressBar:
         self.quiet = quiet
         self._progress = None
         self._task = None
+        self._status = None
         self._console = _stderr()
 
+    def scanned(self, count: int) -> None:
+        # A slow walk (network disks, huge trees) still shows signs of life.
+        if not self.quiet:
+            if self._status is None:
+                self._status = self._console.status("")
+                self._status.start()
+            self._status.update(f"scanning: {count} image files found")
+
     def start(self, total: int) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
         if self.quiet or not total:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -138,6 +150,11 @@ def index(
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", min=1, help="Images per model call. Default: 32 on CPU, 256 on CUDA.")] = None,
     device: DeviceOpt = "auto",
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        "--exclude", "-x", help="Skip files and folders matching this glob (name or full path). Repeatable.",
+        show_default=False)] = None,
+    include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Also index hidden files and folders.")] = False,
+    follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="Descend into symlinked folders.")] = False,
     retry_errors: Annotated[bool, typer.Option(
         "--retry-errors", help="Try files that failed before again, even if they did not change.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or skipped-file lines.")] = False,
@@ -156,7 +173,9 @@ def index(
         if spec is not None and spec.is_random:
             _stderr().print(f"[bold yellow]warning:[/] {spec} has RANDOM weights; results are meaningless.")
         try:
-            report = lib.index(paths, batch_size=batch_size, progress=bar, retry_errors=retry_errors)
+            report = lib.index(paths, batch_size=batch_size, progress=bar, retry_errors=retry_errors,
+                               exclude=exclude or (), include_hidden=include_hidden,
+                               follow_symlinks=follow_symlinks)
         finally:
             bar.stop()
     if json_out:

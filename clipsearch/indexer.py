@@ -31,7 +31,7 @@ from .errors import ImageError, NoImagesError
 from .images import decode_image, hash_bytes, read_file
 from .index import VectorIndex
 from .results import FileError, IndexReport
-from .scanner import FoundFile, scan
+from .scanner import FoundFile, ScanOptions, scan
 from .store import FailedImage, IndexedImage, KnownFile, MovedImage, Store
 
 # Batches decoded ahead of the one being encoded: enough to hide a slow file, few
@@ -42,6 +42,8 @@ _BATCHES_AHEAD = 2
 class IndexProgress(Protocol):
     """What an ``index`` run reports while it works; the CLI draws it as a progress bar."""
 
+    def scanned(self, count: int) -> None: ...
+
     def start(self, total: int) -> None: ...
 
     def advance(self, count: int) -> None: ...
@@ -50,6 +52,9 @@ class IndexProgress(Protocol):
 
 
 class _Silent:
+    def scanned(self, count: int) -> None:
+        pass
+
     def start(self, total: int) -> None:
         pass
 
@@ -104,11 +109,15 @@ class Indexer:
         self._gone: dict[int, KnownFile] = {}
 
     def run(self, roots: list[Path], progress: IndexProgress | None = None, *,
-            retry_errors: bool = False) -> IndexReport:
+            retry_errors: bool = False, scan_options: ScanOptions = ScanOptions()) -> IndexReport:
         progress = progress or _Silent()
         started = time.perf_counter()
         report = IndexReport()
-        found = list(scan(roots))
+        found = []
+        for f in scan(roots, scan_options):
+            found.append(f)
+            if len(found) % 1000 == 0:
+                progress.scanned(len(found))
         known = self.store.known_files(roots)
         if not found and not known:
             raise NoImagesError(f"no image files found under {', '.join(map(str, roots))}",
@@ -164,6 +173,8 @@ class Indexer:
         return found[0] if found else None
 
     def _prepare(self, job: _Job) -> _Prepared:
+        if job.file.problem:
+            return _Prepared(job, error=job.file.problem)
         try:
             data = read_file(Path(job.file.path))
             prepared = _Prepared(job, hash_bytes(data))

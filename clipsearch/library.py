@@ -30,7 +30,7 @@ from .errors import (
 from .index import VectorIndex
 from .indexer import Indexer, IndexProgress
 from .results import FileError, IndexReport, LibraryInfo, SearchHit
-from .scanner import resolve_roots
+from .scanner import ScanOptions, resolve_roots
 from .store import Store
 
 ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # the CLI names it too, without importing this module
@@ -146,11 +146,17 @@ class Library:
     # -- indexing ---------------------------------------------------------------------
 
     def index(self, paths: Iterable[str | os.PathLike], *, batch_size: int | None = None,
-              progress: IndexProgress | None = None, retry_errors: bool = False) -> IndexReport:
+              progress: IndexProgress | None = None, retry_errors: bool = False,
+              exclude: Iterable[str] = (), include_hidden: bool = False,
+              follow_symlinks: bool = False) -> IndexReport:
         """Add new and changed images under ``paths``, follow moved ones, forget deleted ones.
 
         Files that failed before are tried again only when they changed, or with ``retry_errors``.
+        ``exclude`` takes glob patterns matched against names and full paths; hidden files and
+        the usual non-photo folders (``.git``, ``node_modules``, ``@eaDir``, ...) are skipped.
         """
+        options = ScanOptions(include_hidden=include_hidden, follow_symlinks=follow_symlinks,
+                              excludes=tuple(exclude))
         roots = resolve_roots(paths)
         with _Lock(self.root / "lock"):
             if self.store.model_identity() is None and self._requested is None:
@@ -159,7 +165,7 @@ class Library:
             indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
                               before_encoding=self._record_model)
             try:
-                return indexer.run(roots, progress, retry_errors=retry_errors)
+                return indexer.run(roots, progress, retry_errors=retry_errors, scan_options=options)
             finally:
                 if self.store.model_identity() is not None:
                     self._save_vectors()

@@ -1,21 +1,47 @@
-"""Finding image files under the paths the user named."""
+"""Finding image files under the paths the user named.
+
+The walk never fails as a whole: an unreadable folder, a file that vanishes between
+listing and ``stat``, a symlink loop or a file name that is not valid UTF-8 becomes a
+:class:`ScanProblem` that the indexer reports, and the walk goes on.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PathNotFoundError
 from .images import is_image_path
 
+# Folders and files that are never photos: version control, package caches, NAS and
+# desktop thumbnail stores, macOS AppleDouble companions, trash folders.
+DEFAULT_EXCLUDES: tuple[str, ...] = (".git", "node_modules", "@eaDir", ".thumbnails", "._*", ".Trash*",
+                                     "$RECYCLE.BIN")
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    include_hidden: bool = False
+    follow_symlinks: bool = False
+    excludes: tuple[str, ...] = ()
+    default_excludes: tuple[str, ...] = field(default=DEFAULT_EXCLUDES)
+
+    def excluded(self, name: str, path: str) -> bool:
+        if name.startswith(".") and not self.include_hidden:
+            return True
+        return any(fnmatch.fnmatchcase(name, pat) or fnmatch.fnmatchcase(path, pat)
+                   for pat in self.excludes + self.default_excludes)
+
 
 @dataclass(frozen=True)
 class FoundFile:
-    path: str  # absolute
+    path: str  # absolute; for an undecodable name, a printable escaped form
     size: int
     mtime_ns: int
+    problem: str | None = None  # set when the file cannot be indexed as found
 
 
 def resolve_roots(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -29,30 +55,52 @@ def resolve_roots(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return roots
 
 
-def scan(roots: Iterable[Path]) -> Iterator[FoundFile]:
-    """Every image file under ``roots``, skipping hidden files and folders."""
+def scan(roots: Iterable[Path], options: ScanOptions = ScanOptions()) -> Iterator[FoundFile]:
+    """Every image file under ``roots``, in a stable order."""
     for root in roots:
         if root.is_file():
             if is_image_path(root):
                 st = root.stat()
                 yield FoundFile(str(root), st.st_size, st.st_mtime_ns)
             continue
-        yield from _walk(str(root))
+        st = root.stat()
+        yield from _walk(str(root), options, {(st.st_dev, st.st_ino)})
 
 
-def _walk(folder: str) -> Iterator[FoundFile]:
+def _printable(path: str) -> str | None:
+    """None if ``path`` is valid UTF-8, else an escaped form that SQLite can store."""
+    try:
+        path.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _walk(folder: str, options: ScanOptions, ancestors: set[tuple[int, int]]) -> Iterator[FoundFile]:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError:
-        return  # unreadable or vanished folder: nothing to index there
+    except OSError as exc:
+        yield FoundFile(_printable(folder) or folder, 0, 0, problem=f"cannot list folder: {exc.strerror or exc}")
+        return
     for entry in entries:
-        if entry.name.startswith("."):
+        if options.excluded(entry.name, entry.path):
             continue
         try:
-            if entry.is_dir(follow_symlinks=False):
-                yield from _walk(entry.path)
-            elif entry.is_file() and is_image_path(Path(entry.name)):
+            if entry.is_dir(follow_symlinks=options.follow_symlinks):
+                st = entry.stat(follow_symlinks=True)
+                key = (st.st_dev, st.st_ino)
+                if key in ancestors:
+                    yield FoundFile(_printable(entry.path) or entry.path, 0, 0,
+                                    problem="symlink loop: folder already being scanned")
+                    continue
+                yield from _walk(entry.path, options, ancestors | {key})
+            elif is_image_path(Path(entry.name)) and entry.is_file():
                 st = entry.stat()
-                yield FoundFile(entry.path, st.st_size, st.st_mtime_ns)
+                escaped = _printable(entry.path)
+                if escaped is not None:
+                    yield FoundFile(escaped, st.st_size, st.st_mtime_ns,
+                                    problem="file name is not valid UTF-8; rename the file to index it")
+                else:
+                    yield FoundFile(entry.path, st.st_size, st.st_mtime_ns)
         except OSError:
             continue  # vanished between listing and stat
