@@ -66,6 +66,10 @@ def command(fn):
             return fn(*args, **kwargs)
         except ClipSearchError as exc:
             _fail(exc)
+        except KeyboardInterrupt:
+            # Every finished batch is already committed; the next run resumes from there.
+            _stderr().print("interrupted: what was finished is saved; run the command again to continue")
+            raise typer.Exit(130) from None
 
     return app.command()(wrapper)
 
@@ -77,8 +81,14 @@ def _open(library: Path | None, **kwargs):
     return Library.open(library, **kwargs)
 
 
-def _print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+def _output(json_out: bool, data, lines: list[str], empty: str | None = None) -> None:
+    """Every command's result: ``data`` as JSON, or text lines; ``empty`` goes to stderr."""
+    if json_out:
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    elif not lines and empty:
+        _stderr().print(empty)
+    else:
+        sys.stdout.writelines(line + "\n" for line in lines)
 
 
 @app.callback()
@@ -155,6 +165,13 @@ def index(
         show_default=False)] = None,
     include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Also index hidden files and folders.")] = False,
     follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="Descend into symlinked folders.")] = False,
+    max_megapixels: Annotated[float, typer.Option(
+        "--max-megapixels", min=0.01, help="Skip images larger than this (decompression bombs).")] = 200.0,
+    decode_timeout: Annotated[float, typer.Option(
+        "--decode-timeout", min=0.01, help="Seconds one file may take to read and decode before it is skipped.")
+    ] = 60.0,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=1, help="Decode processes. Default: one per CPU core.", show_default=False)] = None,
     retry_errors: Annotated[bool, typer.Option(
         "--retry-errors", help="Try files that failed before again, even if they did not change.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or skipped-file lines.")] = False,
@@ -167,6 +184,8 @@ def index(
 
     Example: `clipsearch index ~/Photos --model demo`
     """
+    from .decodepool import DecodeLimits
+
     bar = _ProgressBar(quiet or json_out)
     with _open(library, model=model, device=device) as lib:
         spec = lib.model
@@ -175,11 +194,12 @@ def index(
         try:
             report = lib.index(paths, batch_size=batch_size, progress=bar, retry_errors=retry_errors,
                                exclude=exclude or (), include_hidden=include_hidden,
-                               follow_symlinks=follow_symlinks)
+                               follow_symlinks=follow_symlinks, workers=workers,
+                               limits=DecodeLimits(timeout_s=decode_timeout, max_megapixels=max_megapixels))
         finally:
             bar.stop()
     if json_out:
-        _print_json(report.to_dict())
+        _output(True, report.to_dict(), [])
         return
     _stderr().print(
         f"added {report.added}, updated {report.updated}, moved {report.moved}, unchanged {report.unchanged}, "
@@ -206,13 +226,7 @@ def search(
         raise typer.BadParameter("give a text query or --image PATH", param_hint="TEXT")
     with _open(library, device=device, create=False) as lib:
         hits = lib.search(text=text, image=image, k=limit)
-    if json_out:
-        _print_json([h.to_dict() for h in hits])
-    elif not hits:
-        _stderr().print("no results")
-    else:
-        for h in hits:
-            sys.stdout.write(f"{h.score:.4f}\t{h.path}\n")
+    _output(json_out, [h.to_dict() for h in hits], [f"{h.score:.4f}\t{h.path}" for h in hits], "no results")
 
 
 @command
@@ -223,11 +237,8 @@ def info(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
     """
     with _open(library, create=False) as lib:
         summary = lib.info()
-    if json_out:
-        _print_json(summary.to_dict())
-        return
-    for key, value in summary.to_dict().items():
-        sys.stdout.write(f"{key:15} {value}\n")
+    data = summary.to_dict()
+    _output(json_out, data, [f"{key:15} {value}" for key, value in data.items()])
 
 
 @command
@@ -238,13 +249,7 @@ def errors(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
     """
     with _open(library, create=False) as lib:
         failed = lib.errors()
-    if json_out:
-        _print_json([f.to_dict() for f in failed])
-        return
-    for f in failed:
-        sys.stdout.write(f"{f.path}\t{f.reason}\n")
-    if not failed:
-        _stderr().print("no errors")
+    _output(json_out, [f.to_dict() for f in failed], [f"{f.path}\t{f.reason}" for f in failed], "no errors")
 
 
 @command
@@ -259,11 +264,7 @@ def models(
     from .encoder import available_models
 
     table = available_models(arch)
-    if json_out:
-        _print_json(table)
-        return
-    for name, tags in table.items():
-        sys.stdout.write(f"{name}\t{' '.join(tags)}\n")
+    _output(json_out, table, [f"{name}\t{' '.join(tags)}" for name, tags in table.items()])
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import ModelError, ModelNotFoundError, WeightsUnavailableError
+from .pixels import PixelSpec, model_pixels
 from .results import ModelIdentity
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ class Encoder:
         self.spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
         self.requested_device = device
         self._model = None
-        self._preprocess = None
+        self._pixel_spec: PixelSpec | None = None
         self._tokenizer = None
         self.device: str | None = None
         self._dim: int | None = None
@@ -180,16 +181,16 @@ class Encoder:
                           "use it only to measure speed", stacklevel=2)
 
         def create():
-            model, _, preprocess = open_clip.create_model_and_transforms(
+            model = open_clip.create_model(
                 model_name, pretrained=pretrained, device=self.device, weights_only=True)
-            return model, preprocess, open_clip.get_tokenizer(model_name)
+            return model, open_clip.get_tokenizer(model_name)
 
         try:
             # Cached weights first, with the Hub switched off: without this, an offline
             # machine spends a minute in huggingface_hub's retries even when the weights
             # are already on disk.
             with _hub_offline():
-                model, preprocess, tokenizer = create()
+                model, tokenizer = create()
         except Exception as exc:
             if not _is_download_error(exc):
                 raise
@@ -198,7 +199,7 @@ class Encoder:
                     f"the weights of {self.spec} are not on this machine and the model hub "
                     "cannot be reached", hint=_OFFLINE_HINT) from exc
             try:
-                model, preprocess, tokenizer = create()
+                model, tokenizer = create()
             except Exception as exc2:
                 if not _is_download_error(exc2):
                     raise
@@ -206,7 +207,15 @@ class Encoder:
                     f"could not download the weights of {self.spec}: {_first_line(exc2)}",
                     hint=_OFFLINE_HINT) from exc2
         model.eval()
-        self._model, self._preprocess, self._tokenizer = model, preprocess, tokenizer
+        try:
+            spec = PixelSpec.from_open_clip(model.visual.preprocess_cfg)
+        except ValueError as exc:
+            raise ModelError(f"{self.spec} needs image preprocessing clipsearch does not support: {exc}") from exc
+        import torch
+
+        self._mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
+        self._model, self._pixel_spec, self._tokenizer = model, spec, tokenizer
         self._dim = int(self.encode_texts([""]).shape[1])
         return self
 
@@ -248,31 +257,36 @@ class Encoder:
         return ModelIdentity(self.spec.name, self.spec.pretrained, self.dim)
 
     @property
-    def image_size(self) -> int:
+    def pixel_spec(self) -> PixelSpec:
+        """How this model wants its pictures resized and normalised."""
         self.load()
-        size = self._model.visual.preprocess_cfg["size"]
-        return size if isinstance(size, int) else max(size)
+        return self._pixel_spec
+
+    @property
+    def image_size(self) -> int:
+        return self.pixel_spec.size
 
     # -- encoding ---------------------------------------------------------------------
 
-    def preprocess(self, image: "Image.Image"):
-        """The model's own resize, crop and normalisation: a ``(3, H, W)`` tensor."""
-        self.load()
-        return self._preprocess(image)
-
-    def encode_pixels(self, pixels: list) -> np.ndarray:
-        """Encode a batch of tensors made by :meth:`preprocess`."""
+    def encode_crops(self, crops: np.ndarray) -> np.ndarray:
+        """Encode a batch of ``(n, size, size, 3)`` uint8 arrays made by :func:`pixels.model_pixels`."""
         import torch
 
         self.load()
         with torch.inference_mode(), self._autocast():
-            x = torch.stack(pixels).to(self.device, non_blocking=True)
+            x = torch.from_numpy(np.ascontiguousarray(crops))
+            if self.device == "cuda":
+                x = x.pin_memory()
+            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+            x = (x - self._mean) / self._std
             return _normalise(self._model.encode_image(x))
 
     def encode_images(self, images: list["Image.Image"]) -> np.ndarray:
+        """Encode RGB images (decoded with :func:`images.decode_image`)."""
         if not images:
             return np.empty((0, self.dim), np.float32)
-        return self.encode_pixels([self.preprocess(im) for im in images])
+        spec = self.pixel_spec
+        return self.encode_crops(np.stack([model_pixels(im, spec) for im in images]))
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch

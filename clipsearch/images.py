@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +18,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
+try:  # HEIC/HEIF photos from phones; a core dependency, but degrade to "unsupported" without it
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover
+    pass
+
+RAW_EXTENSIONS = frozenset({".arw", ".cr2", ".cr3", ".nef", ".dng", ".raf", ".orf", ".rw2", ".pef", ".srw"})
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".heic", ".heif", ".avif",
-})
+}) | RAW_EXTENSIONS
 DEFAULT_MAX_MEGAPIXELS = 200.0
 _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
@@ -46,7 +55,7 @@ def hash_bytes(data: bytes) -> str:
 def read_image(path: Path, target_size: int = 224, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:
     """Read, hash and decode ``path``; raises :class:`ImageError` with a reason on any failure."""
     data = read_file(path)
-    return DecodedImage(*decode_image(data, target_size, max_megapixels), hash_bytes(data))
+    return DecodedImage(*decode_image(data, target_size, max_megapixels, Path(path).suffix), hash_bytes(data))
 
 
 def read_file(path: Path) -> bytes:
@@ -62,10 +71,12 @@ def read_file(path: Path) -> bytes:
     return data
 
 
-def decode_image(data: bytes, target_size: int = 224,
-                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> tuple[Image.Image, int, int]:
-    """Decode bytes to ``(rgb_image, width, height)``."""
+def decode_image(data: bytes, target_size: int = 224, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+                 suffix: str = "") -> tuple[Image.Image, int, int]:
+    """Decode bytes to ``(rgb_image, width, height)``; ``suffix`` tells RAW files apart."""
     try:
+        if suffix.lower() in RAW_EXTENSIONS:
+            data = _raw_preview(data)
         im = Image.open(io.BytesIO(data))
         width, height = im.size
         if width * height > max_megapixels * 1e6:
@@ -77,21 +88,40 @@ def decode_image(data: bytes, target_size: int = 224,
             # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT, never below target_size.
             im.draft("RGB", (target_size, target_size))
         im.load()
-        im = ImageOps.exif_transpose(im)
-        im = _to_rgb(im)
-        short = min(im.size)
-        factor = short // (2 * target_size)
+        if im.mode in ("P", "1"):
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        # Shrink before anything else touches every pixel (large PNG, WebP, TIFF).
+        factor = min(im.size) // (2 * target_size)
         if factor >= 2:
             im = im.reduce(factor)
-        return im, width, height
+        im = ImageOps.exif_transpose(im)
+        return _to_rgb(im), width, height
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
         raise ImageError("not an image, or an unsupported format") from exc
     except Image.DecompressionBombError as exc:
         raise ImageError(f"image too large: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageError(f"broken image: {exc}") from exc
+
+
+def _raw_preview(data: bytes) -> bytes:
+    """The JPEG preview a camera embeds in its RAW file: CLIP needs no more than that."""
+    try:
+        import rawpy
+    except ImportError:
+        raise ImageError("RAW file: install the raw extra to index it (pip install 'clipsearch[raw]')") from None
+    try:
+        with rawpy.imread(io.BytesIO(data)) as raw:
+            thumb = raw.extract_thumb()
+    except Exception as exc:  # rawpy raises its own LibRawError family
+        raise ImageError(f"broken RAW file: {exc}") from exc
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        return bytes(thumb.data)
+    buf = io.BytesIO()
+    Image.fromarray(thumb.data).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -103,8 +133,6 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         lo, hi = float(a.min()), float(a.max())
         a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
         return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
     if im.mode in ("RGBA", "LA", "PA"):
         # Transparent pixels carry arbitrary colours; show them on white, as a viewer would.
         rgba = im.convert("RGBA")

@@ -27,6 +27,7 @@ from .errors import (
     ImageError, LibraryEmptyError, LibraryError, LibraryLockedError, ModelMismatchError, PathNotFoundError,
     QueryError,
 )
+from .decodepool import DecodeLimits, default_workers
 from .index import VectorIndex
 from .indexer import Indexer, IndexProgress
 from .results import FileError, IndexReport, LibraryInfo, SearchHit
@@ -148,12 +149,15 @@ class Library:
     def index(self, paths: Iterable[str | os.PathLike], *, batch_size: int | None = None,
               progress: IndexProgress | None = None, retry_errors: bool = False,
               exclude: Iterable[str] = (), include_hidden: bool = False,
-              follow_symlinks: bool = False) -> IndexReport:
+              follow_symlinks: bool = False, limits: DecodeLimits = DecodeLimits(),
+              workers: int | None = None) -> IndexReport:
         """Add new and changed images under ``paths``, follow moved ones, forget deleted ones.
 
         Files that failed before are tried again only when they changed, or with ``retry_errors``.
         ``exclude`` takes glob patterns matched against names and full paths; hidden files and
         the usual non-photo folders (``.git``, ``node_modules``, ``@eaDir``, ...) are skipped.
+        ``limits`` bounds each file's decode (time, megapixels, memory); ``workers`` is the
+        number of decode processes (default: one per CPU core).
         """
         options = ScanOptions(include_hidden=include_hidden, follow_symlinks=follow_symlinks,
                               excludes=tuple(exclude))
@@ -163,12 +167,15 @@ class Library:
                 self._requested = ModelSpec.parse(DEFAULT_MODEL)
             self._vectors = None  # another process may have indexed since we last looked
             indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
-                              before_encoding=self._record_model)
-            try:
-                return indexer.run(roots, progress, retry_errors=retry_errors, scan_options=options)
-            finally:
-                if self.store.model_identity() is not None:
-                    self._save_vectors()
+                              workers=workers or default_workers(), before_encoding=self._record_model,
+                              limits=limits)
+            report = indexer.run(roots, progress, retry_errors=retry_errors, scan_options=options)
+            # Saved only after a complete run. An interrupted one may stop between a batch's
+            # commit and its FAISS add; its index file then lags the database's vector
+            # version and is rebuilt from the stored embeddings on the next open.
+            if self.store.model_identity() is not None:
+                self._save_vectors()
+            return report
 
     def _record_model(self) -> None:
         # Called once the model is loaded, before any vector is written: the dimension is

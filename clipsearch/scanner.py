@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PathNotFoundError
-from .images import is_image_path
+from .images import RAW_EXTENSIONS, is_image_path
 
 # Folders and files that are never photos: version control, package caches, NAS and
 # desktop thumbnail stores, macOS AppleDouble companions, trash folders.
@@ -82,9 +82,13 @@ def _walk(folder: str, options: ScanOptions, ancestors: set[tuple[int, int]]) ->
     except OSError as exc:
         yield FoundFile(_printable(folder) or folder, 0, 0, problem=f"cannot list folder: {exc.strerror or exc}")
         return
+    lower_names = {e.name.lower() for e in entries}
     for entry in entries:
         if options.excluded(entry.name, entry.path):
             continue
+        stem, ext = os.path.splitext(entry.name.lower())
+        if ext in RAW_EXTENSIONS and (stem + ".jpg" in lower_names or stem + ".jpeg" in lower_names):
+            continue  # the camera's own JPEG of the same shot is indexed instead
         try:
             if entry.is_dir(follow_symlinks=options.follow_symlinks):
                 st = entry.stat(follow_symlinks=True)

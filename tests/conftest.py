@@ -52,7 +52,7 @@ class FakeEncoder:
 
         self.spec = ModelSpec(name)
         self.device = self.requested_device = "cpu"
-        self.image_size = 32
+        self.image_size = 8
         self.encoded: list[int] = []
 
     @property
@@ -66,13 +66,16 @@ class FakeEncoder:
     def load(self):
         return self
 
-    def preprocess(self, image):
-        rgb = np.asarray(image.convert("RGB").resize((8, 8)), np.float32).mean(axis=(0, 1)) / 255.0
-        return np.append(rgb, 0.5)
+    @property
+    def pixel_spec(self):
+        from clipsearch.pixels import PixelSpec
 
-    def encode_pixels(self, pixels: list) -> np.ndarray:
-        self.encoded.append(len(pixels))
-        x = np.stack(pixels).astype(np.float32)
+        return PixelSpec(8, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+    def encode_crops(self, crops: np.ndarray) -> np.ndarray:
+        self.encoded.append(len(crops))
+        rgb = crops.astype(np.float32).mean(axis=(1, 2)) / 255.0
+        x = np.concatenate([rgb, np.full((len(crops), 1), 0.5, np.float32)], axis=1)
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -81,7 +84,9 @@ class FakeEncoder:
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     def encode_images(self, images) -> np.ndarray:
-        return self.encode_pixels([self.preprocess(im) for im in images])
+        from clipsearch.pixels import model_pixels
+
+        return self.encode_crops(np.stack([model_pixels(im, self.pixel_spec) for im in images]))
 
 
 @pytest.fixture

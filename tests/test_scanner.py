@@ -90,3 +90,8 @@ def test_an_unreadable_folder_is_a_problem_not_a_crash(tmp_path, monkeypatch):
     finally:
         locked.chmod(0o755)
     assert found == {"ok/a.jpg": None, "locked": "cannot list folder: Permission denied"}
+
+
+def test_raw_files_are_skipped_when_the_camera_jpeg_sits_beside_them(tmp_path):
+    touch(tmp_path, "IMG_1.CR2", "IMG_1.JPG", "IMG_2.nef", "DSC_3.dng", "DSC_3.jpeg")
+    assert names(tmp_path) == ["DSC_3.jpeg", "IMG_1.JPG", "IMG_2.nef"]

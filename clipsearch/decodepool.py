@@ -1,0 +1,254 @@
+"""Reading, hashing and decoding files in worker processes that can be killed.
+
+A photo library holds files that make decoders misbehave: truncated or crafted files
+that hang a decoder or eat all memory, decompression bombs, files on a flaky disk.
+Each file is therefore handled by a worker process under a memory limit, and a worker
+that takes longer than the per-file time limit, or dies, is killed and replaced; its
+file is recorded with the reason and the run goes on. Workers never import torch:
+they return the model's input as a small uint8 array (see ``pixels.py``).
+
+A worker first reads and hashes its file and asks the dispatcher whether that content
+is already in the library (a moved, renamed or copied file); only unknown content is
+decoded. The dispatcher is a thread of the indexing process that owns the workers, so
+the main thread can spend all its time running the model.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from .errors import ClipSearchError
+from .pixels import PixelSpec
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds for one file: wall time, pixels and the worker's address space."""
+
+    timeout_s: float = 60.0
+    max_megapixels: float = 200.0
+    memory_mb: int | None = 4096
+
+
+def default_workers() -> int:
+    """One decode process per CPU core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Decoded:
+    """What became of one file: an error, known content (``same_content``), or pixels."""
+
+    key: Any
+    content_hash: str | None = None
+    error: str | None = None
+    same_content: bool = False
+    width: int = 0
+    height: int = 0
+    pixels: Any = None  # uint8 (size, size, 3)
+
+
+def _worker_main(conn: Connection, limits: DecodeLimits) -> None:
+    # Keep each worker to one core's worth of threads and within its memory budget;
+    # both are set before numpy and Pillow are imported.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    if limits.memory_mb:
+        try:
+            import resource
+
+            cap = limits.memory_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        except (ImportError, ValueError, OSError):
+            pass  # not on this platform: the time limit still bounds runaway decodes
+    from PIL import Image
+
+    from .errors import ImageError
+    from .images import decode_image, hash_bytes, read_file
+    from .pixels import model_pixels
+
+    # Our megapixel cap is the one that applies, not Pillow's built-in default.
+    Image.MAX_IMAGE_PIXELS = int(limits.max_megapixels * 1e6)
+    conn.send(("ready", None))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if msg is None:
+            return
+        key, path = msg
+        try:
+            data = read_file(path)
+            digest = hash_bytes(data)
+            conn.send(("hash", key, digest))
+            spec = conn.recv()
+            if spec is None:
+                continue  # the library already has this content
+            del digest
+            image, width, height = decode_image(data, spec.size, limits.max_megapixels, os.path.splitext(path)[1])
+            del data
+            conn.send(("done", key, width, height, model_pixels(image, spec)))
+        except ImageError as exc:
+            conn.send(("error", key, exc.message))
+        except MemoryError:
+            conn.send(("error", key, f"decoding needed more than the {limits.memory_mb} MB memory limit"))
+        except Exception as exc:  # a decoder bug must cost one file, not the run
+            conn.send(("error", key, f"decoder failed: {type(exc).__name__}: {exc}"))
+
+
+class _Worker:
+    def __init__(self, ctx, limits: DecodeLimits):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, limits), daemon=True)
+        self.proc.start()
+        child.close()
+        self.key: Any = None
+        self.started = 0.0
+        self.content_hash: str | None = None
+        self.ready = False  # set once its imports are done: the time limit starts then
+
+    @property
+    def busy(self) -> bool:
+        return self.key is not None
+
+    @property
+    def idle(self) -> bool:
+        return self.ready and self.key is None
+
+    def assign(self, key: Any, path: str) -> None:
+        self.key, self.started, self.content_hash = key, time.monotonic(), None
+        self.conn.send((key, path))
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.proc.join(2)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(2)
+        self.conn.close()
+
+
+class DecodePool:
+    """Decode ``(key, path)`` jobs in ``workers`` processes; results come back as they finish.
+
+    ``pixel_spec`` is called (once) when the first file needs decoding, so a run that only
+    finds moved files never loads a model. ``is_known(content_hash)`` says whether the
+    library already holds that content.
+    """
+
+    def __init__(self, workers: int, pixel_spec: Callable[[], PixelSpec], is_known: Callable[[str], bool],
+                 limits: DecodeLimits = DecodeLimits(), ahead: int = 64):
+        if workers < 1:
+            raise ValueError(f"need at least one decode worker, got {workers}")
+        self.workers = workers
+        self.limits = limits
+        self.ahead = ahead
+        self._pixel_spec = pixel_spec
+        self._spec: PixelSpec | None = None
+        self._is_known = is_known
+
+    def run(self, jobs: Iterable[tuple[Any, str]]) -> Iterator[Decoded]:
+        """Yield one :class:`Decoded` per job, in completion order."""
+        out: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        thread = threading.Thread(target=self._dispatch, args=(deque(jobs), out, stop),
+                                  name="decode-dispatcher", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = out.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
+    def _dispatch(self, todo: deque, out: queue.Queue, stop: threading.Event) -> None:
+        ctx = mp.get_context("spawn")  # never fork a process that holds torch's threads
+        workers: list[_Worker] = []
+        try:
+            workers = [_Worker(ctx, self.limits) for _ in range(min(self.workers, max(len(todo), 1)))]
+            while not stop.is_set():
+                for w in workers:
+                    if w.idle and todo and out.qsize() < self.ahead:
+                        w.assign(*todo.popleft())
+                if not todo and not any(w.busy for w in workers):
+                    break
+                listening = [w for w in workers if w.busy or not w.ready]
+                if not listening:
+                    time.sleep(0.01)  # the consumer is behind: let it catch up
+                    continue
+                for conn in wait([w.conn for w in listening], timeout=0.2):
+                    w = next(x for x in listening if x.conn is conn)
+                    workers[workers.index(w)] = self._handle(w, ctx, out)
+                now = time.monotonic()
+                for i, w in enumerate(workers):
+                    if w.busy and now - w.started > self.limits.timeout_s:
+                        out.put(Decoded(w.key, w.content_hash,
+                                        error=f"decoding took longer than {self.limits.timeout_s:g}s; abandoned"))
+                        w.kill()
+                        workers[i] = _Worker(ctx, self.limits)
+        except BaseException as exc:  # hand it to the consumer rather than hang it
+            out.put(exc)
+        finally:
+            for w in workers:
+                w.stop()
+            out.put(None)
+
+    def _handle(self, w: _Worker, ctx, out: queue.Queue) -> _Worker:
+        try:
+            msg = w.conn.recv()
+        except (EOFError, OSError):
+            w.proc.join(1)
+            if not w.ready:
+                raise ClipSearchError(f"a decode worker process failed to start (exit code {w.proc.exitcode})",
+                                      hint="run again with -v to see why") from None
+            out.put(Decoded(w.key, w.content_hash,
+                            error=f"the decoder crashed on this file (exit code {w.proc.exitcode})"))
+            w.kill()
+            return _Worker(ctx, self.limits)
+        kind, key = msg[0], msg[1]
+        if kind == "ready":
+            w.ready = True
+            return w
+        if kind == "hash":
+            w.content_hash = msg[2]
+            if self._is_known(w.content_hash):
+                w.conn.send(None)
+                out.put(Decoded(key, w.content_hash, same_content=True))
+                w.key = None
+            else:
+                if self._spec is None:
+                    self._spec = self._pixel_spec()
+                w.conn.send(self._spec)
+            return w
+        if kind == "done":
+            out.put(Decoded(key, w.content_hash, width=msg[2], height=msg[3], pixels=msg[4]))
+        else:
+            out.put(Decoded(key, w.content_hash, error=msg[2]))
+        w.key = None
+        return w

@@ -1,0 +1,147 @@
+"""Every odd or broken file is handled: odd ones become RGB and are indexed, broken ones are
+skipped with their reason, and nothing stops the run. The corpus is generated here."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsearch import Library
+from clipsearch.decodepool import DecodeLimits, DecodePool
+from clipsearch.images import decode_image
+from clipsearch.pixels import PixelSpec
+
+RED, BLUE = (220, 20, 20), (20, 20, 220)
+
+
+def _save(path: Path, im: Image.Image, fmt: str | None = None, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, fmt, **kw)
+    return path
+
+
+def _transparent_palette() -> Image.Image:
+    im = Image.new("P", (50, 50), 0)  # every pixel is palette entry 0: red, and fully transparent
+    im.putpalette(list(RED) + [0] * 765)
+    return im
+
+
+def odd_corpus(root: Path) -> dict[str, Path]:
+    """Files that are unusual but valid: each must be indexed."""
+    red = Image.new("RGB", (120, 90), RED)
+    blue = Image.new("RGB", (120, 90), BLUE)
+    files = {
+        "cmyk": _save(root / "cmyk.jpg", red.convert("CMYK")),
+        "palette_transparent": _save(root / "p.png", _transparent_palette(), transparency=0),
+        "la": _save(root / "la.png", Image.new("LA", (50, 50), (128, 200))),
+        "sixteen_bit": _save(root / "i16.png", Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))),
+        "float": _save(root / "float.tif", Image.fromarray(np.linspace(0, 1, 900, dtype=np.float32).reshape(30, 30))),
+        "animated_gif": _save(root / "anim.gif", red, save_all=True, append_images=[blue], duration=100),
+        "animated_webp": _save(root / "anim.webp", red, save_all=True, append_images=[blue], duration=100),
+        "multipage_tiff": _save(root / "pages.tiff", red, save_all=True, append_images=[blue]),
+        "tiny": _save(root / "tiny.png", Image.new("RGB", (1, 1), RED)),
+        "huge": _save(root / "huge.jpg", Image.new("RGB", (8000, 6000), RED), quality=50),
+        "heic": _save(root / "phone.heic", red, "HEIF"),
+        "avif": _save(root / "modern.avif", red, "AVIF"),
+        "bmp": _save(root / "old.bmp", red),
+        "grey": _save(root / "grey.jpg", Image.new("L", (40, 40), 90)),
+    }
+    return files
+
+
+def broken_corpus(root: Path) -> dict[str, tuple[Path, str]]:
+    """Files that cannot be indexed, with the start of the reason each must be recorded with."""
+    root.mkdir(parents=True, exist_ok=True)
+    good_jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)).save(good_jpeg, "JPEG")
+    png = io.BytesIO()
+    Image.new("RGB", (200, 200), RED).save(png, "PNG")
+    corrupt = bytearray(png.getvalue())
+    corrupt[60:120] = b"\x00" * 60
+    cases = {
+        "truncated": ("truncated.jpg", good_jpeg.getvalue()[:2000], "broken image"),
+        "corrupt": ("corrupt.png", bytes(corrupt), "broken image"),
+        "zero_bytes": ("zero.jpg", b"", "empty file"),
+        "not_an_image": ("notes.png", b"just some text, not pixels\n" * 10, "not an image"),
+        "bomb": ("bomb.png", None, "image too large"),
+        "bad_raw": ("camera.dng", b"II*\x00 definitely not a raw file", "broken RAW file"),
+    }
+    out = {}
+    for name, (filename, data, reason) in cases.items():
+        path = root / filename
+        if data is None:  # 20000 x 20000 of zeros: 400 megapixels in a few hundred kilobytes
+            Image.new("1", (20000, 20000)).save(path)
+        else:
+            path.write_bytes(data)
+        out[name] = (path, reason)
+    return out
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("cmyk", RED), ("palette_transparent", (255, 255, 255)), ("animated_gif", RED), ("animated_webp", RED),
+    ("multipage_tiff", RED), ("tiny", RED), ("huge", RED), ("heic", RED), ("avif", RED), ("bmp", RED),
+])
+def test_odd_images_decode_to_the_right_rgb(tmp_path, name, expected):
+    path = odd_corpus(tmp_path)[name]
+    image, width, height = decode_image(path.read_bytes(), 64, suffix=path.suffix)
+    assert image.mode == "RGB" and width > 0 and height > 0
+    centre = image.getpixel((image.width // 2, image.height // 2))
+    assert np.allclose(centre, expected, atol=40), (name, centre)
+
+
+def test_the_whole_corpus_indexes_with_the_demo_model(tmp_path):
+    odd = odd_corpus(tmp_path / "corpus" / "odd")
+    broken = broken_corpus(tmp_path / "corpus" / "broken")
+    started = time.perf_counter()
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        report = lib.index([tmp_path / "corpus"], limits=DecodeLimits(timeout_s=60, max_megapixels=100))
+        seconds = time.perf_counter() - started
+        reasons = {e.path: e.reason for e in report.errors}
+        assert report.added == len(odd), reasons
+        for name, (path, reason) in broken.items():
+            assert reasons.get(str(path), "").startswith(reason), (name, reasons.get(str(path)))
+        assert len(report.errors) == len(broken)
+        info = lib.info()
+        assert (info.images, info.vectors, info.errors) == (len(odd), len(odd), len(broken))
+        assert {e.path for e in lib.errors()} == {str(p) for p, _ in broken.values()}
+    print(f"odd-files corpus: {len(odd) + len(broken)} files indexed in {seconds:.1f}s")
+
+
+# -- the decode pool's bounds ------------------------------------------------------------
+
+SPEC = PixelSpec(32, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+def run_pool(paths, limits, known=lambda h: False):
+    pool = DecodePool(1, lambda: SPEC, known, limits)
+    return {r.key: r for r in pool.run([(i, str(p)) for i, p in enumerate(paths)])}
+
+
+def test_a_decode_that_runs_too_long_is_abandoned_and_the_next_file_still_works(tmp_path):
+    slow = _save(tmp_path / "slow.png", Image.fromarray(
+        np.random.default_rng(1).integers(0, 255, (4000, 4000, 3), np.uint8)))
+    ok = _save(tmp_path / "ok.png", Image.new("RGB", (50, 40), RED))
+    results = run_pool([ok, slow, ok], DecodeLimits(timeout_s=0.2))
+    assert results[1].error.startswith("decoding took longer than 0.2s")
+    assert results[0].error is None and results[2].error is None
+    assert results[2].pixels.shape == (32, 32, 3) and (results[0].width, results[0].height) == (50, 40)
+
+
+def test_a_decode_that_needs_too_much_memory_is_stopped(tmp_path):
+    # 12000 x 12000 RGB needs 432 MB as soon as Pillow decodes it, over a 500 MB address space.
+    big = _save(tmp_path / "big.png", Image.new("RGB", (12000, 12000)))
+    ok = _save(tmp_path / "ok.png", Image.new("RGB", (50, 40), RED))
+    results = run_pool([big, ok], DecodeLimits(memory_mb=500, max_megapixels=1000))
+    assert "memory limit" in results[0].error
+    assert results[1].error is None
+
+
+def test_known_content_is_not_decoded(tmp_path):
+    ok = _save(tmp_path / "ok.png", Image.new("RGB", (50, 40), RED))
+    [result] = run_pool([ok], DecodeLimits(), known=lambda h: True).values()
+    assert result.same_content and result.pixels is None and result.content_hash
