@@ -60,11 +60,13 @@ class Decoded:
     pixels: Any = None  # uint8 (size, size, 3)
 
 
-def _worker_main(conn: Connection, limits: DecodeLimits) -> None:
+def _worker_main(conn: Connection, limits: DecodeLimits, niceness: int = 0) -> None:
     # Keep each worker to one core's worth of threads and within its memory budget;
     # both are set before numpy and Pillow are imported.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    if niceness and hasattr(os, "nice"):
+        os.nice(niceness)
     if limits.memory_mb:
         try:
             import resource
@@ -110,9 +112,9 @@ def _worker_main(conn: Connection, limits: DecodeLimits) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx, limits: DecodeLimits):
+    def __init__(self, ctx, limits: DecodeLimits, niceness: int = 0):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, limits), daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, limits, niceness), daemon=True)
         self.proc.start()
         child.close()
         self.key: Any = None
@@ -158,12 +160,13 @@ class DecodePool:
     """
 
     def __init__(self, workers: int, pixel_spec: Callable[[], PixelSpec], is_known: Callable[[str], bool],
-                 limits: DecodeLimits = DecodeLimits(), ahead: int = 64):
+                 limits: DecodeLimits = DecodeLimits(), ahead: int = 64, niceness: int = 0):
         if workers < 1:
             raise ValueError(f"need at least one decode worker, got {workers}")
         self.workers = workers
         self.limits = limits
         self.ahead = ahead
+        self.niceness = niceness
         self._pixel_spec = pixel_spec
         self._spec: PixelSpec | None = None
         self._is_known = is_known
@@ -191,7 +194,7 @@ class DecodePool:
         ctx = mp.get_context("spawn")  # never fork a process that holds torch's threads
         workers: list[_Worker] = []
         try:
-            workers = [_Worker(ctx, self.limits) for _ in range(min(self.workers, max(len(todo), 1)))]
+            workers = [_Worker(ctx, self.limits, self.niceness) for _ in range(min(self.workers, max(len(todo), 1)))]
             while not stop.is_set():
                 for w in workers:
                     if w.idle and todo and out.qsize() < self.ahead:
@@ -211,7 +214,7 @@ class DecodePool:
                         out.put(Decoded(w.key, w.content_hash,
                                         error=f"decoding took longer than {self.limits.timeout_s:g}s; abandoned"))
                         w.kill()
-                        workers[i] = _Worker(ctx, self.limits)
+                        workers[i] = _Worker(ctx, self.limits, self.niceness)
         except BaseException as exc:  # hand it to the consumer rather than hang it
             out.put(exc)
         finally:
@@ -230,7 +233,7 @@ class DecodePool:
             out.put(Decoded(w.key, w.content_hash,
                             error=f"the decoder crashed on this file (exit code {w.proc.exitcode})"))
             w.kill()
-            return _Worker(ctx, self.limits)
+            return _Worker(ctx, self.limits, self.niceness)
         kind, key = msg[0], msg[1]
         if kind == "ready":
             w.ready = True

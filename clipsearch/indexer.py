@@ -6,10 +6,12 @@ enter the in-memory FAISS index: an interrupted run keeps every finished batch, 
 the next run picks up where it stopped.
 
 Moves, renames and copies are recognised by content: every new file is read and
-hashed (BLAKE2b over the whole file) before it is decoded, and a file whose hash the
+hashed (XXH3-128 over the whole file) before it is decoded, and a file whose hash the
 library already knows takes that vector instead of being decoded and encoded. A whole
-file hash, not a partial one, because a false match would silently give a photo
-another photo's vector; the read is needed anyway for any file that is decoded.
+file hash, not a partial one like rclip's first-megabyte-plus-last-kilobyte, because
+a false match would silently give a photo another photo's vector (an edit that keeps
+the file's head and tail would do it); the read is needed anyway for any file that is
+decoded, and the hash costs 0.14 ms per 3 MB.
 """
 
 from __future__ import annotations
@@ -91,6 +93,35 @@ class Indexer:
         progress = progress or _Silent()
         started = time.perf_counter()
         report = IndexReport()
+        jobs = self._plan(roots, scan_options, retry_errors, report, progress)
+        progress.start(len(jobs))
+        problems = [(job, Decoded(None, error=job.file.problem)) for job in jobs if job.file.problem]
+        decodable = [(i, job.file.path) for i, job in enumerate(jobs) if not job.file.problem]
+        if problems:
+            self._commit(problems, report, progress)
+        if decodable:
+            batch_size = self.batch_size or default_batch_size(resolve_device(self.encoder.requested_device))
+            pool = DecodePool(self.workers, self._pixel_spec, self._known_content, self.limits,
+                              ahead=batch_size * _BATCHES_AHEAD)
+            batch: list[tuple[_Job, Decoded]] = []
+            for decoded in pool.run(decodable):
+                batch.append((jobs[decoded.key], decoded))
+                if len(batch) >= batch_size:
+                    self._commit(batch, report, progress)
+                    batch = []
+            if batch:
+                self._commit(batch, report, progress)
+        if self._gone:  # not claimed by a moved file: deleted
+            gone = list(self._gone)
+            self.store.commit_batch(removed=gone)
+            self._vectors().remove(gone)
+            report.removed = len(gone)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _plan(self, roots: list[Path], scan_options: ScanOptions, retry_errors: bool, report: IndexReport,
+              progress: IndexProgress) -> list[_Job]:
+        """Walk the roots and compare with the database: the files that need work."""
         found = []
         for f in scan(roots, scan_options):
             found.append(f)
@@ -112,29 +143,7 @@ class Indexer:
         # What is left was indexed under these roots once and is not there now: moved
         # (a new file will claim it by content) or deleted (removed at the end).
         self._gone = {k.id: k for k in known.values()}
-
-        progress.start(len(jobs))
-        if jobs:
-            batch_size = self.batch_size or default_batch_size(resolve_device(self.encoder.requested_device))
-            pool = DecodePool(self.workers, self._pixel_spec, self._known_content, self.limits,
-                              ahead=batch_size * _BATCHES_AHEAD)
-            batch: list[tuple[_Job, Decoded]] = []
-            for decoded in pool.run((i, job.file.path) for i, job in enumerate(jobs) if not job.file.problem):
-                batch.append((jobs[decoded.key], decoded))
-                if len(batch) >= batch_size:
-                    self._commit(batch, report, progress)
-                    batch = []
-            batch += [(job, Decoded(i, error=job.file.problem)) for i, job in enumerate(jobs) if job.file.problem]
-            if batch:
-                self._commit(batch, report, progress)
-
-        if self._gone:
-            gone = list(self._gone)
-            self.store.commit_batch(removed=gone)
-            self._vectors().remove(gone)
-            report.removed = len(gone)
-        report.seconds = time.perf_counter() - started
-        return report
+        return jobs
 
     # -- called by the decode pool's dispatcher thread ------------------------------
 

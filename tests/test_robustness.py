@@ -4,6 +4,7 @@ skipped with their reason, and nothing stops the run. The corpus is generated he
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
 
@@ -79,6 +80,10 @@ def broken_corpus(root: Path) -> dict[str, tuple[Path, str]]:
         else:
             path.write_bytes(data)
         out[name] = (path, reason)
+    # A name that is not valid UTF-8 (a file copied from an old Latin-1 system).
+    raw_name = os.fsencode(str(root)) + b"/caf\xe9.png"
+    Image.new("RGB", (20, 20), RED).save(raw_name, "PNG")
+    out["undecodable_name"] = (Path(str(root) + "/caf\\xe9.png"), "file name is not valid UTF-8")
     return out
 
 
@@ -145,3 +150,18 @@ def test_known_content_is_not_decoded(tmp_path):
     ok = _save(tmp_path / "ok.png", Image.new("RGB", (50, 40), RED))
     [result] = run_pool([ok], DecodeLimits(), known=lambda h: True).values()
     assert result.same_content and result.pixels is None and result.content_hash
+
+
+def test_retry_errors_tries_unchanged_failures_again(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _save(photos / "big.png", Image.new("RGB", (3000, 2000), BLUE))
+    _save(photos / "small.png", Image.new("RGB", (30, 20), RED))
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        report = lib.index([photos], limits=DecodeLimits(max_megapixels=1))
+        assert report.added == 1 and report.errors[0].reason.startswith("image too large")
+        # Unchanged, so not retried by default, even with a higher cap...
+        assert lib.index([photos]).unchanged == 2
+        # ...until asked to.
+        report = lib.index([photos], retry_errors=True)
+        assert report.updated == 1 and not report.errors and lib.info().errors == 0
