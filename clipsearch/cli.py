@@ -147,6 +147,8 @@ class _ProgressBar:
             self._console.print(f"skipping {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
 
     def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
         if self._progress is not None:
             self._progress.stop()
 

@@ -194,11 +194,13 @@ class Indexer:
         failed = [FailedImage(job.file.path, job.file.size, job.file.mtime_ns, d.error) for job, d in bad]
 
         ids = self.store.commit_batch(indexed, failed, moved=moved)
-        index = self._vectors()
-        # A changed file that now fails to decode must not keep its old vector.
-        index.remove([job.old_id for job, _ in bad if job.old_id is not None])
+        # A changed file that now fails to decode must not keep its old vector. (A batch of
+        # failures alone may come before any model is loaded, so the index is not touched.)
+        stale = [job.old_id for job, _ in bad if job.old_id is not None]
+        if stale:
+            self._vectors().remove(stale)
         if ids:
-            index.add(ids, np.stack([item.vector for item in indexed]))
+            self._vectors().add(ids, np.stack([item.vector for item in indexed]))
         with self._hash_lock:
             for item, image_id in zip(indexed, ids):
                 self._hashes_this_run.setdefault(item.content_hash, image_id)
