@@ -1,6 +1,6 @@
 """Indexing throughput against the model's own speed, measured in one run.
 
-    python benchmarks/bench_index.py [--images 64] [--model ViT-B-32/random] [--device auto]
+    python benchmarks/bench_index.py [--images 128] [--model ViT-B-32/random] [--device auto]
 
 Three measurements with the same model (random weights: compute does not depend on the
 weight values, and no download is needed):
@@ -82,7 +82,7 @@ def end_to_end(folder: Path, model: str, device: str, batch: int, workers: int |
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--model", default="ViT-B-32/random")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=None)
