@@ -129,9 +129,11 @@ class Library:
                 raise LibraryEmptyError(f"the library at {self.root} is empty",
                                         hint="index some images first: clipsearch index PATH")
             saved = self._index_files().get(self.store.vectors_version())
-            if saved is not None:
-                self._vectors = VectorIndex.load(saved)
-            else:
+            try:
+                self._vectors = VectorIndex.load(saved) if saved is not None else None
+            except (OSError, RuntimeError):  # replaced by a writer as we looked, or damaged: rebuild
+                self._vectors = None
+            if self._vectors is None:
                 ids, matrix, _ = self.store.vectors()
                 self._vectors = VectorIndex.build(ids, matrix, identity.dim)
         return self._vectors

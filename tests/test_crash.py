@@ -67,11 +67,15 @@ def assert_consistent(lib_dir: Path) -> int:
         return len(rows)
 
 
+def demo_folder(factory, name: str, count: int, seed: int, size_range: tuple[int, int]) -> Path:
+    folder = factory.mktemp(name)
+    demoworld.write_images(folder, count, seed=seed, size_range=size_range)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("many")
-    demoworld.write_images(folder, 240, seed=11, size_range=(64, 160))
-    return folder
+    return demo_folder(tmp_path_factory, "many", 240, 11, (64, 160))
 
 
 def test_kill_9_at_random_moments_then_resume(many_images, tmp_path):
@@ -99,9 +103,7 @@ def test_kill_9_at_random_moments_then_resume(many_images, tmp_path):
 @pytest.fixture(scope="module")
 def large_images(tmp_path_factory) -> Path:
     """Big enough to decode slowly, so that an index run lasts long enough to overlap with others."""
-    folder = tmp_path_factory.mktemp("large")
-    demoworld.write_images(folder, 120, seed=12, size_range=(1200, 1600))
-    return folder
+    return demo_folder(tmp_path_factory, "large", 120, 12, (1200, 1600))
 
 
 def test_search_while_indexing_and_a_second_writer_is_refused(large_images, tmp_path):

@@ -182,3 +182,13 @@ def test_a_file_that_vanishes_mid_run_is_recorded_and_the_run_goes_on(tmp_path, 
         assert [(Path(e.path).name, e.reason) for e in report.errors] == [
             ("green.png", "file vanished before it could be read")]
         assert report.added == 2 and lib.info().images == 2
+
+
+def test_a_damaged_faiss_file_is_rebuilt_not_fatal(tmp_path, fake_encoder):
+    paths = make_images(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        lib.index([tmp_path / "photos"])
+    [saved] = (tmp_path / "lib").glob("index.v*.faiss")
+    saved.write_bytes(b"garbage")
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        assert lib.search(image=paths["blue"], k=1)[0].path == str(paths["blue"])
