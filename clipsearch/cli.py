@@ -208,27 +208,73 @@ def index(
         f"removed {report.removed}, errors {len(report.errors)} in {report.seconds:.1f}s")
 
 
+PathsOnlyOpt = Annotated[bool, typer.Option("--paths-only", "-f", help="Print only paths, one per line (for pipes).")]
+
+
+def _print_hits(hits, json_out: bool, paths_only: bool) -> None:
+    lines = [h.path for h in hits] if paths_only else [f"{h.score:.4f}\t{h.path}" for h in hits]
+    _output(json_out, [h.to_dict() for h in hits], lines, "no results")
+
+
 @command
 def search(
     text: Annotated[Optional[str], typer.Argument(help="What to look for, in words.", show_default=False)] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", "-i", help="Search by this image instead.",
+    image: Annotated[Optional[Path], typer.Option("--image", "-i", help="Search by this image.",
                                                   show_default=False)] = None,
+    also: Annotated[Optional[list[str]], typer.Option(
+        "--and", "-a", help="Add a term: text, an image path or id:N, optionally weighted as W:TERM. Repeatable.",
+        show_default=False)] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        "--not", help="Subtract a term, same forms as --and. Repeatable.", show_default=False)] = None,
+    folder: Annotated[Optional[list[Path]], typer.Option(
+        "--in", help="Only images inside this folder. Repeatable.", show_default=False)] = None,
+    ext: Annotated[Optional[list[str]], typer.Option(
+        "--ext", help="Only files with this extension, e.g. jpg. Repeatable.", show_default=False)] = None,
+    min_score: Annotated[Optional[float], typer.Option(
+        "--min-score", help="Drop hits with a lower cosine score.", show_default=False)] = None,
     limit: LimitOpt = 10,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many hits first (paging).")] = 0,
+    include_query: Annotated[bool, typer.Option(
+        "--include-query", help="Keep the query's own images in the results.")] = False,
     library: LibraryOpt = None,
     device: DeviceOpt = "auto",
+    paths_only: PathsOnlyOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Find the images closest to a text or an image.
+    """Find the images closest to a text, an image, or a mix of both.
 
+    The query vector is the weighted sum of the terms' unit vectors, `--not` terms
+    subtracted, normalised again. An image already in the library uses its stored vector.
     Prints one line per hit, the cosine score then the path; `--json` prints an array.
 
-    Example: `clipsearch search "a dog on the beach" -n 5`
+    Example: `clipsearch search "a beach" --and ./sunset.jpg --not "2:people" -n 5`
     """
-    if text is None and image is None:
-        raise typer.BadParameter("give a text query or --image PATH", param_hint="TEXT")
+    from .query import Query
+
+    if text is None and image is None and not also:
+        raise typer.BadParameter("give a text query, --image PATH or --and TERM", param_hint="TEXT")
+    query = Query.build(text, image, also or (), exclude or ())
     with _open(library, device=device, create=False) as lib:
-        hits = lib.search(text=text, image=image, k=limit)
-    _output(json_out, [h.to_dict() for h in hits], [f"{h.score:.4f}\t{h.path}" for h in hits], "no results")
+        hits = lib.search(query=query, k=limit, offset=offset, min_score=min_score, folders=folder or (),
+                          extensions=ext or (), include_query_images=include_query)
+    _print_hits(hits, json_out, paths_only)
+
+
+@command
+def similar(
+    image: Annotated[str, typer.Argument(help="An indexed image: its path, or id:N.", show_default=False)],
+    limit: LimitOpt = 10,
+    library: LibraryOpt = None,
+    paths_only: PathsOnlyOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find the images most like one already in the library (no model needed).
+
+    Example: `clipsearch similar ~/Photos/beach.jpg -n 5`
+    """
+    with _open(library, create=False) as lib:
+        hits = lib.similar(image, k=limit)
+    _print_hits(hits, json_out, paths_only)
 
 
 @command

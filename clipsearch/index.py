@@ -65,13 +65,17 @@ class VectorIndex:
             return 0
         return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
 
-    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, xq: np.ndarray, k: int, subset=None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest ids; with ``subset``, only among those ids (exact, not over-fetched)."""
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         xq = _as_matrix(xq, self.dim)
-        if not self.ntotal:
+        if not self.ntotal or (subset is not None and not len(subset)):
             return (np.full((len(xq), k), -np.inf, np.float32), np.full((len(xq), k), -1, np.int64))
-        return self._index.search(xq, k)
+        if subset is None:
+            return self._index.search(xq, k)
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(_as_ids(subset)))
+        return self._index.search(xq, k, params=params)
 
     def save(self, path: Path) -> None:
         """Write atomically: a reader sees the old file or the new one, never half of one."""

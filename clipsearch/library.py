@@ -30,6 +30,7 @@ from .errors import (
 from .decodepool import DecodeLimits, default_workers
 from .index import VectorIndex
 from .indexer import Indexer, IndexProgress
+from .query import Query, Term
 from .results import FileError, IndexReport, LibraryInfo, SearchHit
 from .scanner import ScanOptions, resolve_roots
 from .store import Store
@@ -187,25 +188,78 @@ class Library:
 
     # -- searching --------------------------------------------------------------------
 
-    def search(self, text: str | None = None, image: str | os.PathLike | None = None,
-               k: int = 10) -> list[SearchHit]:
-        """The ``k`` images nearest to a text, an image file, or both (their vectors averaged)."""
-        if text is None and image is None:
-            raise QueryError("give a text query or a query image")
-        if text is not None and not text.strip():
-            raise QueryError("the query text is empty")
+    def search(self, text: str | None = None, image: str | os.PathLike | None = None, k: int = 10, *,
+               query: Query | None = None, offset: int = 0, min_score: float | None = None,
+               folders: Iterable[str | os.PathLike] = (), extensions: Iterable[str] = (),
+               include_query_images: bool = False) -> list[SearchHit]:
+        """The ``k`` images nearest to a query, best first.
+
+        Give ``text`` and/or ``image``, or a composed :class:`Query`. Images of the query
+        that are in the library are left out of the results unless ``include_query_images``.
+        ``folders`` and ``extensions`` restrict the search to those images, exactly (the
+        index searches only the allowed ids); ``min_score`` drops weaker hits, and
+        ``offset`` skips the first hits, for paging.
+        """
         if k < 1:
             raise QueryError(f"the number of results must be at least 1, not {k}")
+        if offset < 0:
+            raise QueryError(f"the offset must not be negative, not {offset}")
+        query = query or Query.build(text, image)
         vectors = self.vectors
-        terms = []
-        if text is not None:
-            terms.append(self.encoder.encode_texts([text])[0])
-        if image is not None:
-            terms.append(self.encoder.encode_images([self._query_image(image)])[0])
-        xq = np.sum(terms, axis=0)
-        xq /= max(float(np.linalg.norm(xq)), 1e-12)
-        D, I = vectors.search(xq, k)
-        return self._hits(D[0], I[0])
+        xq, query_ids = self._query_vector(query)
+        skip = set() if include_query_images else query_ids
+        subset = self._allowed_ids(folders, extensions)
+        if subset is not None and skip:
+            subset = subset[~np.isin(subset, list(skip))]
+        D, I = vectors.search(xq, offset + k + (len(skip) if subset is None else 0), subset=subset)
+        hits = [(s, i) for s, i in zip(D[0], I[0]) if i >= 0 and int(i) not in skip]
+        if min_score is not None:
+            hits = [(s, i) for s, i in hits if s >= min_score]
+        hits = hits[offset:offset + k]
+        return self._hits(np.array([s for s, _ in hits]), np.array([i for _, i in hits], np.int64))
+
+    def similar(self, image: str | os.PathLike | int, k: int = 10) -> list[SearchHit]:
+        """The images most like an indexed image (by id or path), itself left out."""
+        term = Term("id", image) if isinstance(image, int) else Term.parse(str(image))
+        if term.kind == "text":
+            raise PathNotFoundError(f"no such image file or id: {image}", hint="give a path or id:N")
+        return self.search(query=Query((term,)), k=k)
+
+    def _allowed_ids(self, folders, extensions) -> np.ndarray | None:
+        folders = [os.path.abspath(os.path.expanduser(os.fspath(f))) for f in folders]
+        extensions = [e.lower().lstrip(".") for e in extensions]
+        bad = [e for e in extensions if not e.isalnum()]
+        if bad:
+            raise QueryError(f"not a file extension: {bad[0]!r}", hint="for example --ext jpg --ext heic")
+        if not folders and not extensions:
+            return None
+        return self.store.ids_matching(folders, extensions)
+
+    def _query_vector(self, query: Query) -> tuple[np.ndarray, set[int]]:
+        """The unit query vector, and the ids of library images that are part of the query."""
+        texts = [t for t in query.terms if t.kind == "text"]
+        text_vectors = dict(zip(texts, self.encoder.encode_texts([t.value for t in texts]))) if texts else {}
+        total = np.zeros(self.vectors.dim, np.float32)
+        in_library: set[int] = set()
+        for term in query.terms:
+            if term.kind == "text":
+                vec = text_vectors[term]
+            else:
+                image_id = term.value if term.kind == "id" else self.store.id_for_path(term.value)
+                if image_id is not None:
+                    # An indexed image: its stored vector, no decoding or encoding.
+                    try:
+                        vec = self.store.vector_of(image_id)
+                    except KeyError:
+                        raise QueryError(f"no indexed image has id {image_id}") from None
+                    in_library.add(int(image_id))
+                else:
+                    vec = self.encoder.encode_images([self._query_image(term.value)])[0]
+            total += term.weight * vec
+        norm = float(np.linalg.norm(total))
+        if norm < 1e-6:
+            raise QueryError("the query's terms cancel each other out")
+        return total / norm, in_library
 
     def _query_image(self, image: str | os.PathLike):
         from .images import read_image

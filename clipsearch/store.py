@@ -116,6 +116,18 @@ def _on_connect(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _under(roots: Iterable[Path | str]):
+    """A clause for paths equal to or inside any of ``roots``; None for no roots."""
+    clauses = []
+    for root in roots:
+        r = str(root)
+        prefix = r.rstrip("/") + "/"
+        # A range on the path, not LIKE: paths may contain % and _, and this uses the index.
+        # '0' is the character right after '/', so this is "starts with prefix".
+        clauses += [ImageRow.path == r, (ImageRow.path >= prefix) & (ImageRow.path < prefix[:-1] + "0")]
+    return or_(*clauses) if clauses else None
+
+
 class Store:
     """The library's SQLite database."""
 
@@ -191,17 +203,10 @@ class Store:
 
     def known_files(self, roots: Iterable[Path]) -> dict[str, KnownFile]:
         """Every file the database has under any of ``roots`` (a root may also be a file)."""
-        clauses = []
-        for root in roots:
-            r = str(root)
-            prefix = r.rstrip("/") + "/"
-            # A range on the path, not LIKE: paths may contain % and _, and this uses the index.
-            # '0' is the character right after '/', so this is "starts with prefix".
-            clauses += [ImageRow.path == r, (ImageRow.path >= prefix) & (ImageRow.path < prefix[:-1] + "0")]
-        if not clauses:
+        clause = _under(roots)
+        if clause is None:
             return {}
-        stmt = select(ImageRow.id, ImageRow.path, ImageRow.size, ImageRow.mtime_ns, ImageRow.status).where(
-            or_(*clauses))
+        stmt = select(ImageRow.id, ImageRow.path, ImageRow.size, ImageRow.mtime_ns, ImageRow.status).where(clause)
         with Session(self.engine) as s:
             return {r.path: KnownFile(r.id, r.path, r.size, r.mtime_ns, r.status) for r in s.execute(stmt)}
 
@@ -254,6 +259,22 @@ class Store:
             row = s.execute(select(ImageRow.id, ImageRow.path).where(
                 ImageRow.content_hash == content_hash, ImageRow.status == STATUS_INDEXED).limit(1)).first()
         return (row.id, row.path) if row else None
+
+    def id_for_path(self, path: str) -> int | None:
+        """The id of an indexed image at exactly this path."""
+        with Session(self.engine) as s:
+            return s.scalar(select(ImageRow.id).where(ImageRow.path == path, ImageRow.status == STATUS_INDEXED))
+
+    def ids_matching(self, folders: Sequence[str] = (), extensions: Sequence[str] = ()) -> np.ndarray:
+        """Ids of indexed images inside any of ``folders`` and with any of ``extensions``."""
+        stmt = select(ImageRow.id).where(ImageRow.status == STATUS_INDEXED)
+        if folders:
+            stmt = stmt.where(_under(folders))
+        if extensions:
+            # LIKE is case-insensitive for ASCII in SQLite; extensions are checked to be plain.
+            stmt = stmt.where(or_(*[ImageRow.path.like(f"%.{e}") for e in extensions]))
+        with Session(self.engine) as s:
+            return np.fromiter(s.scalars(stmt), np.int64)
 
     def vector_of(self, image_id: int) -> np.ndarray:
         with Session(self.engine) as s:

@@ -53,13 +53,40 @@ def test_text_query_finds_the_right_colour_and_shape(demo_library, label):
     assert Path(hit["path"]).is_absolute() and isinstance(hit["score"], float)
 
 
-def test_image_query_returns_itself_first(demo_library, demo_images):
+def test_image_query_finds_the_same_picture(demo_library, demo_images, tmp_path):
     for path in demo_images[::7]:
-        result = cli("search", "--image", str(path), "-n", "3", "--json", "-L", str(demo_library))
+        # A copy outside the library is decoded and encoded; the original must come first.
+        outside = tmp_path / f"copy-of-{path.name}"
+        shutil.copy(path, outside)
+        result = cli("search", "--image", str(outside), "-n", "3", "--json", "-L", str(demo_library))
         assert result.exit_code == 0, result.stderr
         hits = json.loads(result.stdout)
         assert hits[0]["path"] == str(path) and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
         assert hits[1]["score"] < hits[0]["score"]
+        # The indexed original itself is left out by default, and kept on request.
+        hits = json.loads(cli("search", "--image", str(path), "-n", "3", "--json", "-L", str(demo_library)).stdout)
+        assert str(path) not in {h["path"] for h in hits}
+        hits = json.loads(cli("search", "--image", str(path), "-n", "1", "--include-query", "--json",
+                              "-L", str(demo_library)).stdout)
+        assert hits[0]["path"] == str(path) and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_composed_query_subtracts_a_colour(demo_library):
+    hits = json.loads(cli("search", "a circle", "--not", "red", "--and", "0.5:a ring", "-n", "4", "--json",
+                          "-L", str(demo_library)).stdout)
+    labels = [label_of(h["path"]) for h in hits]
+    assert all(not label.startswith("red") for label in labels), labels
+    assert all(label.endswith(("circle", "ring")) for label in labels), labels
+
+
+def test_similar_and_paths_only(demo_library, demo_images):
+    path = demo_images[3]
+    result = cli("similar", str(path), "-n", "5", "-f", "-L", str(demo_library))
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5 and str(path) not in lines and all(Path(p).is_file() for p in lines)
+    by_id = json.loads(cli("search", "a cat", "-n", "1", "--json", "-L", str(demo_library)).stdout)[0]
+    same = json.loads(cli("similar", f"id:{by_id['id']}", "-n", "5", "--json", "-L", str(demo_library)).stdout)
+    assert by_id["path"] not in {h["path"] for h in same} and len(same) == 5
 
 
 def test_plain_output_is_score_then_path(demo_library):
@@ -98,7 +125,10 @@ def test_changed_file_is_re_embedded(small_library, tmp_path):
     os.utime(target, ns=(10**9, 10**9))
     report = json.loads(cli("index", str(photos), "-L", str(lib), "--json").stdout)
     assert report["updated"] == 1 and report["unchanged"] == 11
-    hits = json.loads(cli("search", "--image", str(target), "-n", "1", "--json", "-L", str(lib)).stdout)
+    # Its stored vector is the new content's: a copy kept outside the library finds it at 1.0.
+    outside = tmp_path / "outside.png"
+    shutil.copy(target, outside)
+    hits = json.loads(cli("search", "--image", str(outside), "-n", "1", "--json", "-L", str(lib)).stdout)
     assert hits[0]["path"] == str(target) and hits[0]["score"] == pytest.approx(1.0, abs=1e-3)
     red = json.loads(cli("search", "a red circle", "-n", "3", "--json", "-L", str(lib)).stdout)
     assert str(target) in {h["path"] for h in red}
@@ -139,6 +169,10 @@ def test_broken_files_are_skipped_and_listed(small_library):
     (["index", "{tmp}/absent"], 1, "no such file or folder"),
     (["index", "{tmp}/empty"], 1, "no image files found"),
     (["search"], 2, "give a text query"),
+    (["search", "a cat", "--not", "a cat"], 1, "cancel each other out"),
+    (["search", "a cat", "--ext", "j*g"], 1, "not a file extension"),
+    (["similar", "id:999999"], 1, "no indexed image has id 999999"),
+    (["similar", "{tmp}/absent.png"], 1, "no such image file or id"),
     (["search", "a cat", "-n", "0"], 2, ""),
 ])
 def test_bad_input_gets_one_clear_line(small_library, tmp_path, args, code, message):
@@ -175,7 +209,7 @@ def test_the_installed_command_runs_end_to_end(tmp_path, demo_images):
     out = subprocess.run([exe, "search", "a green ring", "-n", "1"], env=env, capture_output=True, text=True,
                          check=True)
     assert label_of(out.stdout.split("\t")[1].strip()) == "green ring"
-    out = subprocess.run([exe, "search", "--image", str(demo_images[5]), "-n", "1"], env=env,
+    out = subprocess.run([exe, "search", "--image", str(demo_images[5]), "-n", "1", "--include-query"], env=env,
                          capture_output=True, text=True, check=True)
     assert out.stdout.split("\t")[1].strip() == str(demo_images[5])
 

@@ -32,7 +32,7 @@ def test_index_then_search_by_text_and_image(tmp_path, fake_encoder):
         hits = lib.search(text="green", k=2)
         assert hits[0].path == str(paths["green"]) and hits[0].score > hits[1].score
         assert (hits[0].width, hits[0].height) == (40, 30)
-        assert lib.search(image=paths["blue"], k=1)[0].path == str(paths["blue"])
+        assert lib.search(image=paths["blue"], k=1, include_query_images=True)[0].path == str(paths["blue"])
         info = lib.info()
         assert (info.images, info.vectors, info.errors, info.model, info.dim) == (3, 3, 0, "fake", 4)
 
@@ -55,7 +55,7 @@ def test_reindex_is_a_no_op_and_changes_are_picked_up(tmp_path, fake_encoder):
         assert sum(fake_encoder.encoded) == encoded_before + 1
         found = [h.path for h in lib.search(text="blue", k=10)]
         assert str(paths["green"]) not in found and len(found) == 2
-        now_blue = lib.search(image=paths["blue"], k=2)
+        now_blue = lib.search(image=paths["blue"], k=2, include_query_images=True)
         assert [h.path for h in now_blue] == [str(paths["blue"]), str(paths["red"])]
         assert now_blue[1].score == pytest.approx(1.0, abs=1e-3)
 
@@ -150,7 +150,7 @@ def test_moves_renames_and_copies_reuse_vectors_without_encoding(tmp_path, fake_
         hits = {h.path: h for h in lib.search(text="red", k=4)}
         assert hits[str(moved)].id == ids[str(paths["red"])]  # same row, same vector
         assert str(paths["red"]) not in hits
-        green = lib.search(image=paths["green"], k=2)
+        green = lib.search(image=paths["green"], k=2, include_query_images=True)
         assert {h.path for h in green} == {str(paths["green"]), str(copy)}
         assert green[1].score == pytest.approx(1.0, abs=1e-5)
         assert lib.info().images == 4 and lib.vectors.ntotal == 4
@@ -165,7 +165,7 @@ def test_identical_new_files_are_encoded_once(tmp_path, fake_encoder):
     with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
         report = lib.index([folder])
         assert report.added == 3 and sum(fake_encoder.encoded) == 1
-        assert len(lib.search(image=folder / "a.png", k=5)) == 3
+        assert len(lib.search(image=folder / "a.png", k=5, include_query_images=True)) == 3
 
 
 def test_a_file_that_vanishes_mid_run_is_recorded_and_the_run_goes_on(tmp_path, fake_encoder):
@@ -191,4 +191,4 @@ def test_a_damaged_faiss_file_is_rebuilt_not_fatal(tmp_path, fake_encoder):
     [saved] = (tmp_path / "lib").glob("index.v*.faiss")
     saved.write_bytes(b"garbage")
     with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
-        assert lib.search(image=paths["blue"], k=1)[0].path == str(paths["blue"])
+        assert lib.search(image=paths["blue"], k=1, include_query_images=True)[0].path == str(paths["blue"])
