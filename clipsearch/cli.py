@@ -12,6 +12,8 @@ import json
 import logging
 import sys
 import warnings
+from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -208,6 +210,15 @@ def index(
         f"removed {report.removed}, errors {len(report.errors)} in {report.seconds:.1f}s")
 
 
+_DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+
+
+class SortOrder(str, Enum):
+    score = "score"
+    date = "date"
+    path = "path"
+
+
 PathsOnlyOpt = Annotated[bool, typer.Option("--paths-only", "-f", help="Print only paths, one per line (for pipes).")]
 
 
@@ -230,8 +241,15 @@ def search(
         "--in", help="Only images inside this folder. Repeatable.", show_default=False)] = None,
     ext: Annotated[Optional[list[str]], typer.Option(
         "--ext", help="Only files with this extension, e.g. jpg. Repeatable.", show_default=False)] = None,
+    after: Annotated[Optional[datetime], typer.Option(
+        "--after", formats=_DATE_FORMATS, help="Only photos taken on or after this date (EXIF, else file time).",
+        show_default=False)] = None,
+    before: Annotated[Optional[datetime], typer.Option(
+        "--before", formats=_DATE_FORMATS, help="Only photos taken before this date.", show_default=False)] = None,
     min_score: Annotated[Optional[float], typer.Option(
         "--min-score", help="Drop hits with a lower cosine score.", show_default=False)] = None,
+    sort: Annotated[SortOrder, typer.Option(
+        "--sort", help="Order: best score first, newest first, or by path.")] = SortOrder.score,
     limit: LimitOpt = 10,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many hits first (paging).")] = 0,
     include_query: Annotated[bool, typer.Option(
@@ -256,7 +274,8 @@ def search(
     query = Query.build(text, image, also or (), exclude or ())
     with _open(library, device=device, create=False) as lib:
         hits = lib.search(query=query, k=limit, offset=offset, min_score=min_score, folders=folder or (),
-                          extensions=ext or (), include_query_images=include_query)
+                          extensions=ext or (), after=after, before=before, sort=sort.value,
+                          include_query_images=include_query)
     _print_hits(hits, json_out, paths_only)
 
 

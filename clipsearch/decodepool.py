@@ -64,6 +64,7 @@ class Decoded:
     same_content: bool = False
     width: int = 0
     height: int = 0
+    taken_ns: int | None = None
     pixels: Any = None  # uint8 (size, size, 3)
 
 
@@ -107,9 +108,10 @@ def _worker_main(conn: Connection, limits: DecodeLimits, niceness: int = 0) -> N
             if spec is None:
                 continue  # the library already has this content
             del digest
-            image, width, height = decode_image(data, spec.size, limits.max_megapixels, os.path.splitext(path)[1])
+            picture = decode_image(data, spec.size, limits.max_megapixels, os.path.splitext(path)[1])
             del data
-            conn.send(("done", key, width, height, model_pixels(image, spec)))
+            conn.send(("done", key, picture.width, picture.height, picture.taken_ns,
+                       model_pixels(picture.image, spec)))
         except ImageError as exc:
             conn.send(("error", key, exc.message))
         except MemoryError:
@@ -257,7 +259,7 @@ class DecodePool:
                 w.conn.send(self._spec)
             return w
         if kind == "done":
-            out.put(Decoded(key, w.content_hash, width=msg[2], height=msg[3], pixels=msg[4]))
+            out.put(Decoded(key, w.content_hash, width=msg[2], height=msg[3], taken_ns=msg[4], pixels=msg[5]))
         else:
             out.put(Decoded(key, w.content_hash, error=msg[2]))
         w.key = None

@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import xxhash
@@ -34,13 +36,23 @@ DEFAULT_MAX_MEGAPIXELS = 200.0
 _ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
-@dataclass(frozen=True)
-class DecodedImage:
-    """An image ready for the model, with facts about the original file."""
+class Picture(NamedTuple):
+    """A decoded image, ready for the model, with facts about the original."""
 
     image: Image.Image  # RGB, possibly reduced
     width: int  # of the original, after EXIF orientation
     height: int
+    taken_ns: int | None  # EXIF DateTimeOriginal as epoch ns (its wall-clock time read as UTC)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded file and its content hash."""
+
+    image: Image.Image
+    width: int
+    height: int
+    taken_ns: int | None
     content_hash: str
 
 
@@ -78,8 +90,8 @@ def read_file(path: Path) -> bytes:
 
 
 def decode_image(data: bytes, target_size: int = 224, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-                 suffix: str = "") -> tuple[Image.Image, int, int]:
-    """Decode bytes to ``(rgb_image, width, height)``; ``suffix`` tells RAW files apart."""
+                 suffix: str = "") -> Picture:
+    """Decode bytes to a :class:`Picture`; ``suffix`` tells RAW files apart."""
     try:
         if suffix.lower() in RAW_EXTENSIONS:
             data = _raw_preview(data)
@@ -87,7 +99,9 @@ def decode_image(data: bytes, target_size: int = 224, max_megapixels: float = DE
         width, height = im.size
         if width * height > max_megapixels * 1e6:
             raise ImageError(f"image too large: {width}x{height} is over the {max_megapixels:g} megapixel cap")
-        orientation = im.getexif().get(0x0112, 1)
+        exif = im.getexif()
+        orientation = exif.get(0x0112, 1)
+        taken_ns = _taken_ns(exif)
         if orientation in _ROTATED_ORIENTATIONS:
             width, height = height, width
         if im.format == "JPEG":
@@ -101,7 +115,7 @@ def decode_image(data: bytes, target_size: int = 224, max_megapixels: float = DE
         if factor >= 2:
             im = im.reduce(factor)
         im = ImageOps.exif_transpose(im)
-        return _to_rgb(im), width, height
+        return Picture(_to_rgb(im), width, height, taken_ns)
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
@@ -110,6 +124,20 @@ def decode_image(data: bytes, target_size: int = 224, max_megapixels: float = DE
         raise ImageError(f"image too large: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageError(f"broken image: {exc}") from exc
+
+
+def _taken_ns(exif: Image.Exif) -> int | None:
+    """When the photo was taken, from EXIF DateTimeOriginal (or DateTimeDigitized)."""
+    sub = exif.get_ifd(0x8769)  # the Exif sub-IFD
+    for tag in (0x9003, 0x9004):
+        value = sub.get(tag)
+        if isinstance(value, str):
+            try:
+                when = datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+            except ValueError:
+                continue  # "0000:00:00 00:00:00" and other junk cameras write
+            return int(when.replace(tzinfo=timezone.utc).timestamp()) * 1_000_000_000
+    return None
 
 
 def _raw_preview(data: bytes) -> bytes:

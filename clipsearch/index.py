@@ -77,6 +77,18 @@ class VectorIndex:
         params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(_as_ids(subset)))
         return self._index.search(xq, k, params=params)
 
+    def range(self, xq: np.ndarray, min_score: float, subset=None) -> tuple[np.ndarray, np.ndarray]:
+        """Every id scoring at least ``min_score`` for one query vector, best first: ``(D, I)``."""
+        xq = _as_matrix(xq, self.dim)[:1]
+        if not self.ntotal or (subset is not None and not len(subset)):
+            return np.empty(0, np.float32), np.empty(0, np.int64)
+        params = None if subset is None else faiss.SearchParameters(sel=faiss.IDSelectorBatch(_as_ids(subset)))
+        # FAISS keeps inner products strictly above the radius; nudge it so min_score counts.
+        _, D, I = self._index.range_search(xq, float(np.nextafter(np.float32(min_score), np.float32(-np.inf))),
+                                           params=params)
+        order = np.argsort(-D, kind="stable")
+        return D[order], I[order].astype(np.int64)
+
     def save(self, path: Path) -> None:
         """Write atomically: a reader sees the old file or the new one, never half of one."""
         path = Path(path)

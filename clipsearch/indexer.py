@@ -172,7 +172,7 @@ class Indexer:
         vectors = {}
         if first_with:
             encoded = self.encoder.encode_crops(np.stack([d.pixels for d in first_with.values()]))
-            vectors = {h: (vec, d.width, d.height) for (h, d), vec in zip(first_with.items(), encoded)}
+            vectors = {h: (vec, d.width, d.height, d.taken_ns) for (h, d), vec in zip(first_with.items(), encoded)}
         sources = self.store.images([i for i in known.values() if i is not None])
 
         indexed, moved = [], []
@@ -183,10 +183,11 @@ class Indexer:
                 report.moved += 1
                 continue
             if source is not None:
-                vector, width, height = self.store.vector_of(source), sources[source].width, sources[source].height
+                src = sources[source]
+                vector, width, height, taken = self.store.vector_of(source), src.width, src.height, src.taken_ns
             else:
-                vector, width, height = vectors[d.content_hash]
-            indexed.append(IndexedImage(f.path, f.size, f.mtime_ns, d.content_hash, width, height, vector))
+                vector, width, height, taken = vectors[d.content_hash]
+            indexed.append(IndexedImage(f.path, f.size, f.mtime_ns, d.content_hash, width, height, vector, taken))
             if job.old_id is None:
                 report.added += 1
             else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from .results import FileError, IndexReport, LibraryInfo, SearchHit
 from .scanner import ScanOptions, resolve_roots
 from .store import Store
 
+SORT_ORDERS = ("score", "date", "path")
 ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # the CLI names it too, without importing this module
 DB_NAME = "library.db"
 _INDEX_FILE = re.compile(r"^index\.v(\d+)\.faiss$")
@@ -191,32 +193,45 @@ class Library:
     def search(self, text: str | None = None, image: str | os.PathLike | None = None, k: int = 10, *,
                query: Query | None = None, offset: int = 0, min_score: float | None = None,
                folders: Iterable[str | os.PathLike] = (), extensions: Iterable[str] = (),
+               after: datetime | None = None, before: datetime | None = None, sort: str = "score",
                include_query_images: bool = False) -> list[SearchHit]:
         """The ``k`` images nearest to a query, best first.
 
         Give ``text`` and/or ``image``, or a composed :class:`Query`. Images of the query
         that are in the library are left out of the results unless ``include_query_images``.
-        ``folders`` and ``extensions`` restrict the search to those images, exactly (the
-        index searches only the allowed ids); ``min_score`` drops weaker hits, and
-        ``offset`` skips the first hits, for paging.
+        ``folders``, ``extensions`` and the ``after``/``before`` dates (EXIF time taken, else
+        modification time; ``before`` is exclusive) restrict the search to those images,
+        exactly: the index searches only the allowed ids. ``min_score`` drops weaker hits.
+        ``sort`` is ``score`` (best first), ``date`` (newest first) or ``path``; with
+        ``min_score`` it orders every hit above the cutoff, without it the ``offset + k``
+        best. ``offset`` skips the first hits, for paging.
         """
         if k < 1:
             raise QueryError(f"the number of results must be at least 1, not {k}")
         if offset < 0:
             raise QueryError(f"the offset must not be negative, not {offset}")
+        if sort not in SORT_ORDERS:
+            raise QueryError(f"unknown sort order {sort!r}", hint=f"choose one of: {', '.join(SORT_ORDERS)}")
         query = query or Query.build(text, image)
         vectors = self.vectors
         xq, query_ids = self._query_vector(query)
         skip = set() if include_query_images else query_ids
-        subset = self._allowed_ids(folders, extensions)
+        subset = self._allowed_ids(folders, extensions, after, before)
         if subset is not None and skip:
             subset = subset[~np.isin(subset, list(skip))]
-        D, I = vectors.search(xq, offset + k + (len(skip) if subset is None else 0), subset=subset)
-        hits = [(s, i) for s, i in zip(D[0], I[0]) if i >= 0 and int(i) not in skip]
+        if sort != "score" and min_score is not None:
+            D, I = vectors.range(xq, min_score, subset=subset)
+        else:
+            D, I = (a[0] for a in vectors.search(xq, offset + k + (len(skip) if subset is None else 0), subset))
+        found = [(float(s), int(i)) for s, i in zip(D, I) if i >= 0 and int(i) not in skip]
         if min_score is not None:
-            hits = [(s, i) for s, i in hits if s >= min_score]
-        hits = hits[offset:offset + k]
-        return self._hits(np.array([s for s, _ in hits]), np.array([i for _, i in hits], np.int64))
+            found = [(s, i) for s, i in found if s >= min_score]
+        hits = self._hits(found)
+        if sort == "date":
+            hits.sort(key=lambda h: h.taken_at or "", reverse=True)
+        elif sort == "path":
+            hits.sort(key=lambda h: h.path)
+        return hits[offset:offset + k]
 
     def similar(self, image: str | os.PathLike | int, k: int = 10) -> list[SearchHit]:
         """The images most like an indexed image (by id or path), itself left out."""
@@ -225,15 +240,15 @@ class Library:
             raise PathNotFoundError(f"no such image file or id: {image}", hint="give a path or id:N")
         return self.search(query=Query((term,)), k=k)
 
-    def _allowed_ids(self, folders, extensions) -> np.ndarray | None:
+    def _allowed_ids(self, folders, extensions, after: datetime | None, before: datetime | None) -> np.ndarray | None:
         folders = [os.path.abspath(os.path.expanduser(os.fspath(f))) for f in folders]
         extensions = [e.lower().lstrip(".") for e in extensions]
         bad = [e for e in extensions if not e.isalnum()]
         if bad:
             raise QueryError(f"not a file extension: {bad[0]!r}", hint="for example --ext jpg --ext heic")
-        if not folders and not extensions:
+        if not folders and not extensions and after is None and before is None:
             return None
-        return self.store.ids_matching(folders, extensions)
+        return self.store.ids_matching(folders, extensions, _epoch_ns(after), _epoch_ns(before))
 
     def _query_vector(self, query: Query) -> tuple[np.ndarray, set[int]]:
         """The unit query vector, and the ids of library images that are part of the query."""
@@ -272,10 +287,10 @@ class Library:
         except ImageError as exc:
             raise QueryError(f"cannot use {image} as a query image: {exc.message}") from exc
 
-    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[SearchHit]:
-        found = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]
+    def _hits(self, found: list[tuple[float, int]]) -> list[SearchHit]:
         rows = self.store.images([i for _, i in found])
-        return [SearchHit(i, rows[i].path, s, rows[i].width, rows[i].height) for s, i in found if i in rows]
+        return [SearchHit(i, rows[i].path, s, rows[i].width, rows[i].height, _iso(rows[i].when_ns))
+                for s, i in found if i in rows]
 
     # -- reporting --------------------------------------------------------------------
 
@@ -298,6 +313,19 @@ class Library:
     def errors(self) -> list[FileError]:
         """Files that could not be indexed, with the reason."""
         return self.store.errors()
+
+
+def _epoch_ns(when: datetime | None) -> int | None:
+    """Nanoseconds since the epoch; a naive datetime is read as UTC, as EXIF times are."""
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return int(when.timestamp() * 1e9)
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="seconds")
 
 
 class _Lock:

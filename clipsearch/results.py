@@ -19,6 +19,7 @@ class SearchHit(_Record):
     score: float
     width: int | None = None
     height: int | None = None
+    taken_at: str | None = None  # ISO 8601: EXIF DateTimeOriginal, else the file's mtime
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ the set of vectors bumps. The FAISS index is a cache derived from it (see
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +45,12 @@ class ImageRow(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     error: Mapped[str | None] = mapped_column(Text)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    taken_ns: Mapped[int | None] = mapped_column(BigInteger, index=True)  # EXIF DateTimeOriginal
+
+    @property
+    def when_ns(self) -> int:
+        """When the photo was taken: EXIF if known, else the file's modification time."""
+        return self.taken_ns if self.taken_ns is not None else self.mtime_ns
 
 
 class EmbeddingRow(Base):
@@ -82,6 +89,7 @@ class IndexedImage:
     width: int
     height: int
     vector: np.ndarray
+    taken_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,22 @@ class FailedImage:
     size: int
     mtime_ns: int
     reason: str
+
+
+@contextmanager
+def _exclusive(lock_path: Path):
+    """A blocking, process-wide exclusive lock on a file (no-op where flock is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(lock_path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _now() -> datetime:
@@ -143,7 +167,6 @@ class Store:
     # -- schema -----------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        from alembic import command
         from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
@@ -155,26 +178,33 @@ class Store:
         script = ScriptDirectory.from_config(cfg)
         head = script.get_current_head()
         try:
-            with self.engine.begin() as conn:
-                current = MigrationContext.configure(conn).get_current_revision()
-                if current == head:
-                    return
-                known = {rev.revision for rev in script.walk_revisions()}
-                if current is not None and current not in known:
-                    raise SchemaTooNewError(
-                        f"the library at {self.path.parent} was written by a newer clipsearch "
-                        f"(schema {current})",
-                        hint="upgrade clipsearch: pip install -U clipsearch",
-                    )
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
-        except SchemaTooNewError:
+            with self.engine.connect() as conn:
+                if MigrationContext.configure(conn).get_current_revision() == head:
+                    return  # the usual case: no lock needed
+            # Two processes opening a new library at once must not both create the schema.
+            with _exclusive(self.path.with_name(self.path.name + ".migrate.lock")):
+                self._upgrade(cfg, script, head)
+        except LibraryError:
             raise
         except Exception as exc:  # sqlite3.DatabaseError and friends: not a usable database
-            if isinstance(exc, LibraryError):
-                raise
             raise LibraryError(f"cannot open the database {self.path}: {exc}",
                                hint="is this a clipsearch library folder?") from exc
+
+    def _upgrade(self, cfg, script, head: str) -> None:
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.begin() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+            if current == head:
+                return  # another process got here first
+            known = {rev.revision for rev in script.walk_revisions()}
+            if current is not None and current not in known:
+                raise SchemaTooNewError(
+                    f"the library at {self.path.parent} was written by a newer clipsearch (schema {current})",
+                    hint="upgrade clipsearch: pip install -U clipsearch")
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
 
     # -- meta -------------------------------------------------------------------------
 
@@ -228,6 +258,7 @@ class Store:
             for item in indexed:
                 row = self._upsert(s, item.path, item.size, item.mtime_ns)
                 row.content_hash, row.width, row.height = item.content_hash, item.width, item.height
+                row.taken_ns = item.taken_ns
                 row.status, row.error = STATUS_INDEXED, None
                 s.flush()
                 s.merge(EmbeddingRow(image_id=row.id, vector=np.asarray(item.vector, np.float32).tobytes()))
@@ -265,9 +296,16 @@ class Store:
         with Session(self.engine) as s:
             return s.scalar(select(ImageRow.id).where(ImageRow.path == path, ImageRow.status == STATUS_INDEXED))
 
-    def ids_matching(self, folders: Sequence[str] = (), extensions: Sequence[str] = ()) -> np.ndarray:
-        """Ids of indexed images inside any of ``folders`` and with any of ``extensions``."""
+    def ids_matching(self, folders: Sequence[str] = (), extensions: Sequence[str] = (),
+                     after_ns: int | None = None, before_ns: int | None = None) -> np.ndarray:
+        """Ids of indexed images inside any of ``folders``, with any of ``extensions``, taken
+        in ``[after_ns, before_ns)`` (EXIF time, else modification time)."""
         stmt = select(ImageRow.id).where(ImageRow.status == STATUS_INDEXED)
+        when = func.coalesce(ImageRow.taken_ns, ImageRow.mtime_ns)
+        if after_ns is not None:
+            stmt = stmt.where(when >= after_ns)
+        if before_ns is not None:
+            stmt = stmt.where(when < before_ns)
         if folders:
             stmt = stmt.where(_under(folders))
         if extensions:

@@ -65,3 +65,37 @@ def test_filters_are_exact_and_combine_with_paging(tmp_path, fake_encoder):
         assert [h.id for h in pages] == [h.id for h in everything]
         cut = everything[2].score
         assert [h.id for h in lib.search(text="red", k=10, min_score=cut)] == [h.id for h in everything[:3]]
+
+
+def _dated(path, rgb, when: str):
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = when
+    Image.new("RGB", (30, 20), rgb).save(path, "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def test_date_filters_and_sorting(tmp_path, fake_encoder):
+    from datetime import datetime
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _dated(folder / "old.jpg", (230, 20, 20), "2019:05:01 10:00:00")
+    _dated(folder / "mid.jpg", (200, 40, 40), "2021:05:01 10:00:00")
+    _dated(folder / "new.jpg", (150, 60, 60), "2023:05:01 10:00:00")
+    Image.new("RGB", (30, 20), (20, 20, 230)).save(folder / "undated.png")  # falls back to its mtime (now)
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        lib.index([folder])
+        names = lambda hits: [h.path.rsplit("/", 1)[1] for h in hits]  # noqa: E731
+        assert names(lib.search(text="red", k=10, after=datetime(2020, 1, 1), before=datetime(2022, 1, 1))) == [
+            "mid.jpg"]
+        assert set(names(lib.search(text="red", k=10, after=datetime(2022, 1, 1)))) == {"new.jpg", "undated.png"}
+        by_date = lib.search(text="red", k=10, sort="date")
+        assert names(by_date) == ["undated.png", "new.jpg", "mid.jpg", "old.jpg"]
+        assert by_date[1].taken_at == "2023-05-01T10:00:00+00:00"
+        assert names(lib.search(text="red", k=2, sort="path")) == sorted(names(lib.search(text="red", k=2)))
+        # With a cutoff, every hit above it is ordered, not just the best k.
+        cutoff = lib.search(text="red", k=10)[2].score
+        assert names(lib.search(text="red", k=10, sort="date", min_score=cutoff)) == [
+            n for n in ["undated.png", "new.jpg", "mid.jpg", "old.jpg"]
+            if n in names(lib.search(text="red", k=3))]
+        with pytest.raises(QueryError, match="unknown sort order"):
+            lib.search(text="red", sort="size")

@@ -93,7 +93,7 @@ def broken_corpus(root: Path) -> dict[str, tuple[Path, str]]:
 ])
 def test_odd_images_decode_to_the_right_rgb(tmp_path, name, expected):
     path = odd_corpus(tmp_path)[name]
-    image, width, height = decode_image(path.read_bytes(), 64, suffix=path.suffix)
+    image, width, height, _ = decode_image(path.read_bytes(), 64, suffix=path.suffix)
     assert image.mode == "RGB" and width > 0 and height > 0
     centre = image.getpixel((image.width // 2, image.height // 2))
     assert np.allclose(centre, expected, atol=40), (name, centre)

@@ -22,7 +22,7 @@ def test_migrations_create_the_schema_and_are_idempotent(tmp_path):
     con = sqlite3.connect(db)
     tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
     assert {"images", "embeddings", "meta", "alembic_version"} <= tables
-    assert con.execute("select version_num from alembic_version").fetchone()[0] == "0001"
+    assert con.execute("select version_num from alembic_version").fetchone()[0] == "0002"
     assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
 
 
@@ -85,3 +85,39 @@ def test_a_failed_file_is_recorded_with_its_reason_and_loses_its_vector(tmp_path
     assert [(e.path, e.reason) for e in s.errors()] == [("/a.jpg", "broken image: truncated")]
     assert s.counts() == {"indexed": 0, "error": 1}
     assert len(s.vectors()[0]) == 0
+
+
+def _alembic(db: Path):
+    from alembic.config import Config
+
+    from clipsearch.resources import migrations_dir
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["connection"] = None
+    return cfg
+
+
+def test_an_old_library_is_upgraded_on_open_and_keeps_its_rows(tmp_path):
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    db = tmp_path / "library.db"
+    cfg = _alembic(db)
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.exec_driver_sql("insert into images (path, size, mtime_ns, status, indexed_at) "
+                             "values ('/old.jpg', 5, 7, 'indexed', '2026-01-01 00:00:00')")
+    engine.dispose()
+    store = Store(db)  # upgrades to head
+    [row] = store.images([1]).values()
+    assert (row.path, row.taken_ns, row.when_ns) == ("/old.jpg", None, 7)
+    store.close()
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:  # and the new migration can be undone
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+        cols = [r[1] for r in conn.exec_driver_sql("pragma table_info(images)")]
+    assert "taken_ns" not in cols and "path" in cols
