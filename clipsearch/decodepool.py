@@ -18,10 +18,12 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -120,11 +122,29 @@ def _worker_main(conn: Connection, limits: DecodeLimits, niceness: int = 0) -> N
             conn.send(("error", key, f"decoder failed: {type(exc).__name__}: {exc}"))
 
 
+@contextmanager
+def _main_file_hidden_if_not_a_file():
+    # A spawned child re-imports the parent's __main__ from its __file__; for a script fed
+    # on stdin that is "<stdin>", which cannot be re-imported. Workers need nothing from
+    # __main__, so in that case the child is told there is no main file.
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or os.path.isfile(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 class _Worker:
     def __init__(self, ctx, limits: DecodeLimits, niceness: int = 0):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, limits, niceness), daemon=True)
-        self.proc.start()
+        with _main_file_hidden_if_not_a_file():
+            self.proc.start()
         child.close()
         self.key: Any = None
         self.started = 0.0

@@ -268,3 +268,15 @@ def test_a_permission_error_in_a_decode_worker_is_reported_as_the_reason(tmp_pat
     assert ours.recv() == ("error", 7, "cannot read file: Permission denied")
     ours.send(None)
     worker.join(10)
+
+
+def test_the_python_api_works_from_a_script_on_stdin(tmp_path):
+    """Decode workers are spawned processes; a parent whose __main__ is '<stdin>' must not break them."""
+    photos = tmp_path / "photos"
+    demoworld.write_images(photos, 3, size_range=(64, 96))
+    script = (f"from clipsearch import Library\n"
+              f"with Library.open({str(tmp_path / 'lib')!r}, model='demo') as lib:\n"
+              f"    print(lib.index([{str(photos)!r}]).added)\n")
+    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3"
