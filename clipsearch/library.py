@@ -219,11 +219,16 @@ class Library:
         subset = self._allowed_ids(folders, extensions, after, before)
         if subset is not None and skip:
             subset = subset[~np.isin(subset, list(skip))]
-        if sort != "score" and min_score is not None:
+        every_hit_above_cutoff = sort != "score" and min_score is not None
+        if every_hit_above_cutoff:
             D, I = vectors.range(xq, min_score, subset=subset)
         else:
-            D, I = (a[0] for a in vectors.search(xq, offset + k + (len(skip) if subset is None else 0), subset))
-        found = [(float(s), int(i)) for s, i in zip(D, I) if i >= 0 and int(i) not in skip]
+            D, I = self._top(xq, offset + k + (len(skip) if subset is None else 0), subset)
+        # Ties (exact duplicates share one vector) are broken by id, so pages never overlap.
+        found = sorted(((float(s), int(i)) for s, i in zip(D, I) if i >= 0 and int(i) not in skip),
+                       key=lambda hit: (-hit[0], hit[1]))
+        if not every_hit_above_cutoff:
+            found = found[:offset + k]
         if min_score is not None:
             found = [(s, i) for s, i in found if s >= min_score]
         hits = self._hits(found)
@@ -232,6 +237,20 @@ class Library:
         elif sort == "path":
             hits.sort(key=lambda h: h.path)
         return hits[offset:offset + k]
+
+    def _top(self, xq: np.ndarray, need: int, subset) -> tuple[np.ndarray, np.ndarray]:
+        """At least the ``need`` best hits, plus every hit tied with the last of them.
+
+        FAISS cuts a group of equal scores arbitrarily; fetching past the group lets the
+        caller order it deterministically.
+        """
+        n = need + 1
+        while True:
+            D, I = (a[0] for a in self.vectors.search(xq, n, subset))
+            found = int((I >= 0).sum())
+            if found < n or D[n - 1] < D[need - 1]:
+                return D, I
+            n *= 2
 
     def similar(self, image: str | os.PathLike | int, k: int = 10) -> list[SearchHit]:
         """The images most like an indexed image (by id or path), itself left out."""

@@ -99,3 +99,16 @@ def test_date_filters_and_sorting(tmp_path, fake_encoder):
             if n in names(lib.search(text="red", k=3))]
         with pytest.raises(QueryError, match="unknown sort order"):
             lib.search(text="red", sort="size")
+
+
+def test_paging_is_stable_when_duplicates_tie(tmp_path, fake_encoder):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(folder / "a.png")
+    for i in range(12):  # thirteen files, one vector: every score ties
+        (folder / f"copy{i:02d}.png").write_bytes((folder / "a.png").read_bytes())
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        lib.index([folder])
+        everything = [h.id for h in lib.search(text="red", k=13)]
+        pages = [h.id for off in range(0, 13, 4) for h in lib.search(text="red", k=4, offset=off)]
+        assert pages == everything == sorted(everything)
