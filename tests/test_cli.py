@@ -215,7 +215,7 @@ def test_the_installed_command_runs_end_to_end(tmp_path, demo_images):
 
 
 @pytest.mark.parametrize("args", [["--help"], ["search", "--help"], ["info", "-L", "{lib}"],
-                                  ["errors", "-L", "{lib}"]])
+                                  ["errors", "-L", "{lib}"], ["similar", "id:1", "-L", "{lib}"]])
 def test_cheap_commands_never_import_torch(small_library, args):
     _, lib = small_library
     argv = ["clipsearch"] + [a.format(lib=lib) for a in args]
