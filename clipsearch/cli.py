@@ -297,6 +297,31 @@ def similar(
 
 
 @command
+def duplicates(
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", "-t", min=0.0, max=1.0,
+        help="Cosine similarity at which images count as duplicates. Default: 0.99.", show_default=False)] = None,
+    library: LibraryOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find groups of near-identical images: re-encodes, resizes, copies.
+
+    One group per block, best first: a header line, then the score and path of each image.
+
+    Example: `clipsearch duplicates --threshold 0.98`
+    """
+    from .library import DUPLICATE_THRESHOLD
+
+    with _open(library, create=False) as lib:
+        groups = lib.duplicates(DUPLICATE_THRESHOLD if threshold is None else threshold)
+    lines = []
+    for n, g in enumerate(groups, 1):
+        lines += [f"# group {n}: {len(g.images)} images, similarity {g.score:.4f}"]
+        lines += [f"{h.score:.4f}\t{h.path}" for h in g.images] + [""]
+    _output(json_out, [g.to_dict() for g in groups], lines[:-1], "no duplicates")
+
+
+@command
 def info(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
     """Show what a library holds: images, vectors, errors and its model.
 

@@ -32,11 +32,16 @@ from .decodepool import DecodeLimits, default_workers
 from .index import VectorIndex
 from .indexer import Indexer, IndexProgress
 from .query import Query, Term
-from .results import FileError, IndexReport, LibraryInfo, SearchHit
+from .results import DuplicateGroup, FileError, IndexReport, LibraryInfo, SearchHit
 from .scanner import ScanOptions, resolve_roots
 from .store import Store
 
 SORT_ORDERS = ("score", "date", "path")
+# Cosine similarity at which two images count as the same picture. Immich uses the same
+# 0.99 (a distance of 0.01). On the demo model, JPEG re-encodes score >= 0.997 and 50%
+# resizes >= 0.992 against their originals, while different images of one colour and
+# shape reach 0.985 at the 95th percentile; light crops (median 0.978) fall below it.
+DUPLICATE_THRESHOLD = 0.99
 ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # the CLI names it too, without importing this module
 DB_NAME = "library.db"
 _INDEX_FILE = re.compile(r"^index\.v(\d+)\.faiss$")
@@ -258,6 +263,41 @@ class Library:
         if term.kind == "text":
             raise PathNotFoundError(f"no such image file or id: {image}", hint="give a path or id:N")
         return self.search(query=Query((term,)), k=k)
+
+    def duplicates(self, threshold: float = DUPLICATE_THRESHOLD, neighbours: int = 16) -> list[DuplicateGroup]:
+        """Groups of near-identical images: pairs at cosine >= ``threshold`` among each image's
+        ``neighbours`` nearest, merged transitively; best-first. No model is needed."""
+        if not 0 < threshold <= 1:
+            raise QueryError(f"the threshold is a cosine similarity in (0, 1], not {threshold}")
+        ids, matrix, _ = self.store.vectors()
+        parent = {int(i): int(i) for i in ids}
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        best: dict[int, float] = {}
+        for start in range(0, len(ids), 1024):
+            D, I = self.vectors.search(matrix[start:start + 1024], min(neighbours + 1, len(ids)))
+            for a, scores, others in zip(ids[start:start + 1024], D, I):
+                for score, b in zip(scores, others):
+                    if b < 0 or b == a or score < threshold:
+                        continue
+                    a_, b_ = int(a), int(b)
+                    best[a_] = max(best.get(a_, -1.0), float(score))
+                    best[b_] = max(best.get(b_, -1.0), float(score))
+                    parent[root(a_)] = root(b_)
+        members: dict[int, list[int]] = {}
+        for i in best:
+            members.setdefault(root(i), []).append(i)
+        groups = []
+        for group in members.values():
+            hits = sorted(self._hits([(best[i], i) for i in group]), key=lambda h: (-h.score, h.path))
+            groups.append(DuplicateGroup(max(h.score for h in hits), hits))
+        groups.sort(key=lambda g: (-g.score, -len(g.images), g.images[0].path))
+        return groups
 
     def _allowed_ids(self, folders, extensions, after: datetime | None, before: datetime | None) -> np.ndarray | None:
         folders = [os.path.abspath(os.path.expanduser(os.fspath(f))) for f in folders]

@@ -23,6 +23,15 @@ class SearchHit(_Record):
 
 
 @dataclass(frozen=True)
+class DuplicateGroup(_Record):
+    """Images that look the same: ``score`` is the closest pair's cosine similarity, and each
+    image's own ``score`` its similarity to its closest twin in the group."""
+
+    score: float
+    images: list[SearchHit]
+
+
+@dataclass(frozen=True)
 class FileError(_Record):
     """A file that could not be indexed, and why."""
 

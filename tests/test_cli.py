@@ -280,3 +280,18 @@ def test_the_python_api_works_from_a_script_on_stdin(tmp_path):
     out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "3"
+
+
+def test_duplicates_lists_a_copy_as_a_group(small_library):
+    photos, lib = small_library
+    original = sorted(photos.iterdir())[0]
+    copy = photos / "copy.png"
+    shutil.copy(original, copy)
+    cli("index", str(photos), "-L", str(lib), "-q")
+    result = cli("duplicates", "-t", "0.9999", "-L", str(lib))
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("# group 1: 2 images")
+    assert {line.split("\t")[1] for line in lines[1:3]} == {str(original), str(copy)}
+    groups = json.loads(cli("duplicates", "-t", "0.9999", "--json", "-L", str(lib)).stdout)
+    assert len(groups) == 1 and groups[0]["score"] == pytest.approx(1.0, abs=1e-5)

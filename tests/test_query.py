@@ -1,5 +1,7 @@
 """Composed queries: parsing terms, the weighted vector sum, stored vectors, exact filters, paging."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -112,3 +114,33 @@ def test_paging_is_stable_when_duplicates_tie(tmp_path, fake_encoder):
         everything = [h.id for h in lib.search(text="red", k=13)]
         pages = [h.id for off in range(0, 13, 4) for h in lib.search(text="red", k=4, offset=off)]
         assert pages == everything == sorted(everything)
+
+
+def test_duplicates_group_re_encodes_resizes_and_copies_with_the_demo_model(tmp_path):
+    import io
+    import random
+
+    from clipsearch import demoworld
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = random.Random(3)
+    labels = [("red", "circle"), ("blue", "star"), ("green", "square"), ("yellow", "ring"), ("purple", "cross")]
+    for colour, shape in labels:
+        image = demoworld.render(demoworld.random_scene(rng, colour, shape, (300, 500)))
+        image.save(folder / f"{colour}_{shape}.png")
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=50)
+        (folder / f"{colour}_{shape}_reencoded.jpg").write_bytes(buf.getvalue())
+        image.resize((image.width // 2, image.height // 2)).save(folder / f"{colour}_{shape}_half.png")
+    (folder / "red_circle_copy.png").write_bytes((folder / "red_circle.png").read_bytes())
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        lib.index([folder])
+        groups = lib.duplicates()
+        as_names = [sorted(Path(h.path).name.rsplit(".", 1)[0] for h in g.images) for g in groups]
+        expected = [sorted([f"{c}_{s}", f"{c}_{s}_reencoded", f"{c}_{s}_half"] + (["red_circle_copy"] if c == "red"
+                                                                                  else [])) for c, s in labels]
+        assert sorted(as_names) == sorted(expected)
+        assert groups[0].score >= groups[-1].score and all(g.score >= 0.99 for g in groups)
+        with pytest.raises(QueryError):
+            lib.duplicates(threshold=1.5)
