@@ -1,9 +1,10 @@
 """One ``index`` run: scan, tell new and changed files from unchanged ones, embed, commit.
 
 Files are read, hashed and decoded by worker processes (``decodepool.py``) a few
-batches ahead of the model, so the CPU or GPU running the model rarely waits. Every batch is committed to the database in its own transaction before its vectors
-enter the in-memory FAISS index: an interrupted run keeps every finished batch, and
-the next run picks up where it stopped.
+batches ahead of the model, so the CPU or GPU running the model rarely waits. Every
+batch is committed to the database in its own transaction before its vectors enter
+the in-memory FAISS index: an interrupted run keeps every finished batch, and the next
+run picks up where it stopped.
 
 Moves, renames and copies are recognised by content: every new file is read and
 hashed (XXH3-128 over the whole file) before it is decoded, and a file whose hash the
@@ -163,8 +164,10 @@ class Indexer:
         bad = [(job, d) for job, d in batch if d.error is not None]
 
         # Encode each distinct new content once; identical files in this batch, or ones
-        # committed since their worker asked, share a vector.
-        known = {d.content_hash: self._source_of(d.content_hash) for _, d in good}
+        # committed since their worker asked, share a vector. The database was already
+        # asked by the worker's dispatcher: only content it knew needs its row id from there.
+        known = {d.content_hash: self._source_of(d.content_hash) if d.same_content
+                 else self._hashes_this_run.get(d.content_hash) for _, d in good}
         first_with: dict[str, Decoded] = {}
         for _, d in good:
             if known[d.content_hash] is None and d.pixels is not None:
