@@ -109,7 +109,6 @@ def _worker_main(conn: Connection, limits: DecodeLimits, niceness: int = 0) -> N
             spec = conn.recv()
             if spec is None:
                 continue  # the library already has this content
-            del digest
             picture = decode_image(data, spec.size, limits.max_megapixels, os.path.splitext(path)[1])
             del data
             conn.send(("done", key, picture.width, picture.height, picture.taken_ns,
