@@ -334,6 +334,34 @@ def info(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
 
 
 @command
+def optimize(
+    memory_budget: Annotated[Optional[str], typer.Option(
+        "--memory-budget", help="Most memory the index may use, e.g. 2GB or 512MB. Default: the last "
+                                "one given, else 2GB.", show_default=False)] = None,
+    target_recall: Annotated[Optional[float], typer.Option(
+        "--target-recall", min=0.01, max=1.0,
+        help="Tune the index until this share of the exact top 10 is found. Default: the last one "
+             "given, else 0.95.", show_default=False)] = None,
+    library: LibraryOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compact the library and rebuild its index for its size: exact, HNSW or IVF-PQ.
+
+    `index` does this by itself when a library outgrows its index; run it to apply a new
+    memory budget or recall target, or to shrink the index after many deletions.
+
+    Example: `clipsearch optimize --memory-budget 1GB --target-recall 0.9`
+    """
+    from .index import parse_size
+
+    budget = parse_size(memory_budget) if memory_budget else None
+    with _open(library, create=False) as lib:
+        report = lib.optimize(budget, target_recall)
+    data = report.to_dict()
+    _output(json_out, data, [f"{key:15} {value}" for key, value in data.items()])
+
+
+@command
 def errors(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
     """List the files that could not be indexed, with the reason.
 

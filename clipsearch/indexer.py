@@ -2,9 +2,9 @@
 
 Files are read, hashed and decoded by worker processes (``decodepool.py``) a few
 batches ahead of the model, so the CPU or GPU running the model rarely waits. Every
-batch is committed to the database in its own transaction before its vectors enter
-the in-memory FAISS index: an interrupted run keeps every finished batch, and the next
-run picks up where it stopped.
+batch's vectors are appended to the vector file and its rows committed to the database
+in one transaction before they enter the in-memory FAISS index: an interrupted run
+keeps every finished batch, and the next run picks up where it stopped.
 
 Moves, renames and copies are recognised by content: every new file is read and
 hashed (XXH3-128 over the whole file) before it is decoded, and a file whose hash the
@@ -197,17 +197,17 @@ class Indexer:
                 report.updated += 1
         failed = [FailedImage(job.file.path, job.file.size, job.file.mtime_ns, d.error) for job, d in bad]
 
-        ids = self.store.commit_batch(indexed, failed, moved=moved)
+        ids, rows = self.store.commit_batch(indexed, failed, moved=moved)
         # A changed file that now fails to decode must not keep its old vector. (A batch of
         # failures alone may come before any model is loaded, so the index is not touched.)
         stale = [job.old_id for job, _ in bad if job.old_id is not None]
         if stale:
             self._vectors().remove(stale)
-        if ids:
-            self._vectors().add(ids, np.stack([item.vector for item in indexed]))
+        if len(ids):
+            self._vectors().assign(ids, rows)
         with self._hash_lock:
             for item, image_id in zip(indexed, ids):
-                self._hashes_this_run.setdefault(item.content_hash, image_id)
+                self._hashes_this_run.setdefault(item.content_hash, int(image_id))
         for job, d in bad:
             report.errors.append(FileError(job.file.path, d.error))
             progress.skipped(job.file.path, d.error)

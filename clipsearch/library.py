@@ -7,16 +7,19 @@
         for hit in lib.search(text="a red circle", k=5):
             print(hit.score, hit.path)
 
-A library is a folder holding ``library.db`` (SQLite: files, embeddings, the model's
-identity) and ``index.v<N>.faiss``, a FAISS index derived from the database at vector
-version ``N``. When the saved index does not match the database (a crash between a
-commit and a save, say) it is rebuilt from the stored embeddings on open.
+A library is a folder holding ``library.db`` (SQLite: files, the model's identity,
+settings), ``vectors.<G>.f16`` (the exact vectors, append-only; ``vectorstore.py``) and
+``index.<G>.faiss`` (the search index over them; ``index.py``), ``G`` being the vector
+file's generation. An index saved before the last rows were written (a crash between a
+commit and a save, say) adds them when loaded; a missing or damaged one is rebuilt from
+the vector file without re-encoding anything.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,10 +32,12 @@ from .errors import (
     QueryError,
 )
 from .decodepool import DecodeLimits, default_workers
-from .index import VectorIndex
+from .index import (
+    DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, IndexPlan, VectorIndex, choose_index,
+)
 from .indexer import Indexer, IndexProgress
 from .query import Query, Term
-from .results import DuplicateGroup, FileError, IndexReport, LibraryInfo, SearchHit
+from .results import DuplicateGroup, FileError, IndexReport, LibraryInfo, OptimizeReport, SearchHit
 from .scanner import ScanOptions, resolve_roots
 from .store import Store
 
@@ -44,7 +49,10 @@ SORT_ORDERS = ("score", "date", "path")
 DUPLICATE_THRESHOLD = 0.99
 ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # the CLI names it too, without importing this module
 DB_NAME = "library.db"
-_INDEX_FILE = re.compile(r"^index\.v(\d+)\.faiss$")
+_INDEX_FILE = re.compile(r"^index\.v?\d+\.(faiss|json)$")  # index.v<N>.faiss: before vector files
+# Dead vectors (of deleted or changed images) are compacted away after an index run
+# once they are this share of the vector file, and at least this many.
+_COMPACT_SHARE, _COMPACT_MIN = 0.25, 10_000
 
 
 def default_library_dir() -> Path:
@@ -74,6 +82,8 @@ class Library:
                 hint="leave out --model to use the library's own model, or pick another --library")
         self._encoder = encoder
         self._vectors: VectorIndex | None = None
+        self._vectors_seen: tuple[int, int] | None = None  # (vector version, generation) it reflects
+        self._writing = False
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, model: str | None = None, *,
@@ -120,39 +130,82 @@ class Library:
 
     # -- the vector index -------------------------------------------------------------
 
-    def _index_files(self) -> dict[int, Path]:
-        found = {}
-        for p in self.root.iterdir():
-            m = _INDEX_FILE.match(p.name)
-            if m:
-                found[int(m.group(1))] = p
-        return found
+    def _index_path(self) -> Path:
+        return self.root / f"index.{self.store.generation()}.faiss"
 
     @property
     def vectors(self) -> VectorIndex:
-        """The FAISS index, loaded from disk or rebuilt from the database if stale."""
-        if self._vectors is None:
-            identity = self.store.model_identity()
-            if identity is None:
-                raise LibraryEmptyError(f"the library at {self.root} is empty",
-                                        hint="index some images first: clipsearch index PATH")
-            saved = self._index_files().get(self.store.vectors_version())
+        """The search index, loaded or rebuilt, and brought up to date with the database."""
+        if self._vectors is not None and self._writing:
+            return self._vectors  # we hold the writer lock: nobody else changes anything
+        version = self.store.vectors_version()
+        if self._vectors is not None and self._vectors_seen == (version, self.store.generation()):
+            return self._vectors
+        if self.store.model_identity() is None:
+            raise LibraryEmptyError(f"the library at {self.root} is empty",
+                                    hint="index some images first: clipsearch index PATH")
+        ids, rows, version = self.store.live()
+        file = self.store.vector_file()
+        if self._vectors is not None and self._vectors.file.generation == file.generation:
+            # Another process indexed since we looked: take its rows, forget what it removed.
+            self._vectors.remove(np.setdiff1d(self._vectors.ids(), ids))
+            self._vectors.assign(ids, rows)
+        else:
+            path = self._index_path()
             try:
-                self._vectors = VectorIndex.load(saved) if saved is not None else None
-            except (OSError, RuntimeError):  # replaced by a writer as we looked, or damaged: rebuild
+                self._vectors = VectorIndex.load(path, file, ids, rows) if path.exists() else None
+            except (OSError, RuntimeError, ValueError):  # damaged, or replaced as we read: rebuild
                 self._vectors = None
             if self._vectors is None:
-                ids, matrix, _ = self.store.vectors()
-                self._vectors = VectorIndex.build(ids, matrix, identity.dim)
+                self._vectors = self._build(ids, rows)
+        self._vectors_seen = (version, file.generation)
         return self._vectors
 
+    def _settings(self) -> tuple[int, float]:
+        """The memory budget and recall target that ``optimize`` last set."""
+        budget = self.store.get_meta("memory_budget")
+        target = self.store.get_meta("target_recall")
+        return (int(budget) if budget else DEFAULT_MEMORY_BUDGET,
+                float(target) if target else DEFAULT_TARGET_RECALL)
+
+    def _plan(self, n: int) -> IndexPlan:
+        return choose_index(n, self.store.vector_file().dim, self._settings()[0])
+
+    def _build(self, ids: np.ndarray, rows: np.ndarray, plan: IndexPlan | None = None) -> VectorIndex:
+        budget, target = self._settings()
+        built = VectorIndex.build(plan or self._plan(len(ids)), self.store.vector_file(), ids, rows, budget)
+        built.tune(target)
+        return built
+
     def _save_vectors(self) -> None:
-        version = self.store.vectors_version()
-        target = self.root / f"index.v{version}.faiss"
-        self.vectors.save(target)
-        for v, p in self._index_files().items():
-            if v != version:
+        path = self._index_path()
+        self.vectors.save(path)
+        for p in self.root.iterdir():
+            if _INDEX_FILE.match(p.name) and p.stem != path.stem:
                 p.unlink(missing_ok=True)
+
+    def _maintain(self) -> None:
+        """After an index run: compact many dead vectors, and move to a bigger index type
+        when the library has outgrown its own (never down: ``optimize`` does that)."""
+        current = self.vectors
+        rows = len(current.file)
+        dead = rows - current.ntotal
+        plan = self._plan(current.ntotal)
+        have = IndexPlan(current.factory, 0, "")
+        if dead >= max(_COMPACT_MIN, _COMPACT_SHARE * rows):
+            self._rebuild(compact=True, plan=plan if plan.tier >= have.tier else None)
+        elif plan.tier > have.tier or (plan.nlist and plan.nlist >= 2 * max(have.nlist, 1)):
+            self._rebuild(compact=False, plan=plan)
+
+    def _rebuild(self, compact: bool, plan: IndexPlan | None) -> None:
+        if plan is None:  # keep the type
+            plan = IndexPlan(self.vectors.factory, 0, self.vectors.facts.reason)
+        if compact:
+            self.store.compact()
+        ids, rows, version = self.store.live()
+        self._vectors = self._build(ids, rows, plan)
+        self._vectors_seen = (version, self.store.generation())
+        self._save_vectors()
 
     # -- indexing ---------------------------------------------------------------------
 
@@ -175,17 +228,30 @@ class Library:
         with _Lock(self.root / "lock"):
             if self.store.model_identity() is None and self._requested is None:
                 self._requested = ModelSpec.parse(DEFAULT_MODEL)
-            self._vectors = None  # another process may have indexed since we last looked
-            indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
-                              workers=workers or default_workers(), before_encoding=self._record_model,
-                              limits=limits)
-            report = indexer.run(roots, progress, retry_errors=retry_errors, scan_options=options)
-            # Saved only after a complete run. An interrupted one may stop between a batch's
-            # commit and its FAISS add; its index file then lags the database's vector
-            # version and is rebuilt from the stored embeddings on the next open.
             if self.store.model_identity() is not None:
-                self._save_vectors()
+                self.vectors  # up to date with whoever wrote before we took the lock
+            self._writing = True
+            try:
+                report = self._index_locked(roots, batch_size, progress, retry_errors, options, limits, workers)
+            except BaseException:
+                self._vectors_seen = None  # re-checked against the database on next use
+                raise
+            finally:
+                self._writing = False
+            self._vectors_seen = (self.store.vectors_version(), self.store.generation())
             return report
+
+    def _index_locked(self, roots, batch_size, progress, retry_errors, options, limits, workers) -> IndexReport:
+        indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
+                          workers=workers or default_workers(), before_encoding=self._record_model,
+                          limits=limits)
+        report = indexer.run(roots, progress, retry_errors=retry_errors, scan_options=options)
+        # Saved only after a complete run: the index of an interrupted one lags the vector
+        # file, and whoever loads it next adds the missing rows (see VectorIndex.load).
+        if self.store.model_identity() is not None:
+            self._save_vectors()
+            self._maintain()
+        return report
 
     def _record_model(self) -> None:
         # Called once the model is loaded, before any vector is written: the dimension is
@@ -269,7 +335,8 @@ class Library:
         ``neighbours`` nearest, merged transitively; best-first. No model is needed."""
         if not 0 < threshold <= 1:
             raise QueryError(f"the threshold is a cosine similarity in (0, 1], not {threshold}")
-        ids, matrix, _ = self.store.vectors()
+        vectors = self.vectors
+        ids, rows, _ = self.store.live()
         parent = {int(i): int(i) for i in ids}
 
         def root(i: int) -> int:
@@ -280,7 +347,8 @@ class Library:
 
         best: dict[int, float] = {}
         for start in range(0, len(ids), 1024):
-            D, I = self.vectors.search(matrix[start:start + 1024], min(neighbours + 1, len(ids)))
+            block = vectors.file.rows(rows[start:start + 1024])
+            D, I = vectors.search(block, min(neighbours + 1, len(ids)))
             for a, scores, others in zip(ids[start:start + 1024], D, I):
                 for score, b in zip(scores, others):
                     if b < 0 or b == a or score < threshold:
@@ -311,13 +379,12 @@ class Library:
 
     def _query_vector(self, query: Query) -> tuple[np.ndarray, set[int]]:
         """The unit query vector, and the ids of library images that are part of the query."""
-        texts = [t for t in query.terms if t.kind == "text"]
-        text_vectors = dict(zip(texts, self.encoder.encode_texts([t.value for t in texts]))) if texts else {}
+        text_vectors = self._text_vectors([t.value for t in query.terms if t.kind == "text"])
         total = np.zeros(self.vectors.dim, np.float32)
         in_library: set[int] = set()
         for term in query.terms:
             if term.kind == "text":
-                vec = text_vectors[term]
+                vec = text_vectors[term.value]
             else:
                 image_id = term.value if term.kind == "id" else self.store.id_for_path(term.value)
                 if image_id is not None:
@@ -334,6 +401,25 @@ class Library:
         if norm < 1e-6:
             raise QueryError("the query's terms cancel each other out")
         return total / norm, in_library
+
+    def _text_vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Text embeddings, from the library's cache when the text was seen before: a repeated
+        query then needs no model at all."""
+        if not texts:
+            return {}
+        from sqlalchemy.exc import OperationalError
+
+        model = str(self.model)
+        found = self.store.cached_texts(model, texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            fresh = dict(zip(missing, self.encoder.encode_texts(missing)))
+            try:
+                self.store.cache_texts(model, fresh)
+            except OperationalError:  # a read-only or busy library: the cache is only a cache
+                pass
+            found.update(fresh)
+        return found
 
     def _query_image(self, image: str | os.PathLike):
         from .images import read_image
@@ -353,20 +439,58 @@ class Library:
 
     # -- reporting --------------------------------------------------------------------
 
+    def optimize(self, memory_budget: int | None = None, target_recall: float | None = None) -> OptimizeReport:
+        """Compact the vector file and rebuild the index for the library's size.
+
+        The index type follows :func:`choose_index` within ``memory_budget`` bytes, and its
+        search parameter is tuned until recall@10 against exact search reaches
+        ``target_recall``. Both are remembered for the automatic rebuilds of later runs.
+        """
+        if target_recall is not None and not 0 < target_recall <= 1:
+            raise QueryError(f"the recall target is a fraction in (0, 1], not {target_recall}")
+        started = time.perf_counter()
+        with _Lock(self.root / "lock"):
+            if self.store.model_identity() is None:
+                raise LibraryEmptyError(f"the library at {self.root} is empty",
+                                        hint="index some images first: clipsearch index PATH")
+            budget, target = self._settings()
+            budget, target = memory_budget or budget, target_recall or target
+            current = self.vectors
+            plan = choose_index(current.ntotal, current.dim, budget)  # fails before anything changes
+            self.store.set_meta("memory_budget", str(budget))
+            self.store.set_meta("target_recall", str(target))
+            dropped = current.dead
+            self._writing = True
+            try:
+                self._rebuild(compact=dropped > 0, plan=plan)
+            finally:
+                self._writing = False
+            built = self.vectors
+        return OptimizeReport(built.factory, built.facts.reason, built.ntotal, dropped, built.facts.recall_at_10,
+                              built.facts.search_param, budget, target, self._index_path().stat().st_size,
+                              time.perf_counter() - started)
+
     def info(self) -> LibraryInfo:
         counts = self.store.counts()
         identity = self.store.model_identity()
-        index_files = self._index_files()
+        vectors = self.vectors if identity else None
+        index_path = self._index_path()
         return LibraryInfo(
             library=str(self.root),
             images=counts["indexed"],
-            vectors=self.vectors.ntotal if identity else 0,
+            vectors=vectors.ntotal if vectors else 0,
             errors=counts["error"],
             model=str(ModelSpec.from_identity(identity)) if identity else None,
             pretrained=identity.pretrained if identity else None,
             dim=identity.dim if identity else None,
             database_bytes=sum(p.stat().st_size for p in self.root.glob(DB_NAME + "*")),
-            index_bytes=sum(p.stat().st_size for p in index_files.values()),
+            index_bytes=index_path.stat().st_size if index_path.exists() else 0,
+            vector_file_bytes=vectors.file.nbytes if vectors else 0,
+            index_type=vectors.factory if vectors else None,
+            index_reason=vectors.facts.reason if vectors else None,
+            index_search_param=(vectors.facts.search_param or None) if vectors else None,
+            index_recall_at_10=vectors.facts.recall_at_10 if vectors else None,
+            dead_vectors=vectors.dead if vectors else 0,
         )
 
     def errors(self) -> list[FileError]:

@@ -83,3 +83,25 @@ class LibraryInfo(_Record):
     dim: int | None
     database_bytes: int
     index_bytes: int
+    vector_file_bytes: int = 0
+    index_type: str | None = None  # a FAISS factory string: Flat, HNSW32, OPQ..,IVF..,PQ..
+    index_reason: str | None = None
+    index_search_param: str | None = None  # efSearch=N or nprobe=N, tuned for the recall target
+    index_recall_at_10: float | None = None  # measured against exact search when it was built
+    dead_vectors: int = 0  # of deleted or changed images, until compacted
+
+
+@dataclass(frozen=True)
+class OptimizeReport(_Record):
+    """What ``optimize`` built."""
+
+    index_type: str
+    reason: str
+    vectors: int
+    dropped: int  # dead vectors compacted away
+    recall_at_10: float | None
+    search_param: str
+    memory_budget: int
+    target_recall: float
+    index_bytes: int
+    seconds: float

@@ -1,13 +1,15 @@
 """The metadata database: SQLite through SQLAlchemy, its schema owned by Alembic.
 
-The database is the source of truth. It holds a row per file, the exact embedding of
-every indexed image, and a ``vectors_version`` counter that every committed change to
-the set of vectors bumps. The FAISS index is a cache derived from it (see
-``library.py``), so a crash between a database commit and an index save loses nothing.
+The database is the source of truth. It holds a row per file, with the row of its
+exact vector in the append-only vector file (``vectorstore.py``), and a
+``vectors_version`` counter that every committed change to the set of vectors bumps.
+The FAISS index is derived from the two (see ``index.py``), so a crash between a
+database commit and an index save loses nothing.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import (
-    BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, Text, create_engine, delete, event,
-    func, or_, select, update,
+    BigInteger, DateTime, Integer, LargeBinary, String, Text, create_engine, delete, event, func, or_,
+    select, update,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .errors import LibraryError, SchemaTooNewError
 from .results import FileError, ModelIdentity
+from .vectorstore import VectorFile
 
 STATUS_INDEXED = "indexed"
 STATUS_ERROR = "error"
@@ -46,6 +50,7 @@ class ImageRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     taken_ns: Mapped[int | None] = mapped_column(BigInteger, index=True)  # EXIF DateTimeOriginal
+    row: Mapped[int | None] = mapped_column(BigInteger)  # of the vector file; None unless indexed
 
     @property
     def when_ns(self) -> int:
@@ -53,11 +58,15 @@ class ImageRow(Base):
         return self.taken_ns if self.taken_ns is not None else self.mtime_ns
 
 
-class EmbeddingRow(Base):
-    __tablename__ = "embeddings"
+class TextCacheRow(Base):
+    """Text embeddings already computed, so a repeated query is not encoded again."""
 
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    __tablename__ = "text_cache"
+
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    text: Mapped[str] = mapped_column(Text, primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+    used_at: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
 class MetaRow(Base):
@@ -160,6 +169,7 @@ class Store:
         self.engine = create_engine(f"sqlite:///{self.path}")
         event.listen(self.engine, "connect", _on_connect)
         self._migrate()
+        self._vector_file: VectorFile | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -213,6 +223,10 @@ class Store:
             row = s.get(MetaRow, key)
             return row.value if row else None
 
+    def set_meta(self, key: str, value: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.merge(MetaRow(key=key, value=value))
+
     def model_identity(self) -> ModelIdentity | None:
         with Session(self.engine) as s:
             meta = {r.key: r.value for r in s.scalars(select(MetaRow))}
@@ -246,34 +260,35 @@ class Store:
         failed: Sequence[FailedImage] = (),
         removed: Sequence[int] = (),
         moved: Sequence[MovedImage] = (),
-    ) -> list[int]:
-        """Write one batch in one transaction; returns the ids of ``indexed``, in order."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Write one batch in one transaction; returns the ids of ``indexed`` and their rows."""
+        rows = np.empty(0, np.int64)
+        if indexed:
+            # Durable before the transaction that points at them (see vectorstore.py).
+            rows = self.vector_file().append(np.stack([i.vector for i in indexed]))
         ids: list[int] = []
         with Session(self.engine) as s, s.begin():
             if removed:
-                s.execute(delete(ImageRow).where(ImageRow.id.in_(list(removed))))
+                s.execute(delete(ImageRow).where(ImageRow.id.in_([int(i) for i in removed])))
             for m in moved:
                 s.execute(update(ImageRow).where(ImageRow.id == m.id).values(
                     path=m.path, size=m.size, mtime_ns=m.mtime_ns, indexed_at=_now()))
-            for item in indexed:
+            for item, vector_row in zip(indexed, rows):
                 row = self._upsert(s, item.path, item.size, item.mtime_ns)
                 row.content_hash, row.width, row.height = item.content_hash, item.width, item.height
-                row.taken_ns = item.taken_ns
+                row.taken_ns, row.row = item.taken_ns, int(vector_row)
                 row.status, row.error = STATUS_INDEXED, None
                 s.flush()
-                s.merge(EmbeddingRow(image_id=row.id, vector=np.asarray(item.vector, np.float32).tobytes()))
                 ids.append(row.id)
             for item in failed:
                 row = self._upsert(s, item.path, item.size, item.mtime_ns)
-                row.status, row.error, row.width, row.height, row.content_hash = (
-                    STATUS_ERROR, item.reason, None, None, None)
-                s.flush()
-                s.execute(delete(EmbeddingRow).where(EmbeddingRow.image_id == row.id))
+                row.status, row.error, row.width, row.height, row.content_hash, row.row = (
+                    STATUS_ERROR, item.reason, None, None, None, None)
             if indexed or removed or failed or moved:
                 current = s.get(MetaRow, "vectors_version")
                 version = int(current.value) + 1 if current else 1
                 s.merge(MetaRow(key="vectors_version", value=str(version)))
-        return ids
+        return np.asarray(ids, np.int64), rows
 
     @staticmethod
     def _upsert(s: Session, path: str, size: int, mtime_ns: int) -> ImageRow:
@@ -314,31 +329,98 @@ class Store:
         with Session(self.engine) as s:
             return np.fromiter(s.scalars(stmt), np.int64)
 
+    # -- vectors ----------------------------------------------------------------------
+
+    def generation(self) -> int:
+        return int(self.get_meta("vectors_generation") or 1)
+
+    def vector_file(self) -> VectorFile:
+        """The current generation's vector file (the model's dimension must be known)."""
+        generation = self.generation()
+        if self._vector_file is None or self._vector_file.generation != generation:
+            identity = self.model_identity()
+            if identity is None:
+                raise LibraryError("the library has no model yet, so no vectors")
+            self._vector_file = VectorFile(self.path.parent, generation, identity.dim)
+        return self._vector_file
+
     def vector_of(self, image_id: int) -> np.ndarray:
         with Session(self.engine) as s:
-            blob = s.scalar(select(EmbeddingRow.vector).where(EmbeddingRow.image_id == image_id))
-        if blob is None:
+            row = s.scalar(select(ImageRow.row).where(ImageRow.id == int(image_id), ImageRow.status == STATUS_INDEXED))
+        if row is None:
             raise KeyError(image_id)
-        return np.frombuffer(blob, np.float32).copy()
+        return self.vector_file().rows([row])[0]
+
+    def live(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Every indexed image as ``(ids, rows)``, plus the vector version they belong to."""
+        with Session(self.engine) as s, s.begin():
+            # One transaction, so the version matches the rows read.
+            version = int(s.scalar(select(MetaRow.value).where(MetaRow.key == "vectors_version")) or 0)
+            pairs = s.execute(select(ImageRow.id, ImageRow.row).where(
+                ImageRow.status == STATUS_INDEXED).order_by(ImageRow.row)).all()
+        ids = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
+        rows = np.fromiter((p[1] for p in pairs), np.int64, len(pairs))
+        return ids, rows, version
+
+    def vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every indexed image's id and exact vector (float32): for small libraries and tests."""
+        ids, rows, _ = self.live()
+        if not len(ids):
+            return ids, np.empty((0, 0), np.float32)
+        return ids, self.vector_file().rows(rows)
+
+    def compact(self) -> VectorFile:
+        """Copy the live rows to the next generation and drop the dead ones.
+
+        The database switches to the new file in one transaction; a crash before it
+        leaves the old generation in use and a stray new file that the next compaction
+        overwrites.
+        """
+        old = self.vector_file()
+        ids, rows, _ = self.live()
+        new = VectorFile(old.folder, old.generation + 1, old.dim)
+        new.delete()  # left by an interrupted compaction
+        old.copy_rows(new, rows)
+        with Session(self.engine) as s, s.begin():
+            s.execute(update(ImageRow), [{"id": int(i), "row": n} for n, i in enumerate(ids)])
+            s.merge(MetaRow(key="vectors_generation", value=str(new.generation)))
+        old.delete()
+        self._vector_file = new
+        return new
+
+    # -- the text-embedding cache -----------------------------------------------------
+
+    def cached_texts(self, model: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached embeddings among ``texts``, marked as just used."""
+        with Session(self.engine) as s:
+            found = s.execute(select(TextCacheRow.text, TextCacheRow.vector).where(
+                TextCacheRow.model == model, TextCacheRow.text.in_(list(texts)))).all()
+        if found:
+            try:
+                with Session(self.engine) as s, s.begin():
+                    s.execute(update(TextCacheRow).where(TextCacheRow.model == model, TextCacheRow.text.in_(
+                        [t for t, _ in found])).values(used_at=time.time_ns()))
+            except OperationalError:  # a read-only library can still search
+                pass
+        return {t: np.frombuffer(v, np.float32).copy() for t, v in found}
+
+    def cache_texts(self, model: str, vectors: dict[str, np.ndarray], keep: int = 10_000) -> None:
+        """Remember text embeddings; the least recently used beyond ``keep`` are forgotten."""
+        now = time.time_ns()
+        with Session(self.engine) as s, s.begin():
+            for text, vec in vectors.items():
+                s.merge(TextCacheRow(model=model, text=text, vector=np.asarray(vec, np.float32).tobytes(),
+                                     used_at=now))
+            s.flush()
+            cutoff = s.scalar(select(TextCacheRow.used_at).order_by(TextCacheRow.used_at.desc()).offset(keep).limit(1))
+            if cutoff is not None:
+                s.execute(delete(TextCacheRow).where(TextCacheRow.used_at <= cutoff))
 
     # -- reading ----------------------------------------------------------------------
 
-    def vectors(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """All stored vectors as ``(ids, matrix)`` plus the version they belong to."""
-        with Session(self.engine) as s, s.begin():
-            # One transaction, so the version matches the vectors read.
-            meta = s.get(MetaRow, "vectors_version")
-            version = int(meta.value) if meta else 0
-            rows = s.execute(select(EmbeddingRow.image_id, EmbeddingRow.vector)).all()
-        if not rows:
-            return np.empty(0, np.int64), np.empty((0, 0), np.float32), version
-        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        matrix = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
-        return ids, matrix, version
-
     def images(self, ids: Sequence[int]) -> dict[int, ImageRow]:
         with Session(self.engine, expire_on_commit=False) as s:
-            return {r.id: r for r in s.scalars(select(ImageRow).where(ImageRow.id.in_(list(ids))))}
+            return {r.id: r for r in s.scalars(select(ImageRow).where(ImageRow.id.in_([int(i) for i in ids])))}
 
     def errors(self) -> list[FileError]:
         with Session(self.engine) as s:

@@ -54,6 +54,7 @@ class FakeEncoder:
         self.device = self.requested_device = "cpu"
         self.image_size = 8
         self.encoded: list[int] = []
+        self.texts: list[str] = []
 
     @property
     def identity(self) -> ModelIdentity:
@@ -79,6 +80,7 @@ class FakeEncoder:
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
+        self.texts += texts
         colours = {"red": [1, 0, 0, 0.5], "green": [0, 1, 0, 0.5], "blue": [0, 0, 1, 0.5]}
         x = np.array([colours.get(t, [1, 1, 1, 0.5]) for t in texts], np.float32)
         return x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -55,12 +55,18 @@ def assert_consistent(lib_dir: Path) -> int:
     """Open the library as a user would and check that every layer agrees; returns the image count."""
     with Library.open(lib_dir, create=False) as lib:
         con = sqlite3.connect(lib_dir / "library.db")
-        rows = {r[0] for r in con.execute("select id from images where status='indexed'")}
-        embedded = {r[0] for r in con.execute("select image_id from embeddings")}
+        row_of = dict(con.execute("select id, row from images where status='indexed'").fetchall())
         con.close()
-        in_faiss = set(lib.vectors.ids().tolist())
-        assert rows == embedded == in_faiss
+        rows = set(row_of)
+        # Every indexed image points at its own, whole row of the vector file...
+        assert None not in row_of.values() and len(set(row_of.values())) == len(row_of)
+        assert all(r < len(lib.store.vector_file()) for r in row_of.values())
+        # ...which the index searches under the image's id.
+        assert set(lib.vectors.ids().tolist()) == rows
         assert lib.info().images == len(rows) == lib.vectors.ntotal
+        for image_id in list(rows)[:20]:
+            D, I = lib.vectors.search(lib.store.vector_of(image_id), 1)
+            assert D[0, 0] > 0.999
         if rows:
             hits = lib.search(text="a red circle", k=3)
             assert hits and all(Path(h.path).is_file() for h in hits)

@@ -188,7 +188,12 @@ def test_a_damaged_faiss_file_is_rebuilt_not_fatal(tmp_path, fake_encoder):
     paths = make_images(tmp_path / "photos")
     with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
         lib.index([tmp_path / "photos"])
-    [saved] = (tmp_path / "lib").glob("index.v*.faiss")
+    [saved] = (tmp_path / "lib").glob("index.*.faiss")
     saved.write_bytes(b"garbage")
     with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
         assert lib.search(image=paths["blue"], k=1, include_query_images=True)[0].path == str(paths["blue"])
+    # A vector file cut short by a crash mid-write loses only the torn row, never a committed one.
+    with open(tmp_path / "lib" / "vectors.1.f16", "ab") as f:
+        f.write(b"\x01\x02\x03")
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        assert len(lib.search(text="red", k=10)) == 3
