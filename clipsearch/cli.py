@@ -300,11 +300,15 @@ def similar(
 def duplicates(
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", "-t", min=0.0, max=1.0,
-        help="Cosine similarity at which images count as duplicates. Default: 0.99.", show_default=False)] = None,
+        help="Cosine similarity at which images count as duplicates without looking at their pixels. "
+             "Default: 0.995.", show_default=False)] = None,
+    crops: Annotated[bool, typer.Option(
+        "--crops/--no-crops",
+        help="Also compare the pixels of pairs from 0.9 up to the threshold, to catch crops and resizes.")] = True,
     library: LibraryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Find groups of near-identical images: re-encodes, resizes, copies.
+    """Find groups of near-identical images: re-encodes, resizes, light crops, copies.
 
     One group per block, best first: a header line, then the score and path of each image.
 
@@ -313,24 +317,12 @@ def duplicates(
     from .library import DUPLICATE_THRESHOLD
 
     with _open(library, create=False) as lib:
-        groups = lib.duplicates(DUPLICATE_THRESHOLD if threshold is None else threshold)
+        groups = lib.duplicates(DUPLICATE_THRESHOLD if threshold is None else threshold, crops=crops)
     lines = []
     for n, g in enumerate(groups, 1):
         lines += [f"# group {n}: {len(g.images)} images, similarity {g.score:.4f}"]
         lines += [f"{h.score:.4f}\t{h.path}" for h in g.images] + [""]
     _output(json_out, [g.to_dict() for g in groups], lines[:-1], "no duplicates")
-
-
-@command
-def info(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
-    """Show what a library holds: images, vectors, errors and its model.
-
-    Example: `clipsearch info --json`
-    """
-    with _open(library, create=False) as lib:
-        summary = lib.info()
-    data = summary.to_dict()
-    _output(json_out, data, [f"{key:15} {value}" for key, value in data.items()])
 
 
 @command
@@ -355,7 +347,7 @@ def optimize(
     from .index import parse_size
 
     budget = parse_size(memory_budget) if memory_budget else None
-    with _open(library, create=False) as lib:
+    with _open(library, create=False) as lib, _stderr().status("compacting, rebuilding and tuning the index"):
         report = lib.optimize(budget, target_recall)
     data = report.to_dict()
     _output(json_out, data, [f"{key:15} {value}" for key, value in data.items()])

@@ -39,9 +39,10 @@ from .vectorstore import VectorFile
 GIB = 1024 ** 3
 DEFAULT_MEMORY_BUDGET = 2 * GIB
 DEFAULT_TARGET_RECALL = 0.95
-# Exact search scans every vector: at 200k x 512 floats that is ~15 ms a query on two
-# cores, the point where a graph starts to pay for its build time.
-FLAT_MAX = 200_000
+# Exact search reads every vector for every query: measured at ~20 ms a query for
+# 100k x 512 floats on two cores (bench_search.py), memory-bound. Up to 50k (~10 ms) it
+# needs no build and no tuning; past that a graph answers in about a millisecond.
+FLAT_MAX = 50_000
 # HNSW builds at ~10k vectors/s on two cores and keeps full vectors in memory; past
 # this, IVF-PQ is built in minutes instead of hours.
 HNSW_MAX = 4_000_000
@@ -324,16 +325,21 @@ class VectorIndex:
     def tune(self, target_recall: float = DEFAULT_TARGET_RECALL, queries: int = 200, k: int = 10,
              seed: int = 0) -> float:
         """Raise ``efSearch`` or ``nprobe`` until recall@k against exact search reaches the
-        target on held-out-like queries (live vectors plus noise); returns the recall."""
+        target; returns the recall reached.
+
+        The queries are live vectors of the library, each left out of its own results
+        (leave-one-out, as autofaiss does): a query from the same distribution that the
+        index has never seen, without needing one.
+        """
         live_rows = np.flatnonzero(self.live_mask())
-        if self.exact or not len(live_rows):
+        if self.exact or len(live_rows) <= k:
             self.facts.recall_at_10, self.facts.search_param = 1.0, ""
             return 1.0
         rng = np.random.default_rng(seed)
-        xq = self.file.rows(np.sort(rng.choice(live_rows, min(queries, len(live_rows)), replace=False)))
-        xq += rng.standard_normal(xq.shape).astype(np.float32) * (0.3 / math.sqrt(self.dim))
-        xq /= np.linalg.norm(xq, axis=1, keepdims=True)
-        _, truth = exact_search(self.file, self.live_mask(), xq, k)
+        sources = np.sort(rng.choice(live_rows, min(queries, len(live_rows)), replace=False))
+        xq = self.file.rows(sources)
+        _, truth = exact_search(self.file, self.live_mask(), xq, k + 1)
+        truth = _leave_out(truth, sources, k)
         ivf = faiss.try_extract_index_ivf(self._index)
         name, ladder = ("efSearch", (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)) if ivf is None \
             else ("nprobe", tuple(p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -344,8 +350,8 @@ class VectorIndex:
             space.set_index_parameter(self._index, name, value)
             if ivf is not None and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
                 space.set_index_parameter(self._index, "quantizer_efSearch", max(64, 2 * value))
-            _, got = self.search(xq, k)
-            recall = recall_at(truth, self._to_rows(got))
+            _, got = self.search(xq, k + 1)
+            recall = recall_at(truth, _leave_out(self._to_rows(got), sources, k))
             self.facts.search_param = f"{name}={value}"
             if recall >= target_recall:
                 break
@@ -409,6 +415,11 @@ def recall_at(truth: np.ndarray, got: np.ndarray) -> float:
         hits += len(t & set(g.tolist()))
         total += len(t)
     return hits / total if total else 1.0
+
+
+def _leave_out(rows: np.ndarray, sources: np.ndarray, k: int) -> np.ndarray:
+    """Each row's first ``k`` entries other than its own query's source row."""
+    return np.stack([r[r != s][:k] for r, s in zip(rows, sources)])
 
 
 def _factory_of(index: faiss.Index) -> str:

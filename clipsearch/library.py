@@ -42,11 +42,15 @@ from .scanner import ScanOptions, resolve_roots
 from .store import Store
 
 SORT_ORDERS = ("score", "date", "path")
-# Cosine similarity at which two images count as the same picture. Immich uses the same
-# 0.99 (a distance of 0.01). On the demo model, JPEG re-encodes score >= 0.997 and 50%
-# resizes >= 0.992 against their originals, while different images of one colour and
-# shape reach 0.985 at the 95th percentile; light crops (median 0.978) fall below it.
-DUPLICATE_THRESHOLD = 0.99
+# Cosine similarity at which two images count as the same picture without looking at
+# their pixels. On the demo model JPEG re-encodes score >= 0.997 against their originals,
+# while different images of one colour and shape reach 0.985 at the 95th percentile and
+# 0.9935 at most (Immich's 0.99 would group some of them).
+DUPLICATE_THRESHOLD = 0.995
+# From here up to the threshold, pairs count when their pixels show the same picture up
+# to a crop or resize (pixelcheck.py): on the demo model, 50% resizes score >= 0.992 and
+# 5-10% crops 0.93-0.98, inside this band.
+CROP_CANDIDATE = 0.9
 ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # the CLI names it too, without importing this module
 DB_NAME = "library.db"
 _INDEX_FILE = re.compile(r"^index\.v?\d+\.(faiss|json)$")  # index.v<N>.faiss: before vector files
@@ -245,11 +249,14 @@ class Library:
         indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
                           workers=workers or default_workers(), before_encoding=self._record_model,
                           limits=limits)
+        version = self.store.vectors_version()
         report = indexer.run(roots, progress, retry_errors=retry_errors, scan_options=options)
         # Saved only after a complete run: the index of an interrupted one lags the vector
         # file, and whoever loads it next adds the missing rows (see VectorIndex.load).
+        # A run that changed nothing does not rewrite what may be a gigabyte of index.
         if self.store.model_identity() is not None:
-            self._save_vectors()
+            if self.store.vectors_version() != version or not self._index_path().exists():
+                self._save_vectors()
             self._maintain()
         return report
 
@@ -272,7 +279,8 @@ class Library:
         that are in the library are left out of the results unless ``include_query_images``.
         ``folders``, ``extensions`` and the ``after``/``before`` dates (EXIF time taken, else
         modification time; ``before`` is exclusive) restrict the search to those images,
-        exactly: the index searches only the allowed ids. ``min_score`` drops weaker hits.
+        never by over-fetching: up to 50k allowed images are searched exactly, more through
+        the index with only their ids allowed. ``min_score`` drops weaker hits.
         ``sort`` is ``score`` (best first), ``date`` (newest first) or ``path``; with
         ``min_score`` it orders every hit above the cutoff, without it the ``offset + k``
         best. ``offset`` skips the first hits, for paging.
@@ -330,14 +338,32 @@ class Library:
             raise PathNotFoundError(f"no such image file or id: {image}", hint="give a path or id:N")
         return self.search(query=Query((term,)), k=k)
 
-    def duplicates(self, threshold: float = DUPLICATE_THRESHOLD, neighbours: int = 16) -> list[DuplicateGroup]:
-        """Groups of near-identical images: pairs at cosine >= ``threshold`` among each image's
-        ``neighbours`` nearest, merged transitively; best-first. No model is needed."""
+    def duplicates(self, threshold: float = DUPLICATE_THRESHOLD, neighbours: int = 16,
+                   crops: bool = True) -> list[DuplicateGroup]:
+        """Groups of near-identical images, best first. No model is needed.
+
+        Pairs among each image's ``neighbours`` nearest at cosine >= ``threshold`` are
+        duplicates (re-encodes, resizes, copies). With ``crops``, pairs from
+        ``CROP_CANDIDATE`` up to the threshold are duplicates too when their pixels show the
+        same picture up to a crop (``pixelcheck.py``), which CLIP alone cannot tell from two
+        photos of the same thing. Pairs are merged transitively into groups.
+        """
         if not 0 < threshold <= 1:
             raise QueryError(f"the threshold is a cosine similarity in (0, 1], not {threshold}")
+        floor = min(threshold, CROP_CANDIDATE) if crops else threshold
         vectors = self.vectors
         ids, rows, _ = self.store.live()
-        parent = {int(i): int(i) for i in ids}
+        pairs: dict[tuple[int, int], float] = {}
+        for start in range(0, len(ids), 1024):
+            block = vectors.file.rows(rows[start:start + 1024])
+            D, I = vectors.search(block, min(neighbours + 1, len(ids)))
+            for a, scores, others in zip(ids[start:start + 1024], D, I):
+                for score, b in zip(scores, others):
+                    if b >= 0 and b != a and score >= floor:
+                        pairs[(min(int(a), int(b)), max(int(a), int(b)))] = float(score)
+        pairs = self._verified(pairs, threshold)
+
+        parent = {i: i for pair in pairs for i in pair}
 
         def root(i: int) -> int:
             while parent[i] != i:
@@ -346,17 +372,9 @@ class Library:
             return i
 
         best: dict[int, float] = {}
-        for start in range(0, len(ids), 1024):
-            block = vectors.file.rows(rows[start:start + 1024])
-            D, I = vectors.search(block, min(neighbours + 1, len(ids)))
-            for a, scores, others in zip(ids[start:start + 1024], D, I):
-                for score, b in zip(scores, others):
-                    if b < 0 or b == a or score < threshold:
-                        continue
-                    a_, b_ = int(a), int(b)
-                    best[a_] = max(best.get(a_, -1.0), float(score))
-                    best[b_] = max(best.get(b_, -1.0), float(score))
-                    parent[root(a_)] = root(b_)
+        for (a, b), score in pairs.items():
+            best[a], best[b] = max(best.get(a, -1.0), score), max(best.get(b, -1.0), score)
+            parent[root(a)] = root(b)
         members: dict[int, list[int]] = {}
         for i in best:
             members.setdefault(root(i), []).append(i)
@@ -366,6 +384,26 @@ class Library:
             groups.append(DuplicateGroup(max(h.score for h in hits), hits))
         groups.sort(key=lambda g: (-g.score, -len(g.images), g.images[0].path))
         return groups
+
+    def _verified(self, pairs: dict[tuple[int, int], float], threshold: float) -> dict[tuple[int, int], float]:
+        """The pairs at or above ``threshold``, and those below it whose pixels match."""
+        from .pixelcheck import SAME_PICTURE, same_picture, thumbnail
+
+        doubtful = [pair for pair, score in pairs.items() if score < threshold]
+        paths = {i: row.path for i, row in self.store.images({i for pair in doubtful for i in pair}).items()}
+        thumbs: dict[int, object] = {}
+
+        def thumb(i: int):
+            if i not in thumbs:
+                thumbs[i] = thumbnail(paths[i]) if i in paths else None
+            return thumbs[i]
+
+        keep = {pair: score for pair, score in pairs.items() if score >= threshold}
+        for a, b in doubtful:
+            ta, tb = thumb(a), thumb(b)
+            if ta is not None and tb is not None and same_picture(ta, tb) >= SAME_PICTURE:
+                keep[(a, b)] = pairs[(a, b)]
+        return keep
 
     def _allowed_ids(self, folders, extensions, after: datetime | None, before: datetime | None) -> np.ndarray | None:
         folders = [os.path.abspath(os.path.expanduser(os.fspath(f))) for f in folders]

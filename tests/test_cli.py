@@ -214,16 +214,32 @@ def test_the_installed_command_runs_end_to_end(tmp_path, demo_images):
     assert out.stdout.split("\t")[1].strip() == str(demo_images[5])
 
 
-@pytest.mark.parametrize("args", [["--help"], ["search", "--help"], ["info", "-L", "{lib}"],
-                                  ["errors", "-L", "{lib}"], ["similar", "id:1", "-L", "{lib}"]])
-def test_cheap_commands_never_import_torch(small_library, args):
-    _, lib = small_library
-    argv = ["clipsearch"] + [a.format(lib=lib) for a in args]
+def run_counting_torch(argv: list[str]) -> tuple[str, bool]:
+    """Run the CLI in a fresh interpreter: its stdout, and whether it imported torch."""
     code = ("import sys\nsys.argv = %r\nfrom clipsearch.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n"
             "    assert not e.code, e.code\nprint('TORCH' if 'torch' in sys.modules else 'NO-TORCH')" % argv)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "NO-TORCH"
+    *lines, flag = out.stdout.strip().splitlines()
+    return "\n".join(lines), flag == "TORCH"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["search", "--help"], ["info", "-L", "{lib}"],
+                                  ["errors", "-L", "{lib}"], ["similar", "id:1", "-L", "{lib}"],
+                                  ["duplicates", "-L", "{lib}"]])
+def test_cheap_commands_never_import_torch(small_library, args):
+    _, lib = small_library
+    _, imported = run_counting_torch(["clipsearch"] + [a.format(lib=lib) for a in args])
+    assert not imported
+
+
+def test_a_repeated_search_text_needs_no_model(small_library):
+    _, lib = small_library
+    argv = ["clipsearch", "search", "a purple cross", "-n", "3", "-L", str(lib)]
+    first, imported = run_counting_torch(argv)
+    assert imported and first.count("\n") == 2
+    again, imported = run_counting_torch(argv)  # its embedding comes from the library's cache
+    assert not imported and again == first
 
 
 def test_models_lists_tags():

@@ -116,7 +116,7 @@ def test_paging_is_stable_when_duplicates_tie(tmp_path, fake_encoder):
         assert pages == everything == sorted(everything)
 
 
-def test_duplicates_group_re_encodes_resizes_and_copies_with_the_demo_model(tmp_path):
+def test_duplicates_group_re_encodes_resizes_crops_and_copies_with_the_demo_model(tmp_path):
     import io
     import random
 
@@ -133,14 +133,25 @@ def test_duplicates_group_re_encodes_resizes_and_copies_with_the_demo_model(tmp_
         image.save(buf, "JPEG", quality=50)
         (folder / f"{colour}_{shape}_reencoded.jpg").write_bytes(buf.getvalue())
         image.resize((image.width // 2, image.height // 2)).save(folder / f"{colour}_{shape}_half.png")
+        for share in (95, 90):  # crops keeping 95% and 90% of each side, off centre
+            w, h = image.width * share // 100, image.height * share // 100
+            x, y = rng.randint(0, image.width - w), rng.randint(0, image.height - h)
+            image.crop((x, y, x + w, y + h)).save(folder / f"{colour}_{shape}_crop{share}.png")
+        # Another picture of the same colour and shape: similar, not a duplicate.
+        demoworld.render(demoworld.random_scene(rng, colour, shape, (300, 500))).save(
+            folder / f"other_{colour}_{shape}.png")
     (folder / "red_circle_copy.png").write_bytes((folder / "red_circle.png").read_bytes())
     with Library.open(tmp_path / "lib", model="demo") as lib:
         lib.index([folder])
         groups = lib.duplicates()
         as_names = [sorted(Path(h.path).name.rsplit(".", 1)[0] for h in g.images) for g in groups]
-        expected = [sorted([f"{c}_{s}", f"{c}_{s}_reencoded", f"{c}_{s}_half"] + (["red_circle_copy"] if c == "red"
-                                                                                  else [])) for c, s in labels]
+        expected = [sorted([f"{c}_{s}", f"{c}_{s}_reencoded", f"{c}_{s}_half", f"{c}_{s}_crop95", f"{c}_{s}_crop90"]
+                           + (["red_circle_copy"] if c == "red" else [])) for c, s in labels]
         assert sorted(as_names) == sorted(expected)
-        assert groups[0].score >= groups[-1].score and all(g.score >= 0.99 for g in groups)
+        assert groups[0].score >= groups[-1].score
+        # Without the pixel check only what CLIP alone is sure of is grouped: some crops are missed.
+        strict = lib.duplicates(crops=False)
+        assert sum(len(g.images) for g in strict) < sum(len(g.images) for g in groups)
+        assert all(h.score >= 0.995 for g in strict for h in g.images)
         with pytest.raises(QueryError):
             lib.duplicates(threshold=1.5)
