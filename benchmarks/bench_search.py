@@ -171,7 +171,7 @@ def bench(n: int, args, encoder) -> dict:
 
         store = metadata_db(work, n)
         hit_ids = [vi.search(q, 100)[1][0].tolist() for q in queries[:50]]
-        meta = timed(store.images, hit_ids)
+        meta = timed(store.hits, hit_ids)  # what Library.search does with the hits
         store.close()
         return {
             "n": n, "index": plan.factory, "param": vi.facts.search_param, "gen_s": gen_s,

@@ -326,6 +326,18 @@ def duplicates(
 
 
 @command
+def info(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
+    """Show what a library holds: images, vectors, errors, its model and its index.
+
+    Example: `clipsearch info --json`
+    """
+    with _open(library, create=False) as lib:
+        summary = lib.info()
+    data = summary.to_dict()
+    _output(json_out, data, [f"{key:18} {value}" for key, value in data.items()])
+
+
+@command
 def optimize(
     memory_budget: Annotated[Optional[str], typer.Option(
         "--memory-budget", help="Most memory the index may use, e.g. 2GB or 512MB. Default: the last "

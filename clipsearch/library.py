@@ -471,9 +471,8 @@ class Library:
             raise QueryError(f"cannot use {image} as a query image: {exc.message}") from exc
 
     def _hits(self, found: list[tuple[float, int]]) -> list[SearchHit]:
-        rows = self.store.images([i for _, i in found])
-        return [SearchHit(i, rows[i].path, s, rows[i].width, rows[i].height, _iso(rows[i].when_ns))
-                for s, i in found if i in rows]
+        rows = self.store.hits([i for _, i in found])
+        return [SearchHit(i, rows[i][0], s, rows[i][1], rows[i][2], _iso(rows[i][3])) for s, i in found if i in rows]
 
     # -- reporting --------------------------------------------------------------------
 

@@ -422,6 +422,15 @@ class Store:
         with Session(self.engine, expire_on_commit=False) as s:
             return {r.id: r for r in s.scalars(select(ImageRow).where(ImageRow.id.in_([int(i) for i in ids])))}
 
+    def hits(self, ids: Sequence[int]) -> dict[int, tuple[str, int | None, int | None, int]]:
+        """``id -> (path, width, height, when_ns)`` of indexed images: what a search result
+        shows, read as plain rows (no ORM objects: this is on every query's path)."""
+        stmt = select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height,
+                      func.coalesce(ImageRow.taken_ns, ImageRow.mtime_ns)).where(
+            ImageRow.id.in_([int(i) for i in ids]))
+        with self.engine.connect() as conn:
+            return {r[0]: tuple(r[1:]) for r in conn.execute(stmt)}
+
     def errors(self) -> list[FileError]:
         with Session(self.engine) as s:
             rows = s.execute(select(ImageRow.path, ImageRow.error).where(ImageRow.status == STATUS_ERROR)
