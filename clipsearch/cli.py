@@ -148,6 +148,14 @@ class _ProgressBar:
         if not self.quiet:
             self._console.print(f"skipping {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
 
+    def rebuilding(self, what: str) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if not self.quiet:
+            self._status = self._console.status(what)
+            self._status.start()
+
     def stop(self) -> None:
         if self._status is not None:
             self._status.stop()

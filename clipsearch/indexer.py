@@ -51,6 +51,8 @@ class IndexProgress(Protocol):
 
     def skipped(self, path: str, reason: str) -> None: ...
 
+    def rebuilding(self, what: str) -> None: ...
+
 
 class _Silent:
     def scanned(self, count: int) -> None:
@@ -63,6 +65,9 @@ class _Silent:
         pass
 
     def skipped(self, path: str, reason: str) -> None:
+        pass
+
+    def rebuilding(self, what: str) -> None:
         pass
 
 

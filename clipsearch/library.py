@@ -188,7 +188,7 @@ class Library:
             if _INDEX_FILE.match(p.name) and p.stem != path.stem:
                 p.unlink(missing_ok=True)
 
-    def _maintain(self) -> None:
+    def _maintain(self, progress: IndexProgress | None) -> None:
         """After an index run: compact many dead vectors, and move to a bigger index type
         when the library has outgrown its own (never down: ``optimize`` does that)."""
         current = self.vectors
@@ -196,10 +196,15 @@ class Library:
         dead = rows - current.ntotal
         plan = self._plan(current.ntotal)
         have = IndexPlan(current.factory, 0, "")
-        if dead >= max(_COMPACT_MIN, _COMPACT_SHARE * rows):
-            self._rebuild(compact=True, plan=plan if plan.tier >= have.tier else None)
-        elif plan.tier > have.tier or (plan.nlist and plan.nlist >= 2 * max(have.nlist, 1)):
-            self._rebuild(compact=False, plan=plan)
+        compact = dead >= max(_COMPACT_MIN, _COMPACT_SHARE * rows)
+        grow = plan.tier > have.tier or (plan.nlist and plan.nlist >= 2 * max(have.nlist, 1))
+        if not (compact or grow):
+            return
+        if grow and progress is not None:
+            progress.rebuilding(f"the library outgrew its index: building {plan.factory} for {current.ntotal:,} images")
+        elif progress is not None:
+            progress.rebuilding(f"compacting {dead:,} vectors of deleted or changed images")
+        self._rebuild(compact=compact, plan=plan if grow or plan.tier >= have.tier else None)
 
     def _rebuild(self, compact: bool, plan: IndexPlan | None) -> None:
         if plan is None:  # keep the type
@@ -257,7 +262,7 @@ class Library:
         if self.store.model_identity() is not None:
             if self.store.vectors_version() != version or not self._index_path().exists():
                 self._save_vectors()
-            self._maintain()
+            self._maintain(progress)
         return report
 
     def _record_model(self) -> None:

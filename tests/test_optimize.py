@@ -68,6 +68,24 @@ def make_images(folder: Path, count: int, offset: int = 0) -> list[Path]:
     return paths
 
 
+class Recorder:
+    """An IndexProgress that remembers what it was told about rebuilds."""
+
+    def __init__(self):
+        self.rebuilds: list[str] = []
+
+    def scanned(self, count): pass
+
+    def start(self, total): pass
+
+    def advance(self, count): pass
+
+    def skipped(self, path, reason): pass
+
+    def rebuilding(self, what):
+        self.rebuilds.append(what)
+
+
 def test_index_moves_to_a_bigger_index_type_and_compacts_by_itself(tmp_path, monkeypatch):
     monkeypatch.setattr(index_module, "FLAT_MAX", 5)
     monkeypatch.setattr(library_module, "_COMPACT_MIN", 1)
@@ -77,12 +95,15 @@ def test_index_moves_to_a_bigger_index_type_and_compacts_by_itself(tmp_path, mon
         lib.index([photos])
         assert lib.info().index_type == "Flat"
         make_images(photos, 6, offset=4)
-        lib.index([photos])  # 10 images: past the (patched) exact-search limit
+        told = Recorder()
+        lib.index([photos], progress=told)  # 10 images: past the (patched) exact-search limit
+        assert told.rebuilds == ["the library outgrew its index: building HNSW32 for 10 images"]
         info = lib.info()
         assert info.index_type == "HNSW32" and info.vectors == 10 and info.index_recall_at_10 is not None
         for p in sorted(photos.iterdir())[:4]:
             p.unlink()
-        lib.index([photos])  # 4 of 10 rows dead: at least a quarter, so compacted
+        lib.index([photos], progress=told)  # 4 of 10 rows dead: at least a quarter, so compacted
+        assert told.rebuilds[1] == "compacting 4 vectors of deleted or changed images"
         info = lib.info()
         assert (info.vectors, info.dead_vectors, info.index_type) == (6, 0, "HNSW32")
         assert (tmp_path / "lib" / "vectors.2.f16").exists() and not (tmp_path / "lib" / "vectors.1.f16").exists()
