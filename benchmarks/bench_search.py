@@ -78,7 +78,10 @@ class Mixture:
             x += rng.standard_normal((n, self.dim), dtype=np.float32) * (0.75 / np.sqrt(self.dim))
         else:
             z = rng.standard_normal((n, self.intrinsic_dim), dtype=np.float32) * (0.7 / np.sqrt(self.intrinsic_dim))
-            x += np.einsum("nk,ndk->nd", z, self.bases[which % len(self.bases)])
+            basis = which % len(self.bases)
+            for b in np.unique(basis):  # one matrix product per basis, not a basis per point
+                mine = np.flatnonzero(basis == b)
+                x[mine] += z[mine] @ self.bases[b].T
             x += rng.standard_normal((n, self.dim), dtype=np.float32) * (0.25 / np.sqrt(self.dim))
         return _unit(x)
 

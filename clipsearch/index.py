@@ -50,6 +50,7 @@ HNSW_MAX = 4_000_000
 # vectors: faster than a graph walk that skips nearly every node, and never misses.
 EXACT_SUBSET_MAX = 50_000
 HNSW_EF_CONSTRUCTION = 80
+_QUERY_COSINE = 0.9  # of tuning queries to the library vectors they are made from
 RERANK = 10  # PQ candidates fetched per wanted hit, re-scored exactly
 _HNSW_LINK_BYTES = 32 * 2 * 4 + 40  # level-0 links of HNSW32, plus upper levels and bookkeeping
 _PQ_MIN_TRAIN = 10_000  # PQ needs 39 x 256 training vectors per sub-quantizer
@@ -328,19 +329,24 @@ class VectorIndex:
         """Raise ``efSearch`` or ``nprobe`` until recall@k against exact search reaches the
         target; returns the recall reached.
 
-        The queries are live vectors of the library, each left out of its own results
-        (leave-one-out, as autofaiss does): a query from the same distribution that the
-        index has never seen, without needing one.
+        The queries are live vectors moved to a cosine of 0.9 from where they were, in a
+        random direction. Unlike the vectors themselves (leave-one-out), whose graph node
+        links straight to their neighbours, this slightly underestimates the recall of
+        queries the index has never seen: measured on 200k clustered vectors, 0.871 and
+        0.921 where held-out queries reached 0.896 and 0.934, and leave-one-out claimed
+        0.939 and 0.949.
         """
         live_rows = np.flatnonzero(self.live_mask())
         if self.exact or len(live_rows) <= k:
             self.facts.recall_at_10, self.facts.search_param = 1.0, ""
             return 1.0
         rng = np.random.default_rng(seed)
-        sources = np.sort(rng.choice(live_rows, min(queries, len(live_rows)), replace=False))
-        xq = self.file.rows(sources)
-        _, truth = exact_search(self.file, self.live_mask(), xq, k + 1)
-        truth = _leave_out(truth, sources, k)
+        xq = self.file.rows(np.sort(rng.choice(live_rows, min(queries, len(live_rows)), replace=False)))
+        away = rng.standard_normal(xq.shape).astype(np.float32)
+        away -= (away * xq).sum(axis=1, keepdims=True) * xq  # orthogonal to the vector
+        away /= np.linalg.norm(away, axis=1, keepdims=True)
+        xq = xq * _QUERY_COSINE + away * math.sqrt(1 - _QUERY_COSINE ** 2)
+        _, truth = exact_search(self.file, self.live_mask(), xq, k)
         ivf = faiss.try_extract_index_ivf(self._index)
         name, ladder = ("efSearch", (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)) if ivf is None \
             else ("nprobe", tuple(p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -351,8 +357,8 @@ class VectorIndex:
             space.set_index_parameter(self._index, name, value)
             if ivf is not None and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
                 space.set_index_parameter(self._index, "quantizer_efSearch", max(64, 2 * value))
-            _, got = self.search(xq, k + 1)
-            recall = recall_at(truth, _leave_out(self._to_rows(got), sources, k))
+            _, got = self.search(xq, k)
+            recall = recall_at(truth, self._to_rows(got))
             self.facts.search_param = f"{name}={value}"
             if recall >= target_recall:
                 break
@@ -423,11 +429,6 @@ def recall_at(truth: np.ndarray, got: np.ndarray) -> float:
         hits += len(t & set(g.tolist()))
         total += len(t)
     return hits / total if total else 1.0
-
-
-def _leave_out(rows: np.ndarray, sources: np.ndarray, k: int) -> np.ndarray:
-    """Each row's first ``k`` entries other than its own query's source row."""
-    return np.stack([r[r != s][:k] for r, s in zip(rows, sources)])
 
 
 def _factory_of(index: faiss.Index) -> str:
