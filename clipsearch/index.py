@@ -79,16 +79,16 @@ def choose_index(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -
     """The index for ``n`` vectors of ``dim`` dimensions within ``memory_budget`` bytes."""
     flat = n * dim * 4
     if n <= FLAT_MAX and flat <= memory_budget:
-        return IndexPlan("Flat", flat, f"exact search: {n:,} vectors scan in a few ms")
+        return IndexPlan("Flat", flat, f"exact search: up to {FLAT_MAX:,} vectors scan in ~10 ms")
     if n <= HNSW_MAX or n < _PQ_MIN_TRAIN:
         for factory, per_vector in (("HNSW32", dim * 4), ("HNSW32,SQfp16", dim * 2)):
             size = n * (per_vector + _HNSW_LINK_BYTES)
             if size <= memory_budget:
-                return IndexPlan(factory, size, f"graph search over {n:,} vectors fits the "
+                return IndexPlan(factory, size, f"chosen for {n:,} vectors: a graph that fits the "
                                                 f"{_gib(memory_budget)} budget in {_gib(size)}")
         if n < _PQ_MIN_TRAIN:
-            return IndexPlan("HNSW32,SQfp16", size, f"the smallest index that needs no training: {n:,} "
-                                                    f"vectors are too few to train compressed codes")
+            return IndexPlan("HNSW32,SQfp16", size, f"chosen for {n:,} vectors: too few to train compressed "
+                                                    f"codes, so the smallest index that needs no training")
     # IVF: about 4 sqrt(n) lists (the low end of FAISS's advice, for build time), found
     # through an HNSW graph over the centroids.
     nlist = int(min(65536, max(256, 2 ** math.floor(math.log2(4 * math.sqrt(n))))))
@@ -101,7 +101,7 @@ def choose_index(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -
             # "np": no polysemous training, which FAISS does by default and which takes
             # minutes while buying nothing once candidates are re-scored exactly.
             return IndexPlan(f"OPQ{m}_{d_out},IVF{nlist}_HNSW32,PQ{m}x8np", size,
-                             f"{n:,} vectors compressed to {m} bytes each fit the {_gib(memory_budget)} budget")
+                             f"chosen for {n:,} vectors: {m} bytes each fit the {_gib(memory_budget)} budget")
     raise QueryError(f"no index for {n:,} vectors fits in {_gib(memory_budget)}",
                      hint="give a larger --memory-budget")
 
