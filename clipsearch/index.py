@@ -138,11 +138,11 @@ class IndexFacts:
     target_recall: float = DEFAULT_TARGET_RECALL
 
 
-def exact_search(vectors: VectorFile, live: np.ndarray, xq: np.ndarray, k: int,
+def exact_search(vectors: VectorFile, live: np.ndarray | None, xq: np.ndarray, k: int,
                  rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top ``k`` rows, streaming the vector file: the ground truth.
 
-    ``live`` masks dead rows; ``rows`` restricts the search to those rows.
+    ``live`` masks dead rows (None: all are live); ``rows`` restricts the search to those rows.
     """
     xq = np.atleast_2d(np.asarray(xq, np.float32))
     best_d = np.full((len(xq), k), -np.inf, np.float32)
@@ -150,10 +150,12 @@ def exact_search(vectors: VectorFile, live: np.ndarray, xq: np.ndarray, k: int,
     if rows is not None:
         blocks = [(rows[i:i + 65536], vectors.rows(rows[i:i + 65536])) for i in range(0, len(rows), 65536)]
     else:
-        blocks = ((np.arange(start, start + len(block)), block) for start, block in vectors.chunks(0, len(live)))
+        stop = len(vectors) if live is None else len(live)
+        blocks = ((np.arange(start, start + len(block)), block) for start, block in vectors.chunks(0, stop))
     for ids, block in blocks:
         scores = xq @ block.T
-        scores[:, ~live[ids]] = -np.inf
+        if live is not None:
+            scores[:, ~live[ids]] = -np.inf
         cand = np.broadcast_to(ids, scores.shape)
         if scores.shape[1] > k:  # the block's own top k first: sorting whole blocks is slow
             part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
@@ -266,9 +268,9 @@ class VectorIndex:
             subset = np.asarray(subset, np.int64).reshape(-1)
             subset = subset[(subset >= 0) & (subset < len(self._row_of))]
             rows = self._row_of[subset]
-            rows = np.unique(rows[rows >= 0])
+            rows = np.unique(rows[rows >= 0])  # live rows only: no mask needed below
             if not self.exact and len(rows) <= EXACT_SUBSET_MAX:
-                D, R = exact_search(self.file, self.live_mask(), xq, k, rows)
+                D, R = exact_search(self.file, None, xq, k, rows)
                 return D, self._to_ids(R)
             sel = faiss.IDSelectorBatch(rows) if len(rows) else None
             if sel is None:
@@ -283,7 +285,7 @@ class VectorIndex:
         if subset is not None and not self.exact and ((R >= 0).sum(axis=1) < min(k, len(rows))).any():
             # A graph or list walk that skips most vectors can run dry before it finds k
             # allowed ones; the subset is then searched exactly rather than come up short.
-            D, R = exact_search(self.file, self.live_mask(), xq, k, rows)
+            D, R = exact_search(self.file, None, xq, k, rows)
         return D, self._to_ids(R)
 
     def _live_selector(self):
