@@ -188,9 +188,10 @@ class Library:
             if _INDEX_FILE.match(p.name) and p.stem != path.stem:
                 p.unlink(missing_ok=True)
 
-    def _maintain(self, progress: IndexProgress | None) -> None:
+    def _maintain(self, progress: IndexProgress | None) -> bool:
         """After an index run: compact many dead vectors, and move to a bigger index type
-        when the library has outgrown its own (never down: ``optimize`` does that)."""
+        when the library has outgrown its own (never down: ``optimize`` does that).
+        Returns whether it rebuilt (and saved) the index."""
         current = self.vectors
         rows = len(current.file)
         dead = rows - current.ntotal
@@ -199,12 +200,13 @@ class Library:
         compact = dead >= max(_COMPACT_MIN, _COMPACT_SHARE * rows)
         grow = plan.tier > have.tier or (plan.nlist and plan.nlist >= 2 * max(have.nlist, 1))
         if not (compact or grow):
-            return
+            return False
         if grow and progress is not None:
             progress.rebuilding(f"the library outgrew its index: building {plan.factory} for {current.ntotal:,} images")
         elif progress is not None:
             progress.rebuilding(f"compacting {dead:,} vectors of deleted or changed images")
         self._rebuild(compact=compact, plan=plan if grow or plan.tier >= have.tier else None)
+        return True
 
     def _rebuild(self, compact: bool, plan: IndexPlan | None) -> None:
         if plan is None:  # keep the type
@@ -259,10 +261,9 @@ class Library:
         # Saved only after a complete run: the index of an interrupted one lags the vector
         # file, and whoever loads it next adds the missing rows (see VectorIndex.load).
         # A run that changed nothing does not rewrite what may be a gigabyte of index.
-        if self.store.model_identity() is not None:
+        if self.store.model_identity() is not None and not self._maintain(progress):
             if self.store.vectors_version() != version or not self._index_path().exists():
                 self._save_vectors()
-            self._maintain(progress)
         return report
 
     def _record_model(self) -> None:
