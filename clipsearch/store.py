@@ -22,6 +22,7 @@ from sqlalchemy import (
     select, update,
 )
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .errors import LibraryError, SchemaTooNewError
@@ -52,10 +53,16 @@ class ImageRow(Base):
     taken_ns: Mapped[int | None] = mapped_column(BigInteger, index=True)  # EXIF DateTimeOriginal
     row: Mapped[int | None] = mapped_column(BigInteger)  # of the vector file; None unless indexed
 
-    @property
+    @hybrid_property
     def when_ns(self) -> int:
         """When the photo was taken: EXIF if known, else the file's modification time."""
         return self.taken_ns if self.taken_ns is not None else self.mtime_ns
+
+    @when_ns.inplace.expression
+    @classmethod
+    def _when_ns_sql(cls):
+        # The same rule in SQL, for date filters and search results.
+        return func.coalesce(cls.taken_ns, cls.mtime_ns)
 
 
 class TextCacheRow(Base):
@@ -316,11 +323,10 @@ class Store:
         """Ids of indexed images inside any of ``folders``, with any of ``extensions``, taken
         in ``[after_ns, before_ns)`` (EXIF time, else modification time)."""
         stmt = select(ImageRow.id).where(ImageRow.status == STATUS_INDEXED)
-        when = func.coalesce(ImageRow.taken_ns, ImageRow.mtime_ns)
         if after_ns is not None:
-            stmt = stmt.where(when >= after_ns)
+            stmt = stmt.where(ImageRow.when_ns >= after_ns)
         if before_ns is not None:
-            stmt = stmt.where(when < before_ns)
+            stmt = stmt.where(ImageRow.when_ns < before_ns)
         if folders:
             stmt = stmt.where(_under(folders))
         if extensions:
@@ -425,8 +431,7 @@ class Store:
     def hits(self, ids: Sequence[int]) -> dict[int, tuple[str, int | None, int | None, int]]:
         """``id -> (path, width, height, when_ns)`` of indexed images: what a search result
         shows, read as plain rows (no ORM objects: this is on every query's path)."""
-        stmt = select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height,
-                      func.coalesce(ImageRow.taken_ns, ImageRow.mtime_ns)).where(
+        stmt = select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height, ImageRow.when_ns).where(
             ImageRow.id.in_([int(i) for i in ids]))
         with self.engine.connect() as conn:
             return {r[0]: tuple(r[1:]) for r in conn.execute(stmt)}
