@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -72,7 +73,8 @@ class IndexPlan:
 
     @property
     def nlist(self) -> int:
-        return int(self.factory.split("IVF")[1].split("_")[0]) if "IVF" in self.factory else 0
+        found = re.search(r"IVF(\d+)", self.factory)
+        return int(found.group(1)) if found else 0
 
 
 def choose_index(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> IndexPlan:
@@ -439,7 +441,8 @@ def _factory_of(index: faiss.Index) -> str:
         return "Flat"
     if isinstance(index, faiss.IndexHNSW):
         return "HNSW32,SQfp16" if isinstance(index, faiss.IndexHNSWSQ) else "HNSW32"
-    return "IVF,PQ"
+    ivf = faiss.try_extract_index_ivf(index)
+    return f"IVF{ivf.nlist},PQ" if ivf is not None else "unknown"
 
 
 def _as_matrix(x: np.ndarray, dim: int) -> np.ndarray:

@@ -158,3 +158,14 @@ def test_the_vector_file_survives_a_torn_write(tmp_path):
     assert vf.append(np.eye(4)[2:]).tolist() == [2, 3]
     assert np.allclose(VectorFile(tmp_path, 1, 4).rows([0, 3]), np.eye(4)[[0, 3]])
     assert vf.nbytes == 4 * 4 * 2
+
+
+def test_an_index_whose_facts_file_is_lost_still_knows_its_type(tmp_path, data):
+    x, _ = data
+    vi = build(tmp_path, PLANS[3], x)
+    vi.save(tmp_path / "index.1.faiss")
+    (tmp_path / "index.1.json").unlink()
+    rows = np.arange(len(x))
+    loaded = VectorIndex.load(tmp_path / "index.1.faiss", vi.file, rows + 1000, rows)
+    plan = IndexPlan(loaded.factory, 0, "")
+    assert (plan.tier, plan.nlist) == (3, 64) and loaded.ntotal == len(x)
