@@ -5,7 +5,7 @@ this package is cheap: torch and open_clip load only when a model is first neede
 """
 
 from .errors import (
-    ClipSearchError, ImageError, InputError, LibraryEmptyError, LibraryError, LibraryLockedError,
+    ClassifierError, ClipSearchError, ImageError, LabelError, InputError, LibraryEmptyError, LibraryError, LibraryLockedError,
     ModelError, ModelMismatchError, ModelNotFoundError, NoImagesError, PathNotFoundError, QueryError,
     SchemaTooNewError, WeightsUnavailableError,
 )
@@ -24,7 +24,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'clipsearch' has no attribute {name!r}")
 
 __all__ = [
-    "ClipSearchError", "FileError", "ImageError", "IndexReport", "InputError", "Library", "LibraryEmptyError",
+    "ClassifierError", "ClipSearchError", "LabelError", "FileError", "ImageError", "IndexReport", "InputError", "Library", "LibraryEmptyError",
     "LibraryError", "LibraryInfo", "LibraryLockedError", "ModelError", "ModelIdentity", "ModelMismatchError",
     "ModelNotFoundError", "NoImagesError", "PathNotFoundError", "QueryError", "SchemaTooNewError", "SearchHit",
     "WeightsUnavailableError", "__version__", "default_library_dir",

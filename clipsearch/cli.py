@@ -59,8 +59,8 @@ def _fail(exc: ClipSearchError) -> None:
     raise typer.Exit(1)
 
 
-def command(fn):
-    """Register a command whose ClipSearchErrors become a message and exit code 1."""
+def _guarded(fn):
+    """``fn`` with its ClipSearchErrors turned into a message and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -73,7 +73,14 @@ def command(fn):
             _stderr().print("interrupted: what was finished is saved; run the command again to continue")
             raise typer.Exit(130) from None
 
-    return app.command()(wrapper)
+    return wrapper
+
+
+def command(fn=None, *, group: typer.Typer = app, name: str | None = None):
+    """Register a command (on ``group``, default the top level); see :func:`_guarded`."""
+    if fn is None:
+        return lambda f: command(f, group=group, name=name)
+    return group.command(name)(_guarded(fn))
 
 
 def _open(library: Path | None, **kwargs):
@@ -254,6 +261,10 @@ def search(
         show_default=False)] = None,
     before: Annotated[Optional[datetime], typer.Option(
         "--before", formats=_DATE_FORMATS, help="Only photos taken before this date.", show_default=False)] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(
+        "--tag", help="Only images with this tag. Repeatable: all must be present.", show_default=False)] = None,
+    no_tag: Annotated[Optional[list[str]], typer.Option(
+        "--no-tag", help="Only images without this tag. Repeatable.", show_default=False)] = None,
     min_score: Annotated[Optional[float], typer.Option(
         "--min-score", help="Drop hits with a lower cosine score.", show_default=False)] = None,
     sort: Annotated[SortOrder, typer.Option(
@@ -282,8 +293,8 @@ def search(
     query = Query.build(text, image, also or (), exclude or ())
     with _open(library, device=device, create=False) as lib:
         hits = lib.search(query=query, k=limit, offset=offset, min_score=min_score, folders=folder or (),
-                          extensions=ext or (), after=after, before=before, sort=sort.value,
-                          include_query_images=include_query)
+                          extensions=ext or (), after=after, before=before, tags=tag or (),
+                          no_tags=no_tag or (), sort=sort.value, include_query_images=include_query)
     _print_hits(hits, json_out, paths_only)
 
 
@@ -397,6 +408,335 @@ def models(
 
     table = available_models(arch)
     _output(json_out, table, [f"{name}\t{' '.join(tags)}" for name, tags in table.items()])
+
+
+# -- labels, classification and tags -----------------------------------------------------
+
+LabelsOpt = Annotated[Optional[str], typer.Option(
+    "--labels", "-l", help="A bundled label set (see `clipsearch labels`) or a label file: .txt, .yaml or .toml.",
+    show_default=False)]
+ClassifierOpt = Annotated[Optional[str], typer.Option(
+    "--classifier", "-c", help="A few-shot classifier trained with `clipsearch classifier train`, instead of "
+                               "--labels.", show_default=False)]
+TemplateOpt = Annotated[Optional[list[str]], typer.Option(
+    "--template", "-t", help="A prompt template with {} for the label, or a bundled template set: imagenet, photo, "
+                             "simple. Repeatable; the prompts are averaged. Default: the label set's own, else "
+                             "photo.", show_default=False)]
+
+
+class _Stages:
+    """A progress bar per stage of a longer job (embedding labels, tagging), on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self._progress = None
+        self._tasks: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self._progress is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeRemainingColumn(), console=_stderr(), transient=True)
+            self._progress.start()
+        if stage not in self._tasks:
+            self._tasks[stage] = self._progress.add_task(stage, total=total)
+        self._progress.update(self._tasks[stage], completed=done, total=total)
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@command
+def labels(
+    name: Annotated[Optional[str], typer.Argument(help="Show the labels of this set or label file.",
+                                                  show_default=False)] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the bundled label sets and prompt templates, or the labels of one set.
+
+    Label files are plain text (one label per line) or YAML/TOML with per-label synonyms,
+    prompts, thresholds and parents; see the README.
+
+    Example: `clipsearch labels demo-colours`
+    """
+    from .labels import LabelSet, available_label_sets, available_templates, resolve_templates
+
+    if name is None:
+        sets = {n: LabelSet.load(n) for n in available_label_sets()}
+        templates = {n: len(resolve_templates([n])) for n in available_templates()}
+        data = {"label_sets": {n: len(ls.labels) for n, ls in sets.items()}, "templates": templates}
+        lines = [f"{n}\t{len(ls.labels)} labels" for n, ls in sets.items()]
+        lines += [f"template set {n}\t{k} templates" for n, k in templates.items()]
+        _output(json_out, data, lines)
+        return
+    label_set = LabelSet.load(name)
+    data = {"name": label_set.name, "templates": list(label_set.templates),
+            "labels": [{"name": lb.name, "parent": lb.parent, "synonyms": list(lb.synonyms),
+                        "prompts": list(lb.prompts), "threshold": lb.threshold} for lb in label_set.labels]}
+    lines = [lb.name + (f"\t< {' < '.join(label_set.ancestors(lb.name))}" if lb.parent else "")
+             for lb in label_set.labels]
+    _output(json_out, data, lines)
+
+
+@command
+def classify(
+    images: Annotated[list[str], typer.Argument(help="Image files (in the library or not), or id:N.",
+                                                show_default=False)],
+    labels: LabelsOpt = None,
+    classifier: ClassifierOpt = None,
+    template: TemplateOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image.")] = 5,
+    library: LibraryOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Name what is in images with a label set (zero-shot) or a trained classifier.
+
+    Prints each image's path, then its best labels: probability (softmax over the whole
+    label set, at the model's logit scale), cosine similarity, label. Images already in
+    the library use their stored vectors.
+
+    Example: `clipsearch classify photo.jpg --labels imagenet --top-k 3`
+    """
+    with _open(library, model=model, device=device, create=model is not None) as lib:
+        results = lib.classify(images, labels, templates=template or (), classifier=classifier, top_k=top_k)
+    lines = []
+    for r in results:
+        if r.error:
+            _stderr().print(f"skipping {r.path}: {r.error}", markup=False, highlight=False)
+            continue
+        lines.append(r.path)
+        lines += [f"  {p.probability:.4f}\t{p.cosine:.4f}\t{p.label}" for p in r.labels]
+    _output(json_out, [r.to_dict() for r in results], lines)
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+tag_app = typer.Typer(no_args_is_help=False)
+app.add_typer(tag_app, name="tag")
+
+
+@tag_app.callback(invoke_without_command=True)
+@_guarded
+def tag(
+    ctx: typer.Context,
+    labels: LabelsOpt = None,
+    classifier: ClassifierOpt = None,
+    template: TemplateOpt = None,
+    threshold: Annotated[float, typer.Option(
+        "--threshold", min=0.0, max=1.0,
+        help="Least probability (softmax over the label set) a tag needs; a label file's own per-label "
+             "thresholds win. 0: only --top-k counts.")] = 0.1,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Most tags per image (before parents).")] = 5,
+    min_cosine: Annotated[Optional[float], typer.Option(
+        "--min-cosine", min=-1.0, max=1.0, help="Also require this cosine similarity to the label.",
+        show_default=False)] = None,
+    folder: Annotated[Optional[list[Path]], typer.Option(
+        "--in", help="Only images inside this folder. Repeatable.", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be tagged; write nothing.")] = False,
+    library: LibraryOpt = None,
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Tag every image with labels from a label set or a trained classifier.
+
+    Uses the stored vectors: nothing is decoded or encoded again. Re-running replaces the
+    tags of the same label set (or classifier) only; manual tags always win. A confident
+    label also tags its parents (from a YAML/TOML label file).
+    Subcommands: `add`, `remove` (manual tags) and `export` (CSV, JSON, XMP sidecars).
+
+    Example: `clipsearch tag --labels demo-colours --threshold 0.5`
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if labels is None and classifier is None:
+        raise typer.BadParameter("give --labels SET_OR_FILE or --classifier NAME", param_hint="--labels")
+    stages = _Stages(quiet or json_out)
+    try:
+        with _open(library, device=device, create=False) as lib:
+            report = lib.tag(labels, templates=template or (), classifier=classifier, threshold=threshold,
+                             top_k=top_k, min_cosine=min_cosine, folders=folder or (), dry_run=dry_run,
+                             progress=stages)
+    finally:
+        stages.stop()
+    verb = "would tag" if report.dry_run else "tagged"
+    lines = [f"{n}\t{label}" for label, n in report.counts.items()]
+    if not json_out:
+        _stderr().print(f"{verb} {report.tagged} of {report.images} images with {report.tags} tags from "
+                        f"{report.label_set} ({report.source}) in {report.seconds:.1f}s")
+    _output(json_out, report.to_dict(), lines)
+
+
+@command(group=tag_app, name="add")
+def tag_add(
+    image: Annotated[str, typer.Argument(help="An indexed image: its path, or id:N.", show_default=False)],
+    label: Annotated[list[str], typer.Argument(help="One or more labels.", show_default=False)],
+    library: LibraryOpt = None,
+) -> None:
+    """Tag an image by hand. Manual tags win over automatic ones and survive re-tagging.
+
+    Example: `clipsearch tag add ~/Photos/rex.jpg dog "my dog"`
+    """
+    with _open(library, create=False) as lib:
+        for one in label:
+            lib.add_tag(image, one)
+
+
+@command(group=tag_app, name="remove")
+def tag_remove(
+    image: Annotated[str, typer.Argument(help="An indexed image: its path, or id:N.", show_default=False)],
+    label: Annotated[list[str], typer.Argument(help="One or more labels.", show_default=False)],
+    library: LibraryOpt = None,
+) -> None:
+    """Take a label off an image by hand, automatic tags included; re-tagging will not put it back.
+
+    Example: `clipsearch tag remove ~/Photos/rex.jpg cat`
+    """
+    with _open(library, create=False) as lib:
+        for one in label:
+            lib.remove_tag(image, one)
+
+
+class ExportFormat(str, Enum):
+    csv = "csv"
+    json = "json"
+    xmp = "xmp"
+
+
+class SidecarStyle(str, Enum):
+    default = "default"
+    lightroom = "lightroom"
+
+
+@command(group=tag_app, name="export")
+def tag_export(
+    fmt: Annotated[ExportFormat, typer.Argument(
+        help="csv or json: every tag to stdout (or --output); xmp: keywords into each image's XMP sidecar.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write CSV/JSON to this file.",
+                                                   show_default=False)] = None,
+    folder: Annotated[Optional[list[Path]], typer.Option(
+        "--in", help="Only images inside this folder. Repeatable.", show_default=False)] = None,
+    sidecar_style: Annotated[SidecarStyle, typer.Option(
+        "--sidecar-style", help="XMP sidecar names: default photo.jpg.xmp (darktable, digiKam), lightroom "
+                                "photo.xmp.")] = SidecarStyle.default,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="XMP: report what would change; write nothing.")] = False,
+    library: LibraryOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export tags: CSV or JSON of every tag, or XMP sidecars that photo tools read.
+
+    XMP keywords go into `dc:subject`; an existing sidecar is merged, never clobbered, and
+    keywords are only ever added.
+
+    Example: `clipsearch tag export xmp --sidecar-style lightroom --dry-run`
+    """
+    from .tagging import to_csv, to_json
+
+    with _open(library, create=False) as lib:
+        if fmt is ExportFormat.xmp:
+            report = lib.write_xmp(folder or (), sidecar_style.value, dry_run)
+        else:
+            tags = lib.image_tags(folder or ())
+    if fmt is not ExportFormat.xmp:
+        text = to_csv(tags) if fmt is ExportFormat.csv else to_json(tags) + "\n"
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text, encoding="utf-8")
+        return
+    for e in report.errors:
+        _stderr().print(f"skipping {e.path}: {e.reason}", markup=False, highlight=False)
+    verb = "would write" if dry_run else "wrote"
+    _output(json_out, report.to_dict(), [
+        f"{verb} {report.keywords} keywords: {report.created} new sidecars, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {len(report.errors)} left alone"])
+
+
+@command
+def tags(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
+    """Count the images carrying each tag, most common first.
+
+    Example: `clipsearch tags --json`
+    """
+    with _open(library, create=False) as lib:
+        counts = lib.tags()
+    _output(json_out, [c.to_dict() for c in counts],
+            [f"{c.images}\t{c.label}\t{','.join(c.sources)}" for c in counts], "no tags yet")
+
+
+classifier_app = typer.Typer(no_args_is_help=True)
+app.add_typer(classifier_app, name="classifier")
+
+
+@classifier_app.callback()
+def _classifier() -> None:
+    """Few-shot classifiers: a linear probe on the library's vectors, started from the
+    zero-shot classifier of the same labels.
+
+    Example: `clipsearch classifier train pets --examples ./examples`
+    """
+
+
+@command(group=classifier_app, name="train")
+def classifier_train(
+    name: Annotated[str, typer.Argument(help="Name to save the classifier under.", show_default=False)],
+    examples: Annotated[Path, typer.Option(
+        "--examples", "-e", help="A folder with one sub-folder of example images per label.", show_default=False)],
+    labels: Annotated[Optional[str], typer.Option(
+        "--labels", "-l", help="Take the labels' prompts, synonyms and parents from this set or file.",
+        show_default=False)] = None,
+    template: TemplateOpt = None,
+    library: LibraryOpt = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a few-shot classifier from example images, one sub-folder per label.
+
+    A logistic regression on the frozen CLIP vectors, started from and pulled toward the
+    zero-shot text weights; the pull is chosen by cross-validation, so a handful of
+    examples does not do worse than zero-shot. Prints its cross-validated accuracy next to
+    zero-shot's on the same examples.
+
+    Example: `clipsearch classifier train pets --examples ./examples`
+    """
+    with _open(library, device=device, create=False) as lib:
+        report = lib.train_classifier(name, examples, labels, templates=template or ())
+    _output(json_out, report.to_dict(), [
+        f"{report.name}: {len(report.labels)} labels, {report.examples} examples",
+        f"cross-validated accuracy {report.cv_accuracy:.3f} ({report.folds} folds), "
+        f"zero-shot {report.zero_shot_accuracy:.3f}",
+        "the zero-shot weights won: the classifier keeps them" if report.regularisation is None
+        else f"regularisation toward zero-shot: {report.regularisation}"])
+
+
+@command(group=classifier_app, name="list")
+def classifier_list(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
+    """List the trained classifiers.
+
+    Example: `clipsearch classifier list`
+    """
+    with _open(library, create=False) as lib:
+        trained = lib.classifiers()
+    _output(json_out, [c.to_dict() for c in trained],
+            [f"{c.name}\t{len(c.labels)} labels\tcv {c.cv_accuracy:.3f}\tzero-shot {c.zero_shot_accuracy:.3f}"
+             for c in trained], "no classifiers yet")
+
+
+@command(group=classifier_app, name="remove")
+def classifier_remove(name: Annotated[str, typer.Argument(help="The classifier's name.", show_default=False)],
+                      library: LibraryOpt = None) -> None:
+    """Delete a trained classifier (its tags stay until re-tagged or removed).
+
+    Example: `clipsearch classifier remove pets`
+    """
+    with _open(library, create=False) as lib:
+        lib.remove_classifier(name)
 
 
 def main() -> None:

@@ -257,6 +257,13 @@ class Encoder:
         return ModelIdentity(self.spec.name, self.spec.pretrained, self.dim)
 
     @property
+    def logit_scale(self) -> float:
+        """The temperature the model was trained with: cosine x scale = softmax logit."""
+        self.load()
+        scale = getattr(self._model, "logit_scale", None)
+        return float(scale.detach().exp().item()) if scale is not None else 100.0
+
+    @property
     def pixel_spec(self) -> PixelSpec:
         """How this model wants its pictures resized and normalised."""
         self.load()

@@ -12,7 +12,9 @@
     ├── InputError                   what the user asked for cannot be done
     │   ├── PathNotFoundError
     │   ├── NoImagesError
-    │   └── QueryError               empty text, or a query image that is not an image
+    │   ├── QueryError               empty text, or a query image that is not an image
+    │   ├── LabelError               a label set, label file or prompt template is unusable
+    │   └── ClassifierError          a few-shot classifier is unknown, or cannot be trained
     └── ImageError                   one file could not be decoded (recorded, never fatal)
 
 Each error carries a one-line message and, where one helps, a ``hint`` that says what
@@ -81,6 +83,14 @@ class NoImagesError(InputError):
 
 class QueryError(InputError):
     """The query is empty or its image cannot be read."""
+
+
+class LabelError(InputError):
+    """A label set, label file or prompt template cannot be used."""
+
+
+class ClassifierError(InputError):
+    """A few-shot classifier does not exist, does not fit the library, or cannot be trained."""
 
 
 class ImageError(ClipSearchError):

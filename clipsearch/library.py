@@ -17,6 +17,7 @@ the vector file without re-encoding anything.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -28,18 +29,24 @@ import numpy as np
 
 from .encoder import DEFAULT_MODEL, Encoder, ModelSpec
 from .errors import (
-    ImageError, LibraryEmptyError, LibraryError, LibraryLockedError, ModelMismatchError, PathNotFoundError,
-    QueryError,
+    ClassifierError, ImageError, LibraryEmptyError, LibraryError, LibraryLockedError, ModelMismatchError,
+    PathNotFoundError, QueryError,
 )
+from .classifier import FEW_SHOT, Head, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
 from .index import (
     DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, IndexPlan, VectorIndex, choose_index,
 )
 from .indexer import Indexer, IndexProgress
+from .labels import DEFAULT_TEMPLATES, Label, LabelSet, resolve_templates
 from .query import Query, Term
-from .results import DuplicateGroup, FileError, IndexReport, LibraryInfo, OptimizeReport, SearchHit
+from .results import (
+    Classification, ClassifierReport, DuplicateGroup, FileError, ImageTag, IndexReport, LibraryInfo,
+    OptimizeReport, Prediction, SearchHit, TagCount, TagReport, XmpReport,
+)
 from .scanner import ScanOptions, resolve_roots
 from .store import Store
+from .tagging import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Progress, image_tags, tag_images
 
 SORT_ORDERS = ("score", "date", "path")
 # Cosine similarity at which two images count as the same picture without looking at
@@ -277,14 +284,16 @@ class Library:
     def search(self, text: str | None = None, image: str | os.PathLike | None = None, k: int = 10, *,
                query: Query | None = None, offset: int = 0, min_score: float | None = None,
                folders: Iterable[str | os.PathLike] = (), extensions: Iterable[str] = (),
-               after: datetime | None = None, before: datetime | None = None, sort: str = "score",
-               include_query_images: bool = False) -> list[SearchHit]:
+               after: datetime | None = None, before: datetime | None = None, tags: Iterable[str] = (),
+               no_tags: Iterable[str] = (), sort: str = "score", include_query_images: bool = False,
+               ) -> list[SearchHit]:
         """The ``k`` images nearest to a query, best first.
 
         Give ``text`` and/or ``image``, or a composed :class:`Query`. Images of the query
         that are in the library are left out of the results unless ``include_query_images``.
-        ``folders``, ``extensions`` and the ``after``/``before`` dates (EXIF time taken, else
-        modification time; ``before`` is exclusive) restrict the search to those images,
+        ``folders``, ``extensions``, the ``after``/``before`` dates (EXIF time taken, else
+        modification time; ``before`` is exclusive), ``tags`` (all of them) and ``no_tags``
+        (none of them) restrict the search to those images,
         never by over-fetching: up to 50k allowed images are searched exactly, more through
         the index with only their ids allowed. ``min_score`` drops weaker hits.
         ``sort`` is ``score`` (best first), ``date`` (newest first) or ``path``; with
@@ -301,7 +310,7 @@ class Library:
         vectors = self.vectors
         xq, query_ids = self._query_vector(query)
         skip = set() if include_query_images else query_ids
-        subset = self._allowed_ids(folders, extensions, after, before)
+        subset = self._allowed_ids(folders, extensions, after, before, tags, no_tags)
         if subset is not None and skip:
             subset = subset[~np.isin(subset, list(skip))]
         every_hit_above_cutoff = sort != "score" and min_score is not None
@@ -411,36 +420,30 @@ class Library:
                 keep[(a, b)] = pairs[(a, b)]
         return keep
 
-    def _allowed_ids(self, folders, extensions, after: datetime | None, before: datetime | None) -> np.ndarray | None:
-        folders = [os.path.abspath(os.path.expanduser(os.fspath(f))) for f in folders]
+    def _allowed_ids(self, folders, extensions, after: datetime | None, before: datetime | None,
+                     tags: Iterable[str] = (), no_tags: Iterable[str] = ()) -> np.ndarray | None:
+        folders = _folders(folders)
         extensions = [e.lower().lstrip(".") for e in extensions]
+        tags, no_tags = [t.strip() for t in tags], [t.strip() for t in no_tags]
         bad = [e for e in extensions if not e.isalnum()]
         if bad:
             raise QueryError(f"not a file extension: {bad[0]!r}", hint="for example --ext jpg --ext heic")
-        if not folders and not extensions and after is None and before is None:
+        if not any((folders, extensions, tags, no_tags)) and after is None and before is None:
             return None
-        return self.store.ids_matching(folders, extensions, _epoch_ns(after), _epoch_ns(before))
+        return self.store.ids_matching(folders, extensions, _epoch_ns(after), _epoch_ns(before), tags, no_tags)
 
     def _query_vector(self, query: Query) -> tuple[np.ndarray, set[int]]:
         """The unit query vector, and the ids of library images that are part of the query."""
         text_vectors = self._text_vectors([t.value for t in query.terms if t.kind == "text"])
+        image_terms = [t for t in query.terms if t.kind != "text"]
+        image_vectors, image_ids, _ = self._image_vectors(image_terms)
         total = np.zeros(self.vectors.dim, np.float32)
-        in_library: set[int] = set()
         for term in query.terms:
             if term.kind == "text":
-                vec = text_vectors[term.value]
-            else:
-                image_id = term.value if term.kind == "id" else self.store.id_for_path(term.value)
-                if image_id is not None:
-                    # An indexed image: its stored vector, no decoding or encoding.
-                    try:
-                        vec = self.store.vector_of(image_id)
-                    except KeyError:
-                        raise QueryError(f"no indexed image has id {image_id}") from None
-                    in_library.add(int(image_id))
-                else:
-                    vec = self.encoder.encode_images([self._query_image(term.value)])[0]
+                total += term.weight * text_vectors[term.value]
+        for term, vec in zip(image_terms, image_vectors):
             total += term.weight * vec
+        in_library = {i for i in image_ids if i is not None}
         norm = float(np.linalg.norm(total))
         if norm < 1e-6:
             raise QueryError("the query's terms cancel each other out")
@@ -465,20 +468,261 @@ class Library:
             found.update(fresh)
         return found
 
-    def _query_image(self, image: str | os.PathLike):
+    def _image_vectors(self, images: Iterable[Term | str | os.PathLike | int], unreadable: dict[int, str] | None = None,
+                       ) -> tuple[np.ndarray, list[int | None], list[str]]:
+        """Unit vectors of images given by id (``int`` or ``"id:N"``), path or query term, with each one's
+        library id (None if not indexed) and path. Indexed images use their stored vector;
+        the others are decoded and encoded, together. A file that cannot be decoded raises
+        :class:`QueryError`, or, given an ``unreadable`` dict, is recorded there (position ->
+        reason) and gets a zero vector."""
         from .images import read_image
 
-        path = Path(image).expanduser()
-        if not path.is_file():
-            raise PathNotFoundError(f"query image not found: {image}")
-        try:
-            return read_image(path, self.encoder.image_size).image
-        except ImageError as exc:
-            raise QueryError(f"cannot use {image} as a query image: {exc.message}") from exc
+        items = list(images)
+        ids: list[int | None] = []
+        paths: list[str] = []
+        for item in items:
+            term = item if isinstance(item, Term) else Term("id", item) if isinstance(item, int) else \
+                Term.parse(str(item))
+            if term.kind == "text":
+                raise PathNotFoundError(f"image not found: {item}", hint="give an image path or id:N")
+            if term.kind == "image" and not os.path.isfile(term.value):
+                raise PathNotFoundError(f"image not found: {term.value}")
+            image_id = term.value if term.kind == "id" else self.store.id_for_path(term.value)
+            ids.append(int(image_id) if image_id is not None else None)
+            paths.append(str(term.value) if term.kind == "image" else "")
+        stored = [n for n, i in enumerate(ids) if i is not None]
+        located = self.store.locate([ids[n] for n in stored])
+        missing = [ids[n] for n in stored if ids[n] not in located]
+        if missing:
+            raise QueryError(f"no indexed image has id {missing[0]}")
+        identity = self.store.model_identity()
+        out = np.zeros((len(items), identity.dim if identity else self.encoder.dim), np.float32)
+        if stored:
+            # An indexed image: its stored vector, no decoding or encoding.
+            out[stored] = self.store.vector_file().rows([located[ids[n]][1] for n in stored])
+            for n in stored:
+                paths[n] = located[ids[n]][0]
+        fresh, pictures = [], []
+        for n in (n for n, i in enumerate(ids) if i is None):
+            try:
+                pictures.append(read_image(Path(paths[n]), self.encoder.image_size).image)
+                fresh.append(n)
+            except ImageError as exc:
+                if unreadable is None:
+                    raise QueryError(f"cannot use {paths[n]} as an image: {exc.message}") from exc
+                unreadable[n] = exc.message
+        if fresh:
+            out[fresh] = self.encoder.encode_images(pictures)
+        return out, ids, paths
 
     def _hits(self, found: list[tuple[float, int]]) -> list[SearchHit]:
         rows = self.store.hits([i for _, i in found])
         return [SearchHit(i, rows[i][0], s, rows[i][1], rows[i][2], _iso(rows[i][3])) for s, i in found if i in rows]
+
+    # -- classification and tagging ---------------------------------------------------
+
+    def head(self, labels: str | os.PathLike | LabelSet | None = None, *, templates: Iterable[str] = (),
+             classifier: str | None = None, progress: Progress | None = None) -> Head:
+        """A classifier for this library's vectors: the zero-shot head of a label set (a
+        bundled set's name, a label file or a :class:`LabelSet`) with ``templates`` (default:
+        the set's own, else ``photo``), or a trained few-shot ``classifier`` by name.
+
+        A label set's embeddings are cached in the library (``labels/``) under its model,
+        labels and templates; only the first use of a combination loads the model.
+        """
+        if (labels is None) == (classifier is None):
+            raise ClassifierError("give either a label set or a trained classifier",
+                                  hint="--labels SET_OR_FILE, or --classifier NAME")
+        if classifier is not None:
+            return self._classifier_head(classifier)
+        label_set = labels if isinstance(labels, LabelSet) else LabelSet.load(labels)
+        chosen = resolve_templates(tuple(templates) or label_set.templates or DEFAULT_TEMPLATES)
+
+        def embedding(done: int, total: int) -> None:
+            if progress:
+                progress("embedding labels", done, total)
+
+        return zero_shot_head(label_set, chosen, str(self._model_or_fail()), self.root / "labels",
+                              self.encoder.encode_texts, lambda: self.encoder.logit_scale, embedding)
+
+    def classify(self, images: Iterable[str | os.PathLike | int], labels: str | os.PathLike | LabelSet | None = None,
+                 *, templates: Iterable[str] = (), classifier: str | None = None,
+                 top_k: int = 5) -> list[Classification]:
+        """The ``top_k`` most probable labels of each image (a path, inside the library or
+        not, or an id); indexed images use their stored vectors. A file that cannot be
+        decoded gets no labels and an ``error``. See :meth:`head`."""
+        if top_k < 1:
+            raise QueryError(f"--top-k must be at least 1, not {top_k}")
+        head = self.head(labels, templates=templates, classifier=classifier)
+        unreadable: dict[int, str] = {}
+        vectors, ids, paths = self._image_vectors(images, unreadable)
+        found = head.predict(vectors, top_k)
+        out = [Classification(path, image_id, [], unreadable.get(n)) for n, (path, image_id) in enumerate(zip(paths, ids))]
+        for r, c, p, cos in zip(found.rows, found.labels, found.probability, found.cosine):
+            if r not in unreadable:
+                out[r].labels.append(Prediction(head.vocabulary[c], round(float(p), 6), round(float(cos), 6)))
+        return out
+
+    def tag(self, labels: str | os.PathLike | LabelSet | None = None, *, templates: Iterable[str] = (),
+            classifier: str | None = None, threshold: float = DEFAULT_THRESHOLD, top_k: int | None = DEFAULT_TOP_K,
+            min_cosine: float | None = None, folders: Iterable[str | os.PathLike] = (), dry_run: bool = False,
+            progress: Progress | None = None) -> TagReport:
+        """Tag the library's images (those under ``folders``, if given) from their stored
+        vectors; see ``tagging.py`` for what the thresholds mean. A run replaces the tags of
+        its own source and label set (or classifier) only; manual tags always win."""
+        if not 0 <= threshold <= 1:
+            raise QueryError(f"the threshold is a probability in [0, 1], not {threshold}")
+        if top_k is not None and top_k < 1:
+            raise QueryError(f"--top-k must be at least 1, not {top_k}")
+        if self.store.model_identity() is None:
+            raise LibraryEmptyError(f"the library at {self.root} is empty",
+                                    hint="index some images first: clipsearch index PATH")
+        head = self.head(labels, templates=templates, classifier=classifier, progress=progress)
+        options = dict(threshold=threshold, top_k=top_k, min_cosine=min_cosine, folders=_folders(folders),
+                       dry_run=dry_run, progress=progress)
+        if dry_run:
+            return tag_images(self.store, head, **options)
+        with _Lock(self.root / "lock"):
+            return tag_images(self.store, head, **options)
+
+    def add_tag(self, image: str | os.PathLike | int, label: str) -> int:
+        """Tag an indexed image by hand; returns its id. Manual tags win over automatic ones."""
+        image_id = self._indexed_id(image)
+        self.store.set_manual_tag(image_id, _label(label), removed=False)
+        return image_id
+
+    def remove_tag(self, image: str | os.PathLike | int, label: str) -> int:
+        """Take a label off an indexed image by hand, automatic tags included; later tag runs
+        do not put it back. Returns the image's id."""
+        image_id = self._indexed_id(image)
+        self.store.set_manual_tag(image_id, _label(label), removed=True)
+        return image_id
+
+    def tags(self) -> list[TagCount]:
+        """Every label in use, with the number of images carrying it."""
+        return self.store.tag_counts()
+
+    def image_tags(self, folders: Iterable[str | os.PathLike] = ()) -> list[ImageTag]:
+        """Every tag of every image (under ``folders``), manual removals applied."""
+        return image_tags(self.store, _folders(folders))
+
+    def write_xmp(self, folders: Iterable[str | os.PathLike] = (), style: str = "default",
+                  dry_run: bool = False) -> XmpReport:
+        """Write each tagged image's tags into its XMP sidecar as ``dc:subject`` keywords,
+        merged into an existing sidecar without disturbing it (see ``xmp.py``)."""
+        from . import xmp
+
+        if style not in xmp.STYLES:
+            raise QueryError(f"unknown sidecar style {style!r}", hint=f"choose one of: {', '.join(xmp.STYLES)}")
+        report = XmpReport(dry_run=dry_run)
+        by_path: dict[str, list[str]] = {}
+        for t in self.image_tags(folders):
+            by_path.setdefault(t.path, []).append(t.label)
+        for path, labels in by_path.items():
+            sidecar = xmp.sidecar_path(path, style)
+            try:
+                old = xmp.read(sidecar)
+                text, added = xmp.merge(old, labels)
+                if text is not None and not dry_run:
+                    xmp.write(sidecar, text)
+            except (xmp.XmpError, OSError) as exc:
+                report.errors.append(FileError(str(sidecar), f"left unchanged: {exc}"))
+                continue
+            report.keywords += len(added)
+            if text is None:
+                report.unchanged += 1
+            elif old is None:
+                report.created += 1
+            else:
+                report.updated += 1
+        return report
+
+    def train_classifier(self, name: str, examples: str | os.PathLike,
+                         labels: str | os.PathLike | LabelSet | None = None, *, templates: Iterable[str] = (),
+                         progress: Progress | None = None) -> ClassifierReport:
+        """Train a few-shot classifier from ``examples``, a folder with one sub-folder of
+        images per label. The zero-shot head of those labels (their prompts, synonyms and
+        parents taken from ``labels`` when given) is the starting point and the prior; see
+        ``classifier.py``. The head is saved in the library under ``name``."""
+        started = time.perf_counter()
+        name = name.strip()
+        if not name or len(name) > 128:
+            raise ClassifierError("a classifier needs a name of 1 to 128 characters")
+        folder = Path(examples).expanduser()
+        if not folder.is_dir():
+            raise PathNotFoundError(f"no examples folder at {examples}",
+                                    hint="make one sub-folder per label, holding a few images each")
+        from .images import is_image_path
+
+        classes = {d.name: sorted(p for p in d.rglob("*") if p.is_file() and is_image_path(p))
+                   for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+        classes = {label: files for label, files in classes.items() if files}
+        if len(classes) < 2:
+            raise ClassifierError(f"{folder} needs at least two sub-folders of images, one per label")
+        label_set = self._example_labels(name, list(classes), labels)
+        head = self.head(label_set, templates=templates, progress=progress)
+        files = [f for fs in classes.values() for f in fs]
+        y = np.repeat(np.arange(len(classes)), [len(fs) for fs in classes.values()])
+        x, _, _ = self._image_vectors(files)
+        fit = train_probe(x, y, head)
+        meta = {"labels": head.labels, "parents": head.parents, "thresholds": head.thresholds,
+                "label_set": label_set.source or label_set.name}
+        report = ClassifierReport(name, list(head.labels), len(files), {k: len(v) for k, v in classes.items()},
+                                  fit.folds, round(fit.cv_accuracy, 4), round(fit.zero_shot_accuracy, 4),
+                                  fit.regularisation, time.perf_counter() - started)
+        self.store.save_classifier(name, str(self.model), json.dumps(meta), fit.weights, fit.bias, head.scale,
+                                   json.dumps(report.to_dict()))
+        return report
+
+    def classifiers(self) -> list[ClassifierReport]:
+        """The few-shot classifiers trained in this library."""
+        return [ClassifierReport(**json.loads(row.report)) for row in self.store.classifiers()]
+
+    def remove_classifier(self, name: str) -> None:
+        if not self.store.delete_classifier(name):
+            raise ClassifierError(f"no classifier called {name!r}", hint="see `clipsearch classifier list`")
+
+    def _classifier_head(self, name: str) -> Head:
+        row = self.store.classifier(name)
+        if row is None:
+            known = ", ".join(r.name for r in self.store.classifiers()) or "none yet"
+            raise ClassifierError(f"no classifier called {name!r} (trained: {known})",
+                                  hint="train one: clipsearch classifier train NAME --examples DIR")
+        if row.model != str(self._model_or_fail()):
+            raise ClassifierError(f"the classifier {name!r} was trained for {row.model}, not {self.model}")
+        meta = json.loads(row.labels)
+        labels = tuple(meta["labels"])
+        weights = np.frombuffer(row.weights, np.float32).reshape(len(labels), -1)
+        return Head(name, FEW_SHOT, labels, weights, np.frombuffer(row.bias, np.float32).copy(), row.scale,
+                    meta.get("parents", {}), meta.get("thresholds", {}))
+
+    def _example_labels(self, name: str, folders: list[str], labels) -> LabelSet:
+        if labels is None:
+            return LabelSet(name, tuple(Label(f) for f in folders), source=name)
+        full = labels if isinstance(labels, LabelSet) else LabelSet.load(labels)
+        known = {lb.name: lb for lb in full.labels}
+        unknown = [f for f in folders if f not in known]
+        if unknown:
+            raise ClassifierError(f"example folders that are not labels of {full.name}: {', '.join(unknown)}",
+                                  hint="name each sub-folder after a label of the set")
+        return LabelSet(full.name, tuple(known[f] for f in folders), full.templates, full.source)
+
+    def _indexed_id(self, image: str | os.PathLike | int) -> int:
+        term = Term("id", image) if isinstance(image, int) else Term.parse(str(image))
+        image_id = term.value if term.kind == "id" else None
+        if term.kind == "image":
+            image_id = self.store.id_for_path(str(term.value))
+        if image_id is None or not self.store.locate([int(image_id)]):
+            raise PathNotFoundError(f"{image} is not an indexed image", hint="give the path or id:N of an image "
+                                    "in the library (clipsearch index PATH adds it)")
+        return int(image_id)
+
+    def _model_or_fail(self) -> ModelSpec:
+        model = self.model
+        if model is None:
+            raise LibraryEmptyError(f"the library at {self.root} has no model yet",
+                                    hint="index some images first: clipsearch index PATH")
+        return model
 
     # -- reporting --------------------------------------------------------------------
 
@@ -550,6 +794,17 @@ def _epoch_ns(when: datetime | None) -> int | None:
     return int(when.timestamp() * 1e9)
 
 
+def _folders(folders: Iterable[str | os.PathLike]) -> list[str]:
+    return [os.path.abspath(os.path.expanduser(os.fspath(f))) for f in folders]
+
+
+def _label(label: str) -> str:
+    label = label.strip()
+    if not label:
+        raise QueryError("a tag needs a label")
+    return label
+
+
 def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="seconds")
 
@@ -572,7 +827,7 @@ class _Lock:
         except BlockingIOError:
             os.close(self._fd)
             self._fd = None
-            raise LibraryLockedError(f"another clipsearch process is indexing {self.path.parent}",
+            raise LibraryLockedError(f"another clipsearch process is writing to {self.path.parent}",
                                      hint="wait for it to finish, then run this again") from None
         return self
 

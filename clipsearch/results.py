@@ -105,3 +105,85 @@ class OptimizeReport(_Record):
     target_recall: float
     index_bytes: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class Prediction(_Record):
+    """One label for one image."""
+
+    label: str
+    probability: float  # softmax over the whole label set, with the model's logit scale
+    cosine: float  # the image's cosine similarity to the label (to the probe's weights, few-shot)
+
+
+@dataclass(frozen=True)
+class Classification(_Record):
+    """The best labels for one image, most probable first."""
+
+    path: str
+    id: int | None  # the library's image, when it is one (its stored vector was used)
+    labels: list[Prediction]
+    error: str | None = None  # why the file could not be classified
+
+
+@dataclass(frozen=True)
+class TagCount(_Record):
+    """A label and how many images carry it."""
+
+    label: str
+    images: int
+    sources: list[str]  # zero-shot, few-shot, manual
+
+
+@dataclass(frozen=True)
+class ImageTag(_Record):
+    """One tag on one image, as exported."""
+
+    id: int
+    path: str
+    label: str
+    score: float
+    source: str
+    label_set: str
+    created_at: str
+
+
+@dataclass
+class TagReport(_Record):
+    """What one ``tag`` run did (or would do, with ``dry_run``)."""
+
+    label_set: str
+    source: str  # zero-shot or few-shot
+    images: int = 0  # images looked at
+    tagged: int = 0  # images given at least one tag
+    tags: int = 0  # tags written, implied parents included
+    counts: dict[str, int] = field(default_factory=dict)  # label -> images
+    dry_run: bool = False
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClassifierReport(_Record):
+    """A trained few-shot classifier and how well it does on its own examples."""
+
+    name: str
+    labels: list[str]
+    examples: int
+    shots: dict[str, int]  # label -> examples
+    folds: int
+    cv_accuracy: float  # cross-validated, with the regularisation chosen on the same folds
+    zero_shot_accuracy: float  # the text-only classifier, on the same examples
+    regularisation: float | None  # pull toward the zero-shot weights; None: the zero-shot head won
+    seconds: float = 0.0
+
+
+@dataclass
+class XmpReport(_Record):
+    """What writing XMP sidecars did (or would do, with ``dry_run``)."""
+
+    created: int = 0  # new sidecars
+    updated: int = 0  # existing sidecars given keywords they lacked
+    unchanged: int = 0  # sidecars that had every keyword already
+    keywords: int = 0  # keywords added in all
+    errors: list[FileError] = field(default_factory=list)  # sidecars left alone, and why
+    dry_run: bool = False

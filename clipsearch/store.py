@@ -18,19 +18,21 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import (
-    BigInteger, DateTime, Integer, LargeBinary, String, Text, create_engine, delete, event, func, or_,
-    select, update,
+    BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine,
+    delete, event, exists, func, insert, not_, or_, select, update,
 )
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.hybrid import hybrid_property
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
 
 from .errors import LibraryError, SchemaTooNewError
-from .results import FileError, ModelIdentity
+from .results import FileError, ModelIdentity, TagCount
 from .vectorstore import VectorFile
 
 STATUS_INDEXED = "indexed"
 STATUS_ERROR = "error"
+SOURCES = ("zero-shot", "few-shot", "manual")
+MANUAL = "manual"
 
 
 class Base(DeclarativeBase):
@@ -74,6 +76,37 @@ class TextCacheRow(Base):
     text: Mapped[str] = mapped_column(Text, primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     used_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class TagRow(Base):
+    """A label on an image. A manual row with ``removed`` set hides that label's automatic
+    tags on the image: manual tags always win."""
+
+    __tablename__ = "tags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(Text, index=True)
+    source: Mapped[str] = mapped_column(String(16))  # one of SOURCES
+    label_set: Mapped[str] = mapped_column(String(256))  # label set or classifier name; "" if manual
+    score: Mapped[float] = mapped_column(Float)  # probability; 1.0 for manual tags
+    removed: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ClassifierRow(Base):
+    """A few-shot linear head over the library's image vectors (raw float32, JSON: no pickle)."""
+
+    __tablename__ = "classifiers"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256))
+    labels: Mapped[str] = mapped_column(Text)
+    weights: Mapped[bytes] = mapped_column(LargeBinary)
+    bias: Mapped[bytes] = mapped_column(LargeBinary)
+    scale: Mapped[float] = mapped_column(Float)
+    report: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class MetaRow(Base):
@@ -154,6 +187,18 @@ def _on_connect(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
+
+
+def _hidden(tag):
+    """A clause: the user took ``tag``'s label off its image by hand."""
+    manual = aliased(TagRow)
+    return exists().where(manual.image_id == tag.image_id, manual.label == tag.label,
+                          manual.source == MANUAL, manual.removed)
+
+
+def _tagged(label: str):
+    """Ids of images that carry ``label``: a tag of any source, not taken off by hand."""
+    return select(TagRow.image_id).where(TagRow.label == label, not_(TagRow.removed), not_(_hidden(TagRow)))
 
 
 def _under(roots: Iterable[Path | str]):
@@ -282,6 +327,8 @@ class Store:
                     path=m.path, size=m.size, mtime_ns=m.mtime_ns, indexed_at=_now()))
             for item, vector_row in zip(indexed, rows):
                 row = self._upsert(s, item.path, item.size, item.mtime_ns)
+                if row.id is not None:  # new content: tags made from the old vector no longer hold
+                    s.execute(delete(TagRow).where(TagRow.image_id == row.id, TagRow.source != MANUAL))
                 row.content_hash, row.width, row.height = item.content_hash, item.width, item.height
                 row.taken_ns, row.row = item.taken_ns, int(vector_row)
                 row.status, row.error = STATUS_INDEXED, None
@@ -319,10 +366,16 @@ class Store:
             return s.scalar(select(ImageRow.id).where(ImageRow.path == path, ImageRow.status == STATUS_INDEXED))
 
     def ids_matching(self, folders: Sequence[str] = (), extensions: Sequence[str] = (),
-                     after_ns: int | None = None, before_ns: int | None = None) -> np.ndarray:
+                     after_ns: int | None = None, before_ns: int | None = None,
+                     tags: Sequence[str] = (), no_tags: Sequence[str] = ()) -> np.ndarray:
         """Ids of indexed images inside any of ``folders``, with any of ``extensions``, taken
-        in ``[after_ns, before_ns)`` (EXIF time, else modification time)."""
+        in ``[after_ns, before_ns)`` (EXIF time, else modification time), carrying every
+        label in ``tags`` and none in ``no_tags``."""
         stmt = select(ImageRow.id).where(ImageRow.status == STATUS_INDEXED)
+        for label in tags:
+            stmt = stmt.where(ImageRow.id.in_(_tagged(label)))
+        for label in no_tags:
+            stmt = stmt.where(ImageRow.id.not_in(_tagged(label)))
         if after_ns is not None:
             stmt = stmt.where(ImageRow.when_ns >= after_ns)
         if before_ns is not None:
@@ -351,19 +404,28 @@ class Store:
         return self._vector_file
 
     def vector_of(self, image_id: int) -> np.ndarray:
-        with Session(self.engine) as s:
-            row = s.scalar(select(ImageRow.row).where(ImageRow.id == int(image_id), ImageRow.status == STATUS_INDEXED))
-        if row is None:
+        found = self.locate([image_id])
+        if not found:
             raise KeyError(image_id)
-        return self.vector_file().rows([row])[0]
+        return self.vector_file().rows([found[int(image_id)][1]])[0]
 
-    def live(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """Every indexed image as ``(ids, rows)``, plus the vector version they belong to."""
+    def locate(self, ids: Sequence[int]) -> dict[int, tuple[str, int]]:
+        """``id -> (path, vector row)`` of those of ``ids`` that are indexed."""
+        stmt = select(ImageRow.id, ImageRow.path, ImageRow.row).where(
+            ImageRow.id.in_([int(i) for i in ids]), ImageRow.status == STATUS_INDEXED)
+        with self.engine.connect() as conn:
+            return {r[0]: (r[1], r[2]) for r in conn.execute(stmt)}
+
+    def live(self, folders: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray, int]:
+        """Every indexed image (under ``folders``, if any) as ``(ids, rows)`` in row order,
+        plus the vector version they belong to."""
+        stmt = select(ImageRow.id, ImageRow.row).where(ImageRow.status == STATUS_INDEXED).order_by(ImageRow.row)
+        if folders:
+            stmt = stmt.where(_under(folders))
         with Session(self.engine) as s, s.begin():
             # One transaction, so the version matches the rows read.
             version = int(s.scalar(select(MetaRow.value).where(MetaRow.key == "vectors_version")) or 0)
-            pairs = s.execute(select(ImageRow.id, ImageRow.row).where(
-                ImageRow.status == STATUS_INDEXED).order_by(ImageRow.row)).all()
+            pairs = s.execute(stmt).all()
         ids = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
         rows = np.fromiter((p[1] for p in pairs), np.int64, len(pairs))
         return ids, rows, version
@@ -421,6 +483,97 @@ class Store:
             cutoff = s.scalar(select(TextCacheRow.used_at).order_by(TextCacheRow.used_at.desc()).offset(keep).limit(1))
             if cutoff is not None:
                 s.execute(delete(TextCacheRow).where(TextCacheRow.used_at <= cutoff))
+
+    # -- tags -------------------------------------------------------------------------
+
+    def replace_tags(self, source: str, label_set: str, batches: Iterable[tuple[np.ndarray, Sequence[str], np.ndarray]],
+                     folders: Sequence[str] = ()) -> int:
+        """Replace the tags of one automatic ``source`` and ``label_set`` on the images under
+        ``folders`` (all images if none) with ``batches`` of ``(image ids, labels, scores)``.
+
+        One transaction: readers see the old tags or the new ones, never a mix, and a crash
+        leaves the old ones. Tags of other sources and sets are untouched.
+        """
+        now = _now()
+        written = 0
+        with Session(self.engine) as s, s.begin():
+            stmt = delete(TagRow).where(TagRow.source == source, TagRow.label_set == label_set)
+            if folders:
+                stmt = stmt.where(TagRow.image_id.in_(select(ImageRow.id).where(_under(folders))))
+            s.execute(stmt)
+            conn = s.connection()
+            for ids, labels, scores in batches:
+                if len(ids):
+                    conn.execute(insert(TagRow), [
+                        {"image_id": int(i), "label": label, "source": source, "label_set": label_set,
+                         "score": float(score), "removed": False, "created_at": now}
+                        for i, label, score in zip(ids, labels, scores)])
+                    written += len(ids)
+        return written
+
+    def set_manual_tag(self, image_id: int, label: str, removed: bool) -> None:
+        """Put ``label`` on an image by hand, or take it off (which hides automatic tags)."""
+        with Session(self.engine) as s, s.begin():
+            row = s.scalar(select(TagRow).where(TagRow.image_id == image_id, TagRow.label == label,
+                                                TagRow.source == MANUAL))
+            if row is None:
+                row = TagRow(image_id=image_id, label=label, source=MANUAL, label_set="")
+                s.add(row)
+            row.score, row.removed, row.created_at = (0.0 if removed else 1.0), removed, _now()
+
+    def _effective(self, folders: Sequence[str] = ()):
+        """Every tag that counts: on an indexed image, not a removal, not taken off by hand."""
+        stmt = (select(TagRow.image_id, ImageRow.path, TagRow.label, TagRow.score, TagRow.source, TagRow.label_set,
+                       TagRow.created_at)
+                .join(ImageRow, ImageRow.id == TagRow.image_id)
+                .where(ImageRow.status == STATUS_INDEXED, not_(TagRow.removed), not_(_hidden(TagRow))))
+        return stmt.where(_under(folders)) if folders else stmt
+
+    def tag_counts(self) -> list[TagCount]:
+        """Each label with the number of images carrying it, most common first."""
+        eff = self._effective().subquery()
+        stmt = (select(eff.c.label, func.count(func.distinct(eff.c.image_id)),
+                       func.group_concat(func.distinct(eff.c.source)))
+                .group_by(eff.c.label).order_by(func.count(func.distinct(eff.c.image_id)).desc(), eff.c.label))
+        with self.engine.connect() as conn:
+            return [TagCount(label, n, sorted(sources.split(","))) for label, n, sources in conn.execute(stmt)]
+
+    def tags_of(self, ids: Sequence[int] | None = None, folders: Sequence[str] = ()) -> dict[int, list]:
+        """``id -> tag rows`` (``path, label, score, source, label_set, created_at``) of the
+        given images (all if None), one row per label: a manual tag first, then the best score."""
+        stmt = self._effective(folders)
+        if ids is not None:
+            stmt = stmt.where(TagRow.image_id.in_([int(i) for i in ids]))
+        stmt = stmt.order_by(ImageRow.path, TagRow.label, (TagRow.source == MANUAL).desc(), TagRow.score.desc())
+        out: dict[int, list] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(stmt):
+                tags = out.setdefault(row.image_id, [])
+                if not tags or tags[-1].label != row.label:
+                    tags.append(row)
+        return out
+
+    # -- classifiers ------------------------------------------------------------------
+
+    def save_classifier(self, name: str, model: str, labels: str, weights: np.ndarray, bias: np.ndarray,
+                        scale: float, report: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.merge(ClassifierRow(name=name, model=model, labels=labels,
+                                  weights=np.ascontiguousarray(weights, np.float32).tobytes(),
+                                  bias=np.ascontiguousarray(bias, np.float32).tobytes(), scale=float(scale),
+                                  report=report, created_at=_now()))
+
+    def classifier(self, name: str) -> ClassifierRow | None:
+        with Session(self.engine, expire_on_commit=False) as s:
+            return s.get(ClassifierRow, name)
+
+    def classifiers(self) -> list[ClassifierRow]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            return list(s.scalars(select(ClassifierRow).order_by(ClassifierRow.name)))
+
+    def delete_classifier(self, name: str) -> bool:
+        with Session(self.engine) as s, s.begin():
+            return s.execute(delete(ClassifierRow).where(ClassifierRow.name == name)).rowcount > 0
 
     # -- reading ----------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ class FakeEncoder:
         self.spec = ModelSpec(name)
         self.device = self.requested_device = "cpu"
         self.image_size = 8
+        self.logit_scale = 100.0
         self.encoded: list[int] = []
         self.texts: list[str] = []
 

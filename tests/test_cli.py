@@ -165,7 +165,7 @@ def test_broken_files_are_skipped_and_listed(small_library):
 @pytest.mark.parametrize("args, code, message", [
     (["search", ""], 1, "the query text is empty"),
     (["search", "--image", "{tmp}/notes.png"], 1, "cannot use"),
-    (["search", "--image", "{tmp}/absent.png"], 1, "query image not found"),
+    (["search", "--image", "{tmp}/absent.png"], 1, "image not found"),
     (["index", "{tmp}/absent"], 1, "no such file or folder"),
     (["index", "{tmp}/empty"], 1, "no image files found"),
     (["search"], 2, "give a text query"),
@@ -226,7 +226,8 @@ def run_counting_torch(argv: list[str]) -> tuple[str, bool]:
 
 @pytest.mark.parametrize("args", [["--help"], ["search", "--help"], ["info", "-L", "{lib}"],
                                   ["errors", "-L", "{lib}"], ["similar", "id:1", "-L", "{lib}"],
-                                  ["duplicates", "-L", "{lib}"]])
+                                  ["duplicates", "-L", "{lib}"], ["tags", "-L", "{lib}"], ["labels"],
+                                  ["labels", "photos"], ["tag", "export", "csv", "-L", "{lib}"]])
 def test_cheap_commands_never_import_torch(small_library, args):
     _, lib = small_library
     _, imported = run_counting_torch(["clipsearch"] + [a.format(lib=lib) for a in args])

@@ -8,7 +8,17 @@ import typer
 from clipsearch.cli import app
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-COMMANDS = typer.main.get_command(app).commands
+
+
+def _commands(group, prefix=""):
+    """Every command and sub-command, by its full name ("tag export")."""
+    for name, cmd in group.commands.items():
+        yield prefix + name, cmd
+        if hasattr(cmd, "commands"):
+            yield from _commands(cmd, f"{prefix}{name} ")
+
+
+COMMANDS = dict(_commands(typer.main.get_command(app)))
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

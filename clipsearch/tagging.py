@@ -1,0 +1,89 @@
+"""Tagging a library: every stored image vector through a classifier head, in blocks.
+
+A run reads the vectors from the memory-mapped vector file a block at a time (no image
+is decoded or encoded again), ranks each block with ``Head.predict`` and streams the
+tags into one database transaction (``Store.replace_tags``), so memory stays bounded by
+the block size and a crash leaves the previous tags in place.
+
+Thresholds are probabilities: a label is kept when its softmax share over the whole
+label set reaches the threshold (the label's own, from the label file, else the run's),
+it is among the ``top_k`` best, and, if asked, its cosine similarity reaches
+``min_cosine``. With a probability floor ``p`` no image gets more than ``1/p`` labels.
+Parents of kept labels are added with their child's probability.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+
+import numpy as np
+
+from .classifier import Head, iter_blocks
+from .results import ImageTag, TagReport
+from .store import Store
+
+BLOCK = 8192  # images per block: a 1000-label block of logits is 32 MB
+DEFAULT_THRESHOLD = 0.1
+DEFAULT_TOP_K = 5
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def tag_images(store: Store, head: Head, *, threshold: float = DEFAULT_THRESHOLD, top_k: int | None = DEFAULT_TOP_K,
+               min_cosine: float | None = None, folders: Sequence[str] = (), dry_run: bool = False,
+               progress: Progress | None = None) -> TagReport:
+    """Tag the indexed images under ``folders`` (all if none) with ``head``; see the module docstring."""
+    started = time.perf_counter()
+    ids, rows, _ = store.live(folders)
+    report = TagReport(head.name, head.source, images=len(ids), dry_run=dry_run)
+    counts = np.zeros(len(head.vocabulary), np.int64)
+    tagged = 0
+
+    def batches() -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
+        nonlocal tagged
+        vectors = store.vector_file()
+        for block in iter_blocks(len(ids), BLOCK):
+            found = head.predict(vectors.rows(rows[block]), top_k, threshold, min_cosine, implied=True)
+            counts[:] += np.bincount(found.labels, minlength=len(counts))
+            tagged += len(np.unique(found.rows))
+            if progress:
+                progress("tagging", block.stop, len(ids))
+            yield ids[block][found.rows], [head.vocabulary[c] for c in found.labels], found.probability
+
+    if dry_run:
+        report.tags = sum(len(b[0]) for b in batches())
+    else:
+        report.tags = store.replace_tags(head.source, head.name, batches(), folders)
+    report.tagged = tagged
+    report.counts = {head.vocabulary[i]: int(n) for i in np.argsort(-counts, kind="stable") if (n := counts[i])}
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def image_tags(store: Store, folders: Sequence[str] = ()) -> list[ImageTag]:
+    """Every tag that counts (manual removals applied), by path then label."""
+    return [ImageTag(image_id, t.path, t.label, round(float(t.score), 6), t.source, t.label_set,
+                     _iso(t.created_at))
+            for image_id, tags in store.tags_of(folders=folders).items() for t in tags]
+
+
+def to_csv(tags: Sequence[ImageTag]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["id", "path", "label", "score", "source", "label_set", "created_at"])
+    for t in tags:
+        writer.writerow([t.id, t.path, t.label, t.score, t.source, t.label_set, t.created_at])
+    return out.getvalue()
+
+
+def to_json(tags: Sequence[ImageTag]) -> str:
+    return json.dumps([t.to_dict() for t in tags], indent=2, ensure_ascii=False)
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat(timespec="seconds") if when else ""
