@@ -165,3 +165,23 @@ def test_retry_errors_tries_unchanged_failures_again(tmp_path):
         # ...until asked to.
         report = lib.index([photos], retry_errors=True)
         assert report.updated == 1 and not report.errors and lib.info().errors == 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads a process's environment from /proc")
+def test_decode_workers_start_with_one_math_thread_and_the_parent_keeps_its_settings(monkeypatch):
+    # numpy is imported while a worker unpickles its arguments, before its main runs: with
+    # one OpenBLAS thread per core there, a many-core machine tripped the memory limit.
+    import multiprocessing as mp
+
+    from clipsearch.decodepool import DecodeLimits, _Worker
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    worker = _Worker(mp.get_context("spawn"), DecodeLimits())
+    try:
+        env = dict(item.split("=", 1) for item in
+                   Path(f"/proc/{worker.proc.pid}/environ").read_text().split("\0") if "=" in item)
+    finally:
+        worker.proc.kill()
+        worker.proc.join()
+    assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1"
+    assert "OPENBLAS_NUM_THREADS" not in os.environ
