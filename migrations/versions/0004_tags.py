@@ -31,8 +31,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("image_id", "label", "source", "label_set", name="uq_tags_image_label_source_set"),
     )
+    # Tag filters look labels up; the unique key serves lookups by image. Replacing a label
+    # set's tags scans the table instead of keeping a third index up to date on every insert.
     op.create_index("ix_tags_label", "tags", ["label"])
-    op.create_index("ix_tags_source_set", "tags", ["source", "label_set"])
     op.create_table(
         "classifiers",
         sa.Column("name", sa.String(128), primary_key=True),
@@ -48,6 +49,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("classifiers")
-    op.drop_index("ix_tags_source_set", "tags")
     op.drop_index("ix_tags_label", "tags")
     op.drop_table("tags")
