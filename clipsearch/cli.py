@@ -36,6 +36,8 @@ LibraryOpt = Annotated[Optional[Path], typer.Option(
     "--library", "-L", envvar=ENV_LIBRARY, show_envvar=True,
     help="Library folder. Default: $CLIPSEARCH_LIBRARY, else a per-user data folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+FolderOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--in", help="Only images inside this folder. Repeatable.", show_default=False)]
 LimitOpt = Annotated[int, typer.Option("--limit", "-n", min=1, help="How many results.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps. auto picks CUDA, then MPS, then CPU.")]
 ModelOpt = Annotated[Optional[str], typer.Option(
@@ -252,8 +254,7 @@ def search(
         show_default=False)] = None,
     exclude: Annotated[Optional[list[str]], typer.Option(
         "--not", help="Subtract a term, same forms as --and. Repeatable.", show_default=False)] = None,
-    folder: Annotated[Optional[list[Path]], typer.Option(
-        "--in", help="Only images inside this folder. Repeatable.", show_default=False)] = None,
+    folder: FolderOpt = None,
     ext: Annotated[Optional[list[str]], typer.Option(
         "--ext", help="Only files with this extension, e.g. jpg. Repeatable.", show_default=False)] = None,
     after: Annotated[Optional[datetime], typer.Option(
@@ -536,8 +537,7 @@ def tag(
     min_cosine: Annotated[Optional[float], typer.Option(
         "--min-cosine", min=-1.0, max=1.0, help="Also require this cosine similarity to the label.",
         show_default=False)] = None,
-    folder: Annotated[Optional[list[Path]], typer.Option(
-        "--in", help="Only images inside this folder. Repeatable.", show_default=False)] = None,
+    folder: FolderOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be tagged; write nothing.")] = False,
     library: LibraryOpt = None,
     device: DeviceOpt = "auto",
@@ -620,8 +620,7 @@ def tag_export(
         help="csv or json: every tag to stdout (or --output); xmp: keywords into each image's XMP sidecar.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write CSV/JSON to this file.",
                                                    show_default=False)] = None,
-    folder: Annotated[Optional[list[Path]], typer.Option(
-        "--in", help="Only images inside this folder. Repeatable.", show_default=False)] = None,
+    folder: FolderOpt = None,
     sidecar_style: Annotated[SidecarStyle, typer.Option(
         "--sidecar-style", help="XMP sidecar names: default photo.jpg.xmp (darktable, digiKam), lightroom "
                                 "photo.xmp.")] = SidecarStyle.default,

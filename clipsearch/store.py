@@ -538,11 +538,13 @@ class Store:
     def tag_counts(self) -> list[TagCount]:
         """Each label with the number of images carrying it, most common first."""
         eff = self._effective().subquery()
-        stmt = (select(eff.c.label, func.count(func.distinct(eff.c.image_id)),
-                       func.group_concat(func.distinct(eff.c.source)))
-                .group_by(eff.c.label).order_by(func.count(func.distinct(eff.c.image_id)).desc(), eff.c.label))
+        images = func.count(func.distinct(eff.c.image_id))
+        counts = select(eff.c.label, images).group_by(eff.c.label).order_by(images.desc(), eff.c.label)
         with self.engine.connect() as conn:
-            return [TagCount(label, n, sorted(sources.split(","))) for label, n, sources in conn.execute(stmt)]
+            sources: dict[str, list[str]] = {}
+            for label, source in conn.execute(select(eff.c.label, eff.c.source).distinct()):
+                sources.setdefault(label, []).append(source)
+            return [TagCount(label, n, sorted(sources[label])) for label, n in conn.execute(counts)]
 
     def tags_of(self, ids: Sequence[int] | None = None, folders: Sequence[str] = ()) -> dict[int, list]:
         """``id -> tag rows`` (``path, label, score, source, label_set, created_at``) of the
