@@ -13,8 +13,9 @@ so the probabilities are the ones the model was trained to produce.
 * **Few-shot**: a multinomial logistic regression on the frozen image vectors, started
   at and pulled toward the zero-shot weights (``lam * |W - W0|^2``), so that a handful of
   examples refine the words instead of replacing them. The pull is chosen by
-  cross-validation, where "no change at all" (plain zero-shot) is one of the candidates:
-  the CLIP paper found 1-2-shot probes without this prior lose to zero-shot.
+  cross-validation, and plain zero-shot is kept unless a probe beats it beyond chance
+  (``train_probe``): the CLIP paper found 1-2-shot probes without such care lose to
+  zero-shot.
 
 Scoring every label for every image needs every logit (the softmax's denominator), so a
 bulk run multiplies a block of image vectors by ``W`` with one BLAS product, the same
@@ -25,6 +26,7 @@ Nothing here imports torch: tagging from stored vectors with a cached head loads
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +41,8 @@ ZERO_SHOT, FEW_SHOT = "zero-shot", "few-shot"
 TEXT_BATCH = 256  # prompts per forward pass of the text tower
 # The pulls toward the zero-shot weights that cross-validation chooses from.
 REGULARISATION_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+# How sure cross-validation must be that a probe beats zero-shot before it is used.
+SIGNIFICANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -259,12 +263,17 @@ class ProbeFit:
 
 
 def train_probe(x: np.ndarray, y: np.ndarray, zero_shot: Head, seed: int = 0,
-                grid: tuple[float, ...] = REGULARISATION_GRID) -> ProbeFit:
+                grid: tuple[float, ...] = REGULARISATION_GRID, significance: float = SIGNIFICANCE) -> ProbeFit:
     """Fit ``zero_shot``'s labels to examples ``x`` (unit vectors) with classes ``y``.
 
-    Each pull in ``grid``, and plain zero-shot, is scored by stratified cross-validation
-    (at most 5 folds); the best, ties going to the stronger pull, is refitted on all the
-    examples. Ties favour zero-shot, so with too few examples to tell, nothing changes.
+    Each pull in ``grid`` is compared with plain zero-shot by stratified cross-validation
+    (at most 5 folds), example by example: a probe is only taken when the held-out
+    examples it gets right and zero-shot gets wrong outnumber the reverse beyond chance
+    (a one-sided sign test at ``significance``). With a few dozen examples, accuracy moves
+    in steps of one image, and a lucky step had picked probes that did worse than
+    zero-shot on fresh images; with this test too few examples to tell change nothing.
+    Among the probes that pass, the most accurate wins, ties going to the stronger pull;
+    it is refitted on all the examples. The accuracy reported is the winner's on the folds.
     """
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int64)
@@ -272,21 +281,29 @@ def train_probe(x: np.ndarray, y: np.ndarray, zero_shot: Head, seed: int = 0,
         raise ClassifierError("a few-shot classifier needs at least two examples")
     folds = _folds(y, min(5, len(y)), seed)
     w0, scale = zero_shot.weights, zero_shot.scale
-    zero_correct = 0
-    correct = {lam: 0 for lam in grid}
+    no_bias = np.zeros(len(w0), np.float32)
+    zero_right = _logits(x, w0, no_bias, scale).argmax(1) == y  # zero-shot does not train
+    right = {lam: np.zeros(len(y), bool) for lam in grid}
     for fold in np.unique(folds):
         train, test = folds != fold, folds == fold
-        zero_correct += int((_logits(x[test], w0, np.zeros(len(w0)), scale).argmax(1) == y[test]).sum())
         for lam in grid:
             w, b = _fit(x[train], y[train], w0, scale, lam)
-            correct[lam] += int((_logits(x[test], w, b, scale).argmax(1) == y[test]).sum())
-    best = max(grid, key=lambda lam: (correct[lam], lam))
-    zero_accuracy = float((_logits(x, w0, np.zeros(len(w0)), scale).argmax(1) == y).mean())
-    if correct[best] <= zero_correct:
-        return ProbeFit(w0.copy(), np.zeros(len(w0), np.float32), None, zero_correct / len(y), zero_accuracy,
-                        int(folds.max()) + 1)
+            right[lam][test] = _logits(x[test], w, b, scale).argmax(1) == y[test]
+    passing = [lam for lam in grid
+               if _sign_test(int((right[lam] & ~zero_right).sum()), int((~right[lam] & zero_right).sum()))
+               <= significance]
+    zero_accuracy = float(zero_right.mean())
+    if not passing:
+        return ProbeFit(w0.copy(), no_bias, None, zero_accuracy, zero_accuracy, int(folds.max()) + 1)
+    best = max(passing, key=lambda lam: (int(right[lam].sum()), lam))
     w, b = _fit(x, y, w0, scale, best)
-    return ProbeFit(w, b, best, correct[best] / len(y), zero_accuracy, int(folds.max()) + 1)
+    return ProbeFit(w, b, best, float(right[best].mean()), zero_accuracy, int(folds.max()) + 1)
+
+
+def _sign_test(wins: int, losses: int) -> float:
+    """One-sided p-value of ``wins`` or more among ``wins + losses`` fair coin flips."""
+    n = wins + losses
+    return sum(math.comb(n, i) for i in range(wins, n + 1)) / 2 ** n if n else 1.0
 
 
 def _folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:

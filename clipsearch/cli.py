@@ -698,9 +698,9 @@ def classifier_train(
     """Train a few-shot classifier from example images, one sub-folder per label.
 
     A logistic regression on the frozen CLIP vectors, started from and pulled toward the
-    zero-shot text weights; the pull is chosen by cross-validation, so a handful of
-    examples does not do worse than zero-shot. Prints its cross-validated accuracy next to
-    zero-shot's on the same examples.
+    zero-shot text weights. It is only used when cross-validation shows it beats zero-shot
+    beyond chance, so a handful of examples does not do worse than zero-shot. Prints its
+    cross-validated accuracy next to zero-shot's on the same examples.
 
     Example: `clipsearch classifier train pets --examples ./examples`
     """

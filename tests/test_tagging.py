@@ -119,6 +119,29 @@ def test_few_shot_from_five_examples_per_class_matches_or_beats_zero_shot(tmp_pa
     assert few_acc >= zero_acc and few_acc >= 0.85
 
 
+def test_five_examples_teach_labels_whose_words_mean_nothing_to_the_model(tmp_path):
+    # Zero-shot cannot know what "zorp" looks like; the probe learns it from the vectors.
+    names = dict(zip(demoworld.SHAPES, ["zorp", "quib", "flenn", "dax", "wug", "blick"]))
+    held = []
+    for folder, count, seed in ((tmp_path / "examples", 5, 1), (tmp_path / "held_out", 24, 2)):
+        rng = random.Random(seed)
+        for shape, name in names.items():
+            (folder / name).mkdir(parents=True)
+            for i in range(count):
+                scene = demoworld.random_scene(rng, list(demoworld.COLOURS)[i % 8], shape, (64, 256))
+                demoworld.render(scene, "sdf").save(folder / name / f"{i}.png")
+                held += [(folder / name / f"{i}.png", name)] if folder.name == "held_out" else []
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        report = lib.train_classifier("nonsense", tmp_path / "examples")
+        files, truth = [p for p, _ in held], [t for _, t in held]
+        labels = LabelSet("nonsense", tuple(Label(n) for n in sorted(names.values())))
+        zero = [r.labels[0].label for r in lib.classify(files, labels, top_k=1)]
+        few = [r.labels[0].label for r in lib.classify(files, classifier="nonsense", top_k=1)]
+    assert report.regularisation is not None and report.zero_shot_accuracy < 0.4 < 0.6 < report.cv_accuracy
+    assert np.mean([a == b for a, b in zip(zero, truth)]) < 0.4
+    assert np.mean([a == b for a, b in zip(few, truth)]) >= 0.75
+
+
 def test_a_classifier_tags_the_library_under_its_own_name(world, tmp_path):
     lib_dir, scenes = _copy_library(world, tmp_path)
     examples = tmp_path / "examples"
