@@ -41,11 +41,12 @@ from .indexer import Indexer, IndexProgress
 from .labels import DEFAULT_TEMPLATES, Label, LabelSet, resolve_templates
 from .query import Query, Term
 from .results import (
-    Classification, ClassifierReport, DuplicateGroup, FileError, ImageTag, IndexReport, LibraryInfo,
+    Classification, ClassifierReport, DuplicateGroup, FileError, ImageInfo, ImageTag, IndexReport, LibraryInfo,
     OptimizeReport, Prediction, SearchHit, TagCount, TagReport, XmpReport,
 )
 from .scanner import ScanOptions, resolve_roots
 from .store import Store
+from .thumbnails import Thumbnail
 from .tagging import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Progress, image_tags, tag_images
 
 SORT_ORDERS = ("score", "date", "path")
@@ -244,6 +245,7 @@ class Library:
                               excludes=tuple(exclude))
         roots = resolve_roots(paths)
         with _Lock(self.root / "lock"):
+            self.store.add_roots(roots)
             if self.store.model_identity() is None and self._requested is None:
                 self._requested = ModelSpec.parse(DEFAULT_MODEL)
             if self.store.model_identity() is not None:
@@ -435,12 +437,14 @@ class Library:
     def _query_vector(self, query: Query) -> tuple[np.ndarray, set[int]]:
         """The unit query vector, and the ids of library images that are part of the query."""
         text_vectors = self._text_vectors([t.value for t in query.terms if t.kind == "text"])
-        image_terms = [t for t in query.terms if t.kind != "text"]
+        image_terms = [t for t in query.terms if t.kind not in ("text", "vector")]
         image_vectors, image_ids, _ = self._image_vectors(image_terms)
         total = np.zeros(self.vectors.dim, np.float32)
         for term in query.terms:
             if term.kind == "text":
                 total += term.weight * text_vectors[term.value]
+            elif term.kind == "vector":
+                total += term.weight * _unit_vector(term.value, self.vectors.dim)
         for term, vec in zip(image_terms, image_vectors):
             total += term.weight * vec
         in_library = {i for i in image_ids if i is not None}
@@ -475,19 +479,24 @@ class Library:
         the others are decoded and encoded, together. A file that cannot be decoded raises
         :class:`QueryError`, or, given an ``unreadable`` dict, is recorded there (position ->
         reason) and gets a zero vector."""
-        from .images import read_image
+        from .images import decode_image, read_image
 
         items = list(images)
         ids: list[int | None] = []
         paths: list[str] = []
-        for item in items:
+        uploads: dict[int, bytes] = {}
+        for n, item in enumerate(items):
             term = item if isinstance(item, Term) else Term("id", item) if isinstance(item, int) else \
                 Term.parse(str(item))
             if term.kind == "text":
                 raise PathNotFoundError(f"image not found: {item}", hint="give an image path or id:N")
             if term.kind == "image" and not os.path.isfile(term.value):
                 raise PathNotFoundError(f"image not found: {term.value}")
-            image_id = term.value if term.kind == "id" else self.store.id_for_path(term.value)
+            if term.kind == "data":
+                uploads[n] = term.value
+                image_id = None
+            else:
+                image_id = term.value if term.kind == "id" else self.store.id_for_path(term.value)
             ids.append(int(image_id) if image_id is not None else None)
             paths.append(str(term.value) if term.kind == "image" else "")
         stored = [n for n, i in enumerate(ids) if i is not None]
@@ -505,11 +514,14 @@ class Library:
         fresh, pictures = [], []
         for n in (n for n, i in enumerate(ids) if i is None):
             try:
-                pictures.append(read_image(Path(paths[n]), self.encoder.image_size).image)
+                size = self.encoder.image_size
+                pictures.append(decode_image(uploads[n], size).image if n in uploads else
+                                read_image(Path(paths[n]), size).image)
                 fresh.append(n)
             except ImageError as exc:
                 if unreadable is None:
-                    raise QueryError(f"cannot use {paths[n]} as an image: {exc.message}") from exc
+                    raise QueryError(f"cannot use {paths[n] or 'the uploaded file'} as an image: {exc.message}") \
+                        from exc
                 unreadable[n] = exc.message
         if fresh:
             out[fresh] = self.encoder.encode_images(pictures)
@@ -518,6 +530,52 @@ class Library:
     def _hits(self, found: list[tuple[float, int]]) -> list[SearchHit]:
         rows = self.store.hits([i for _, i in found])
         return [SearchHit(i, rows[i][0], s, rows[i][1], rows[i][2], _iso(rows[i][3])) for s, i in found if i in rows]
+
+    # -- single images ----------------------------------------------------------------
+
+    def image(self, image_id: int) -> ImageInfo:
+        """An indexed image's facts and tags."""
+        row = self.store.images([image_id]).get(image_id)
+        if row is None or row.status != "indexed":
+            raise PathNotFoundError(f"no indexed image has id {image_id}")
+        tags = [{"label": t.label, "score": round(float(t.score), 6), "source": t.source, "label_set": t.label_set}
+                for t in self.store.tags_of([image_id]).get(image_id, [])]
+        return ImageInfo(row.id, row.path, row.width, row.height, _iso(row.when_ns), row.size, row.content_hash,
+                         tags)
+
+    def image_paths(self, ids: Iterable[int]) -> dict[int, str]:
+        """``id -> path`` of those of ``ids`` that are indexed images."""
+        return {i: path for i, (path, _row) in self.store.locate(list(ids)).items()}
+
+    def stored_vectors(self, ids: Iterable[int]) -> np.ndarray:
+        """The stored unit vectors of indexed images, in the order given."""
+        ids = [int(i) for i in ids]
+        located = self.store.locate(ids)
+        missing = [i for i in ids if i not in located]
+        if missing:
+            raise PathNotFoundError(f"no indexed image has id {missing[0]}")
+        return self.store.vector_file().rows([located[i][1] for i in ids])
+
+    def file(self, image_id: int) -> Path:
+        """The path of an indexed image's file, only if it lies inside a folder given to
+        ``index`` once symlinks are resolved: a file replaced by a link to elsewhere is not
+        handed out. Raises :class:`PathNotFoundError` otherwise."""
+        path = Path(self.image(image_id).path)
+        real = Path(os.path.realpath(path))
+        roots = [Path(os.path.realpath(r)) for r in self.store.roots()] or [path.parent]
+        if not real.is_file() or not any(real == r or r in real.parents for r in roots):
+            raise PathNotFoundError(f"the file of image {image_id} is missing or lies outside the indexed folders")
+        return real
+
+    def thumbnail(self, image_id: int, size: int = 256) -> Thumbnail:
+        """A WebP thumbnail of an indexed image, cached in the library (see ``thumbnails.py``)."""
+        from .thumbnails import thumbnail
+
+        source = self.file(image_id)
+        try:
+            return thumbnail(source, self.root / "thumbs", image_id, self.image(image_id).content_hash, size)
+        except ImageError as exc:
+            raise QueryError(f"cannot make a thumbnail of image {image_id}: {exc.message}") from exc
 
     # -- classification and tagging ---------------------------------------------------
 
@@ -792,6 +850,17 @@ def _epoch_ns(when: datetime | None) -> int | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return int(when.timestamp() * 1e9)
+
+
+def _unit_vector(value, dim: int) -> np.ndarray:
+    """A query embedding given as numbers, checked and normalised."""
+    try:
+        vec = np.asarray(value, np.float32).reshape(-1)
+    except (TypeError, ValueError):
+        raise QueryError("an embedding must be a list of numbers") from None
+    if len(vec) != dim or not np.isfinite(vec).all() or not vec.any():
+        raise QueryError(f"an embedding must be {dim} finite numbers, not all zero")
+    return vec / np.linalg.norm(vec)
 
 
 def _folders(folders: Iterable[str | os.PathLike]) -> list[str]:

@@ -25,10 +25,11 @@ _IMAGE_ID = re.compile(r"^id:(\d+)$")
 
 @dataclass(frozen=True)
 class Term:
-    """One part of a query: ``kind`` is ``text``, ``image`` (a file) or ``id`` (an indexed image)."""
+    """One part of a query: ``kind`` is ``text``, ``image`` (a file), ``id`` (an indexed
+    image), ``data`` (an image's bytes, uploaded) or ``vector`` (an embedding, as numbers)."""
 
     kind: str
-    value: str | int
+    value: str | int | bytes | tuple
     weight: float = 1.0
 
     @classmethod
@@ -60,7 +61,7 @@ class Query:
     terms: tuple[Term, ...] = field(default_factory=tuple)
 
     @classmethod
-    def build(cls, text: str | None = None, image: str | os.PathLike | None = None,
+    def build(cls, text: str | None = None, image: str | os.PathLike | bytes | None = None,
               also: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = ()) -> "Query":
         """The CLI's shape: a main text, an optional main image, ``--and`` and ``--not`` terms."""
         terms: list[Term] = []
@@ -68,7 +69,9 @@ class Query:
             if not text.strip():
                 raise QueryError("the query text is empty")
             terms.append(Term("text", text.strip()))  # the main text is always words
-        if image is not None:
+        if isinstance(image, bytes):
+            terms.append(Term("data", image))
+        elif image is not None:
             terms.append(Term.image(image))
         terms += [Term.parse(t) for t in also]
         terms += [Term.parse(t, sign=-1.0) for t in exclude]

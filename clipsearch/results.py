@@ -187,3 +187,17 @@ class XmpReport(_Record):
     keywords: int = 0  # keywords added in all
     errors: list[FileError] = field(default_factory=list)  # sidecars left alone, and why
     dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class ImageInfo(_Record):
+    """One indexed image: its facts and its tags."""
+
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    taken_at: str | None
+    size: int  # bytes
+    content_hash: str | None
+    tags: list[dict]  # label, score, source, label_set

@@ -9,6 +9,7 @@ database commit and an index save loses nothing.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -294,6 +295,16 @@ class Store:
             for key, value in (("model", identity.name), ("pretrained", identity.pretrained or ""),
                                ("dim", str(identity.dim))):
                 s.merge(MetaRow(key=key, value=value))
+
+    def roots(self) -> list[str]:
+        """Every folder (or file) ever given to ``index``: what the library may serve."""
+        return json.loads(self.get_meta("roots") or "[]")
+
+    def add_roots(self, roots: Iterable[Path | str]) -> None:
+        known = self.roots()
+        new = [str(r) for r in roots if str(r) not in known]
+        if new:
+            self.set_meta("roots", json.dumps(known + new))
 
     def vectors_version(self) -> int:
         return int(self.get_meta("vectors_version") or 0)

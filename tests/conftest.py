@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -39,6 +40,25 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "clipsearch.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=300)
+
+
+@contextlib.contextmanager
+def serving(library: Path, *args: str):
+    """A real ``clipsearch serve`` process on a free loopback port; yields its base URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "serve", "--port", "0", "-L", str(library),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the socket listens
+        if not line.startswith("clipsearch serving"):
+            proc.kill()
+            raise RuntimeError(f"serve did not start: {line!r} {proc.stderr.read()}")
+        yield line.rsplit(" at ", 1)[1].strip().rstrip("/")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 class FakeEncoder:

@@ -1,0 +1,53 @@
+"""Thumbnails for browsing: WebP files cached in the library, made on first request.
+
+A thumbnail is named after the image's id, its content hash and its size, so a changed
+file gets a new one and an unchanged one is never made twice; its ETag is the same
+name. Sizes are rounded up to a few steps (128, 256, 512, 1024 px on the long side) so a
+page asking for odd sizes cannot fill the disk with variants.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from .images import DEFAULT_MAX_MEGAPIXELS, decode_image, read_file
+
+SIZES = (128, 256, 512, 1024)
+MEDIA_TYPE = "image/webp"
+QUALITY = 80
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    path: Path
+    etag: str
+    media_type: str = MEDIA_TYPE
+
+
+def step(size: int) -> int:
+    """The cached size that serves a request for ``size`` px."""
+    return next((s for s in SIZES if s >= size), SIZES[-1])
+
+
+def thumbnail(source: Path, folder: Path, image_id: int, content_hash: str | None, size: int,
+              max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Thumbnail:
+    """The cached thumbnail of ``source``, made now if missing; raises ``ImageError``."""
+    size = step(size)
+    name = f"{image_id}-{(content_hash or 'nohash')[:16]}-{size}"
+    path = folder / str(size) / f"{name}.webp"
+    if not path.is_file():
+        picture = decode_image(read_file(source), size, max_megapixels, source.suffix)
+        im = picture.image
+        im.thumbnail((size, size), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, "WEBP", quality=QUALITY, method=4)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, path)  # two requests racing both write whole files
+    return Thumbnail(path, name)

@@ -1,0 +1,365 @@
+"""The HTTP API and the web page, as a FastAPI application over one :class:`Library`.
+
+Every endpoint calls the facade, so the API means what the CLI means. The library and
+its model are loaded once and stay warm; calls into it are serialised by a lock (one
+user's browser, or a script, at a time is what a personal library serves).
+
+Security, by construction:
+
+* files are served by image id only, from the path in the database, and only when that
+  path, symlinks resolved, lies inside a folder given to ``index`` (``Library.file``);
+* request bodies are bounded (``max_upload_bytes``) before they are parsed, uploaded
+  images by the indexer's megapixel cap, and what is not an image gets 400;
+* remote URLs are never fetched unless ``allow_remote_urls``;
+* with a ``token``, every request must carry it (``Authorization: Bearer``, or the cookie
+  that opening ``/?token=...`` sets);
+* errors are JSON ``{"error", "hint"}`` with a 4xx status; a bug is a bare 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import threading
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import (
+    ClipSearchError, InputError, LibraryEmptyError, LibraryLockedError, ModelError, PathNotFoundError,
+)
+from ..library import Library
+from ..query import Query as SearchQuery
+from ..query import Term
+from ..results import SearchHit
+from .compat import add_routes as add_clip_retrieval_routes
+
+DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
+TOKEN_COOKIE = "clipsearch_token"
+STATIC = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("clipsearch.web")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class _BodyLimit:
+    """ASGI middleware: refuses request bodies over ``limit`` bytes, declared or streamed,
+    before anything parses them."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _error(413, f"the request body is over {self.limit / 2**20:.1f} MB")(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge()
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+class _SingleSlashes:
+    """ASGI middleware: ``//knn-service`` is ``/knn-service``. clip-retrieval's front end
+    joins a back-end URL ending in ``/`` with paths starting with one."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and "//" in scope["path"]:
+            scope = {**scope, "path": re.sub("/{2,}", "/", scope["path"])}
+        return await self.app(scope, receive, send)
+
+
+def _error(status: int, message: str, hint: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "hint": hint}, status_code=status)
+
+
+def _status(exc: ClipSearchError) -> int:
+    if isinstance(exc, (PathNotFoundError, LibraryEmptyError)):
+        return 404
+    if isinstance(exc, LibraryLockedError):
+        return 409
+    if isinstance(exc, ModelError):
+        return 503
+    return 400
+
+
+def create_app(library: Library, *, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
+               allow_remote_urls: bool = False, cors_origins: tuple[str, ...] = (), warm: bool = False) -> FastAPI:
+    """The application serving ``library`` (which it does not close). With ``warm``, the
+    index and the model load in the background as soon as the server starts, so that the
+    first query does not pay for them."""
+    lock = threading.Lock()
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        def load() -> None:
+            with lock:
+                try:
+                    library.vectors
+                    library.encoder.load()
+                except ClipSearchError as exc:  # reported again, to whoever asks, on first use
+                    log.warning("could not preload the library: %s", exc.message)
+
+        if warm:
+            threading.Thread(target=load, daemon=True, name="clipsearch-warm").start()
+        yield
+
+    app = FastAPI(title="clipsearch", summary="Search an image library by meaning, with CLIP.",
+                  version=__version__, lifespan=lifespan)
+
+    def call(fn: Callable, *args, **kwargs) -> Any:
+        with lock:
+            return fn(*args, **kwargs)
+
+    # -- errors and the token gate ------------------------------------------------------
+
+    @app.exception_handler(ClipSearchError)
+    async def _clipsearch_error(_request, exc: ClipSearchError):
+        return _error(_status(exc), exc.message, exc.hint)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(422, f"invalid request: {where + ': ' if where else ''}{first.get('msg', 'malformed')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_request, _exc):
+        return _error(413, f"the request body is over {max_upload_bytes / 2**20:.1f} MB")
+
+    @app.exception_handler(Exception)
+    async def _bug(_request, exc: Exception):
+        log.exception("internal error", exc_info=exc)
+        return _error(500, "internal error")
+
+    if token:
+        @app.middleware("http")
+        async def _gate(request: Request, call_next):
+            given = request.headers.get("authorization", "")
+            given = given[7:] if given.lower().startswith("bearer ") else request.cookies.get(TOKEN_COOKIE, "")
+            if request.url.path == "/" and request.query_params.get("token"):
+                if not hmac.compare_digest(request.query_params["token"], token):
+                    return _error(401, "wrong token")
+                response = RedirectResponse("/", status_code=303)
+                response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+                return response
+            if not hmac.compare_digest(given, token):
+                return _error(401, "this server needs a token",
+                              hint="send 'Authorization: Bearer TOKEN', or open /?token=TOKEN once")
+            return await call_next(request)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def hit(h: SearchHit) -> dict:
+        return {**h.to_dict(), "name": Path(h.path).name, "thumbnail": f"/api/images/{h.id}/thumbnail",
+                "file": f"/api/images/{h.id}/file"}
+
+    def page(hits: list[SearchHit], n: int, offset: int) -> dict:
+        return {"results": [hit(h) for h in hits], "n": n, "offset": offset, "has_more": len(hits) == n}
+
+    def search(query: SearchQuery, n: int, offset: int, filters: dict) -> dict:
+        return page(call(library.search, query=query, k=n, offset=offset, **filters), n, offset)
+
+    async def upload_bytes(upload: UploadFile) -> bytes:
+        data = await upload.read()
+        if not data:
+            raise InputError("the uploaded file is empty")
+        return data
+
+    # -- the API ------------------------------------------------------------------------
+
+    def filters(folder: list[str], ext: list[str], after: datetime | None, before: datetime | None,
+                tag: list[str], no_tag: list[str], min_score: float | None, sort: str) -> dict:
+        return dict(folders=folder, extensions=ext, after=after, before=before, tags=tag, no_tags=no_tag,
+                    min_score=min_score, sort=sort)
+
+    class F:  # the filter parameters every search takes, declared once
+        folder = Query([], alias="in", description="Only images inside this folder (repeatable).")
+        ext = Query([], description="Only files with this extension (repeatable).")
+        after = Query(None, description="Taken on or after (ISO date).")
+        before = Query(None, description="Taken before (ISO date).")
+        tag = Query([], description="Only images with this tag (repeatable, all required).")
+        no_tag = Query([], description="Only images without this tag (repeatable).")
+        min_score = Query(None, description="Drop hits with a lower cosine score.")
+        sort = Query("score", pattern="^(score|date|path)$")
+        n = Query(30, ge=1, le=500, description="Results per page.")
+        offset = Query(0, ge=0, le=100_000)
+
+    @app.get("/api/search", summary="Search by text, by indexed images, or both")
+    def get_search(q: str | None = Query(None, description="What to look for, in words."),
+                   image: list[int] = Query([], description="Ids of indexed images to search with."),
+                   also: list[str] = Query([], alias="and", description="More terms: text or id:N, W:TERM."),
+                   exclude: list[str] = Query([], alias="not", description="Terms to subtract."),
+                   folder: list[str] = F.folder, ext: list[str] = F.ext, after: datetime | None = F.after,
+                   before: datetime | None = F.before, tag: list[str] = F.tag, no_tag: list[str] = F.no_tag,
+                   min_score: float | None = F.min_score, sort: str = F.sort, n: int = F.n, offset: int = F.offset):
+        terms = [Term("id", i) for i in image] + [_term(t) for t in also] + [_term(t, -1.0) for t in exclude]
+        query = SearchQuery.build(q) if q is not None and q.strip() else SearchQuery()
+        query = SearchQuery(query.terms + tuple(terms))
+        if not any(t.weight > 0 for t in query.terms):
+            raise InputError("give q, image or and", hint="for example /api/search?q=a+dog+on+the+beach")
+        return search(query, n, offset, filters(folder, ext, after, before, tag, no_tag, min_score, sort))
+
+    @app.post("/api/search", summary="Search by an uploaded image (multipart) or a JSON query")
+    async def post_search(request: Request):
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            form = await request.form()
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise InputError("send the query image as the multipart field 'image'")
+            data = await upload_bytes(upload)
+            text = str(form.get("q") or "").strip()
+            query = SearchQuery.build(text or None, data)
+            n, offset = _int(form.get("n"), 30, 1, 500), _int(form.get("offset"), 0, 0, 100_000)
+            return search(query, n, offset, filters([], [], None, None, list(form.getlist("tag")),
+                                                     list(form.getlist("no_tag")), None, "score"))
+        try:
+            body = await request.json()
+        except ValueError:
+            raise InputError("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise InputError("the JSON body must be an object")
+        return _json_search(body)
+
+    def _json_search(body: dict) -> dict:
+        text = body.get("text")
+        terms = [Term("id", int(i)) for i in _list(body, "images")]
+        terms += [_term(str(t)) for t in _list(body, "and")] + [_term(str(t), -1.0) for t in _list(body, "not")]
+        query = SearchQuery(SearchQuery.build(text).terms if isinstance(text, str) and text.strip() else ())
+        query = SearchQuery(query.terms + tuple(terms))
+        if not any(t.weight > 0 for t in query.terms):
+            raise InputError("give text, images or and")
+        n, offset = _int(body.get("n"), 30, 1, 500), _int(body.get("offset"), 0, 0, 100_000)
+        return search(query, n, offset, filters(
+            _list(body, "in"), _list(body, "ext"), _date(body.get("after")), _date(body.get("before")),
+            _list(body, "tag"), _list(body, "no_tag"), body.get("min_score"), str(body.get("sort") or "score")))
+
+    @app.get("/api/similar/{image_id}", summary="Images like an indexed one (no model needed)")
+    def similar(image_id: int, n: int = F.n, offset: int = F.offset):
+        hits = call(library.search, query=SearchQuery((Term("id", image_id),)), k=n, offset=offset)
+        return page(hits, n, offset)
+
+    @app.get("/api/images/{image_id}", summary="An image's facts and tags")
+    def image(image_id: int):
+        info = call(library.image, image_id).to_dict()
+        return {**info, "name": Path(info["path"]).name, "thumbnail": f"/api/images/{image_id}/thumbnail",
+                "file": f"/api/images/{image_id}/file"}
+
+    @app.get("/api/images/{image_id}/thumbnail", summary="A WebP thumbnail, cached")
+    def thumbnail(request: Request, image_id: int, size: int = Query(256, ge=16, le=1024)):
+        thumb = call(library.thumbnail, image_id, size)
+        etag = f'"{thumb.etag}"'
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return FileResponse(thumb.path, media_type=thumb.media_type, headers=headers)
+
+    @app.get("/api/images/{image_id}/file", summary="The original file")
+    def original(image_id: int):
+        return FileResponse(call(library.file, image_id), headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/tags", summary="Every tag with its image count")
+    def tags():
+        return [t.to_dict() for t in call(library.tags)]
+
+    @app.post("/api/classify", summary="Labels of an uploaded image, from a label set or classifier")
+    async def classify(image: Annotated[UploadFile, File()], labels: Annotated[str | None, Form()] = None,
+                       classifier: Annotated[str | None, Form()] = None,
+                       top_k: Annotated[int, Form(ge=1, le=100)] = 5):
+        data = await upload_bytes(image)
+        [result] = call(library.classify, [Term("data", data)], labels, classifier=classifier, top_k=top_k)
+        if result.error:
+            raise InputError(f"the upload is not a usable image: {result.error}")
+        return {**result.to_dict(), "path": image.filename or ""}
+
+    @app.get("/api/duplicates", summary="Groups of near-identical images")
+    def duplicates(threshold: float = Query(0.995, gt=0, le=1), crops: bool = True):
+        groups = call(library.duplicates, threshold, crops=crops)
+        return [{"score": g.score, "images": [hit(h) for h in g.images]} for g in groups]
+
+    @app.get("/api/info", summary="What the library holds")
+    def info():
+        return call(library.info).to_dict()
+
+    # -- the page -----------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def index_page():
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    add_clip_retrieval_routes(app, library, call, allow_remote_urls=allow_remote_urls, max_bytes=max_upload_bytes)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(_BodyLimit, limit=max_upload_bytes)
+    if cors_origins:
+        # Off by default: with it, pages from those origins (clip-retrieval's hosted front
+        # end, say) can query the library from the user's browser.
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"], allow_credentials=bool(token))
+    app.add_middleware(_SingleSlashes)
+    app.state.library = library
+    return app
+
+
+def _term(raw: str, sign: float = 1.0) -> Term:
+    """A query term from a request: text or ``id:N``, optionally ``W:``. Never a file: a
+    request does not get to name paths on the server, so what looks like one is text."""
+    term = Term.parse(raw, sign=sign)
+    return Term("text", raw.strip(), sign) if term.kind == "image" else term
+
+
+def _list(body: dict, key: str) -> list:
+    value = body.get(key) or []
+    if not isinstance(value, list):
+        raise InputError(f"'{key}' must be a list")
+    return value
+
+
+def _int(value, default: int, low: int, high: int) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"not a whole number: {value!r}") from None
+    if not low <= number <= high:
+        raise InputError(f"{number} is not within {low}..{high}")
+    return number
+
+
+def _date(value) -> datetime | None:
+    if value in (None, ""):
+        return None
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        raise InputError(f"not an ISO date: {value!r}") from None

@@ -1,0 +1,283 @@
+"""The HTTP API on a library built with the demo model, and its security suite."""
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from clipsearch import Library, demoworld  # noqa: E402
+from clipsearch.web.app import create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A library of 24 demo images (plus a file outside it), served by a TestClient."""
+    root = tmp_path_factory.mktemp("web")
+    photos = root / "photos"
+    demoworld.write_images(photos, 24, seed=5, size_range=(64, 320), fmt="jpg")
+    outside = root / "secret.jpg"
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(outside)
+    lib = Library.open(root / "lib", model="demo")
+    lib.index([photos])
+    lib.tag("demo-colours", top_k=1, threshold=0.0)
+    client = TestClient(create_app(lib, max_upload_bytes=1_000_000), raise_server_exceptions=False)
+    yield client, lib, photos, outside
+    lib.close()
+
+
+def _ids(response) -> list[int]:
+    assert response.status_code == 200, response.text
+    return [h["id"] for h in response.json()["results"]]
+
+
+def _by_name(lib, name) -> int:
+    return next(h.id for h in lib.search("x", k=100) if Path(h.path).name == name)
+
+
+def test_text_search_pages_and_filters(served):
+    client, lib, photos, _ = served
+    first = client.get("/api/search", params={"q": "a blue circle", "n": 5}).json()
+    assert first["n"] == 5 and first["has_more"] and len(first["results"]) == 5
+    top = first["results"][0]
+    assert top["name"].startswith("blue_circle") and top["thumbnail"] == f"/api/images/{top['id']}/thumbnail"
+    assert top["score"] == pytest.approx(lib.search("a blue circle", k=1)[0].score, abs=1e-6)  # same as the facade
+    second = client.get("/api/search", params={"q": "a blue circle", "n": 5, "offset": 5}).json()
+    assert not {h["id"] for h in first["results"]} & {h["id"] for h in second["results"]}
+    red = client.get("/api/search", params={"q": "a shape", "tag": "green", "n": 50}).json()["results"]
+    assert red and all(h["name"].startswith("green") for h in red)
+    inside = client.get("/api/search", params={"q": "a shape", "in": str(photos), "n": 2}).json()["results"]
+    assert len(inside) == 2
+    by_date = client.get("/api/search", params={"q": "a shape", "sort": "date", "n": 3})
+    assert by_date.status_code == 200
+
+
+def test_search_with_an_indexed_image_and_similar(served):
+    client, lib, _, _ = served
+    some = _by_name(lib, "blue_square_0008.jpg")
+    with_image = _ids(client.get("/api/search", params={"image": some, "n": 3}))
+    similar = _ids(client.get(f"/api/similar/{some}", params={"n": 3}))
+    assert with_image == similar and some not in similar
+
+
+def test_search_by_uploaded_image_and_json_body(served):
+    client, lib, photos, _ = served
+    data = (photos / "green_star_0004.jpg").read_bytes()
+    results = client.post("/api/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"n": "3"}).json()
+    assert results["results"][0]["name"] == "green_star_0004.jpg" and results["results"][0]["score"] > 0.99
+    body = {"text": "a yellow triangle", "not": ["2:blue"], "n": 2, "tag": ["yellow"]}
+    hits = client.post("/api/search", json=body).json()["results"]
+    assert len(hits) == 2 and all(h["name"].startswith("yellow") for h in hits)
+
+
+def test_image_metadata_thumbnail_and_file(served):
+    client, lib, photos, _ = served
+    some = _by_name(lib, "purple_star_0022.jpg")
+    info = client.get(f"/api/images/{some}").json()
+    assert info["path"] == str(photos / "purple_star_0022.jpg")
+    assert [t["label"] for t in info["tags"]] == ["purple"]
+    thumb = client.get(f"/api/images/{some}/thumbnail", params={"size": 100})
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/webp"
+    assert "max-age" in thumb.headers["cache-control"]
+    im = Image.open(io.BytesIO(thumb.content))
+    assert max(im.size) <= 128 and im.format == "WEBP"
+    again = client.get(f"/api/images/{some}/thumbnail", params={"size": 100},
+                       headers={"If-None-Match": thumb.headers["etag"]})
+    assert again.status_code == 304
+    original = client.get(f"/api/images/{some}/file")
+    assert original.status_code == 200 and original.content == (photos / "purple_star_0022.jpg").read_bytes()
+
+
+def test_tags_classify_duplicates_info(served):
+    client, _, photos, _ = served
+    tags = client.get("/api/tags").json()
+    assert sum(t["images"] for t in tags) == 24 and {t["label"] for t in tags} <= set(demoworld.COLOURS)
+    data = (photos / "yellow_cross_0017.jpg").read_bytes()
+    result = client.post("/api/classify", files={"image": ("o.jpg", data, "image/jpeg")},
+                         data={"labels": "demo-colours", "top_k": "2"}).json()
+    assert result["labels"][0]["label"] == "yellow" and len(result["labels"]) == 2
+    assert client.get("/api/duplicates").json() == []
+    assert client.get("/api/info").json()["images"] == 24
+    assert "/api/search" in client.get("/openapi.json").json()["paths"]
+
+
+def test_the_page_and_its_static_files_are_served(served):
+    client, *_ = served
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+
+# -- security -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", [
+    "/api/images/../../../etc/passwd/file",
+    "/api/images/%2e%2e%2f%2e%2e%2fetc%2fpasswd/file",
+    "/api/images/..%2F..%2Fetc%2Fpasswd/thumbnail",
+    "/api/images//etc/passwd/file",
+    "/api/images/1%2F..%2F..%2Flibrary.db/file",
+    "/static/../library.db",
+    "/static/%2e%2e/%2e%2e/cli.py",
+    "/static/..%2f..%2fcli.py",
+    "/api/images/-1/file",
+    "/api/images/99999/file",
+    "/api/images/1.5/file",
+])
+def test_path_traversal_finds_nothing(served, url):
+    client, *_ = served
+    response = client.get(url)
+    assert response.status_code in (404, 422), (url, response.status_code)
+    assert "error" in response.json() and b"root:" not in response.content
+
+
+def test_query_terms_never_read_server_files(served):
+    client, _, photos, outside = served
+    # An existing path in a query is text, not an image to read.
+    for term in (str(outside), str(photos / "red_ring_0000.jpg")):
+        assert client.get("/api/search", params={"and": term, "n": 1}).status_code == 200
+        assert client.post("/api/search", json={"text": term, "n": 1}).status_code == 200
+
+
+def test_a_file_replaced_by_a_symlink_leading_out_is_not_served(tmp_path):
+    photos = tmp_path / "photos"
+    demoworld.write_images(photos, 3, seed=1, size_range=(64, 128), fmt="jpg")
+    outside = tmp_path / "outside.jpg"
+    Image.new("RGB", (50, 50), (9, 9, 9)).save(outside)
+    linked_at_index = photos / "link.jpg"
+    os.symlink(outside, linked_at_index)
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        lib.index([photos])
+        client = TestClient(create_app(lib))
+        ids = {Path(h.path).name: h.id for h in lib.search("x", k=10)}
+        victim = sorted(n for n in ids if n != "link.jpg")[0]
+        assert client.get(f"/api/images/{ids[victim]}/file").status_code == 200
+        (photos / victim).unlink()
+        os.symlink(outside, photos / victim)  # swapped for a link to a file outside the library
+        for name in (victim, "link.jpg"):
+            for suffix in ("file", "thumbnail"):
+                response = client.get(f"/api/images/{ids[name]}/{suffix}") if name in ids else None
+                assert response is None or response.status_code == 404, (name, suffix)
+
+
+def test_uploads_are_bounded_and_must_be_images(served):
+    client, *_ = served
+    big = client.post("/api/search", files={"image": ("big.jpg", b"\xff" * 1_200_000, "image/jpeg")})
+    assert big.status_code == 413 and "over" in big.json()["error"]
+    text = client.post("/api/search", files={"image": ("notes.jpg", b"just text", "image/jpeg")})
+    assert text.status_code == 400 and "image" in text.json()["error"]
+    empty = client.post("/api/classify", files={"image": ("e.jpg", b"", "image/jpeg")}, data={"labels": "coco"})
+    assert empty.status_code == 400
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(bomb, "PNG")  # 400 MP, a few kB compressed
+    response = client.post("/api/search", files={"image": ("bomb.png", bomb.getvalue(), "image/png")})
+    assert response.status_code == 400 and "too large" in response.json()["error"]
+
+
+@pytest.mark.parametrize("body,status", [
+    (b"{not json", 400), (b"[1, 2]", 400), (b'{"text": 5}', 400), (b'{"images": "1"}', 400),
+    (b'{"text": "x", "n": "many"}', 400), (b'{"text": "x", "n": 100000}', 400),
+])
+def test_malformed_json_gets_a_4xx_with_a_message(served, body, status):
+    client, *_ = served
+    response = client.post("/api/search", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status and response.json()["error"]
+
+
+@pytest.mark.parametrize("url,status", [
+    ("/api/search", 400), ("/api/search?q=x&n=0", 422), ("/api/search?q=x&sort=size", 422),
+    ("/api/search?q=x&after=yesterday", 422), ("/api/similar/424242", 400), ("/api/images/424242", 404),
+    ("/api/images/424242/thumbnail", 404), ("/api/nothing-here", 404),
+])
+def test_bad_requests_and_unknown_ids(served, url, status):
+    client, *_ = served
+    response = client.get(url)
+    assert response.status_code == status and response.json()["error"] and "Traceback" not in response.text
+
+
+def test_the_token_gate(served):
+    _, lib, *_ = served
+    client = TestClient(create_app(lib, token="s3cret"))
+    assert client.get("/api/info").status_code == 401
+    assert client.get("/api/info", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/").status_code == 401
+    assert client.get("/?token=wrong", follow_redirects=False).status_code == 401
+    entry = client.get("/?token=s3cret", follow_redirects=False)
+    assert entry.status_code == 303 and "httponly" in entry.headers["set-cookie"].lower()
+    assert client.get("/api/info").status_code == 200  # the cookie now rides along
+
+
+def test_serve_without_the_web_extra_says_what_to_install(monkeypatch, tmp_path):
+    import builtins
+
+    from typer.testing import CliRunner
+
+    from clipsearch.cli import app
+
+    real_import = builtins.__import__
+
+    def no_uvicorn(name, *args, **kwargs):
+        if name == "uvicorn":
+            raise ImportError("No module named 'uvicorn'", name="uvicorn")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_uvicorn)
+    result = CliRunner().invoke(app, ["serve", "-L", str(tmp_path)])
+    assert result.exit_code == 1 and "pip install 'clipsearch[web]'" in result.stderr
+
+
+# -- clip-retrieval's own client against a live server ----------------------------------------
+
+def _clip_client():
+    """clip-retrieval's ``ClipClient``, installed with --no-deps: its package __init__ imports
+    the whole inference stack (torch, flask, ...), the client module only ``requests``."""
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("clip_retrieval")
+    if spec is None:
+        pytest.skip("clip-retrieval is not installed (scripts/test.sh installs it with --no-deps)")
+    if "clip_retrieval" not in sys.modules:
+        package = types.ModuleType("clip_retrieval")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["clip_retrieval"] = package
+    from clip_retrieval.clip_client import ClipClient, Modality
+
+    return ClipClient, Modality
+
+
+def test_clip_retrievals_client_queries_a_live_server(demo_library, demo_images, tmp_path):
+    from conftest import serving
+
+    ClipClient, Modality = _clip_client()
+    with serving(demo_library) as base:
+        client = ClipClient(url=f"{base}/knn-service", indice_name="anything", num_images=5,
+                            modality=Modality.IMAGE, deduplicate=False)
+        by_text = client.query(text="a green triangle")
+        assert len(by_text) == 5 and by_text[0]["caption"].startswith("green_triangle")
+        assert by_text[0]["similarity"] >= by_text[1]["similarity"]
+        assert set(by_text[0]) == {"id", "similarity", "url", "caption"}
+        original = requests_get(by_text[0]["url"])
+        assert original == Path(next(p for p in demo_images if p.name == by_text[0]["caption"])).read_bytes()
+        query = next(p for p in demo_images if p.name.startswith("blue_star"))
+        by_image = client.query(image=str(query))
+        assert by_image[0]["caption"] == query.name and by_image[0]["similarity"] > 0.99
+        import numpy as np
+
+        vector = np.random.default_rng(0).standard_normal(64).tolist()
+        assert len(client.query(embedding_input=vector)) == 5
+        refused = client.query(image="http://127.0.0.1:9/none.jpg")  # remote URLs are off by default
+        assert "error" in refused and "image_url" in refused["error"]
+
+
+def requests_get(url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read()
