@@ -34,6 +34,7 @@ STATUS_INDEXED = "indexed"
 STATUS_ERROR = "error"
 SOURCES = ("zero-shot", "few-shot", "manual")
 MANUAL = "manual"
+_CACHE_TOUCH_NS = 3600 * 10**9  # how stale a cached text's last use may be before it is renewed
 
 
 class Base(DeclarativeBase):
@@ -473,18 +474,22 @@ class Store:
     # -- the text-embedding cache -----------------------------------------------------
 
     def cached_texts(self, model: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """The cached embeddings among ``texts``, marked as just used."""
-        with Session(self.engine) as s:
-            found = s.execute(select(TextCacheRow.text, TextCacheRow.vector).where(
+        """The cached embeddings among ``texts``, marked as used (to the hour)."""
+        now = time.time_ns()
+        with self.engine.connect() as conn:
+            found = conn.execute(select(TextCacheRow.text, TextCacheRow.vector, TextCacheRow.used_at).where(
                 TextCacheRow.model == model, TextCacheRow.text.in_(list(texts)))).all()
-        if found:
+        # A write per query would cost more than the lookup (half the latency of a warm
+        # search), and least-recently-used to the hour keeps the right entries.
+        stale = [t for t, _, used in found if now - used > _CACHE_TOUCH_NS]
+        if stale:
             try:
                 with Session(self.engine) as s, s.begin():
-                    s.execute(update(TextCacheRow).where(TextCacheRow.model == model, TextCacheRow.text.in_(
-                        [t for t, _ in found])).values(used_at=time.time_ns()))
+                    s.execute(update(TextCacheRow).where(TextCacheRow.model == model, TextCacheRow.text.in_(stale))
+                              .values(used_at=now))
             except OperationalError:  # a read-only library can still search
                 pass
-        return {t: np.frombuffer(v, np.float32).copy() for t, v in found}
+        return {t: np.frombuffer(v, np.float32).copy() for t, v, _ in found}
 
     def cache_texts(self, model: str, vectors: dict[str, np.ndarray], keep: int = 10_000) -> None:
         """Remember text embeddings; the least recently used beyond ``keep`` are forgotten."""
