@@ -1,7 +1,6 @@
 """The SQLite store: migrations, change detection by path prefix, batch commits, versions."""
 
 import sqlite3
-import time
 from pathlib import Path
 
 import numpy as np
