@@ -567,13 +567,16 @@ class Library:
             raise PathNotFoundError(f"the file of image {image_id} is missing or lies outside the indexed folders")
         return real
 
-    def thumbnail(self, image_id: int, size: int = 256) -> Thumbnail:
-        """A WebP thumbnail of an indexed image, cached in the library (see ``thumbnails.py``)."""
-        from .thumbnails import thumbnail
+    def thumbnail(self, image_id: int, size: int = 256, fmt: str = "webp") -> Thumbnail:
+        """A thumbnail (``webp`` or ``jpeg``) of an indexed image, cached in the library
+        (see ``thumbnails.py``)."""
+        from .thumbnails import FORMATS, thumbnail
 
+        if fmt not in FORMATS:
+            raise QueryError(f"unknown thumbnail format {fmt!r}", hint=f"choose one of: {', '.join(FORMATS)}")
         source = self.file(image_id)
         try:
-            return thumbnail(source, self.root / "thumbs", image_id, self.image(image_id).content_hash, size)
+            return thumbnail(source, self.root / "thumbs", image_id, self.image(image_id).content_hash, size, fmt)
         except ImageError as exc:
             raise QueryError(f"cannot make a thumbnail of image {image_id}: {exc.message}") from exc
 

@@ -1,4 +1,4 @@
-"""Thumbnails for browsing: WebP files cached in the library, made on first request.
+"""Thumbnails for browsing: WebP (or JPEG) files cached in the library, made on first request.
 
 A thumbnail is named after the image's id, its content hash and its size, so a changed
 file gets a new one and an unchanged one is never made twice; its ETag is the same
@@ -18,7 +18,7 @@ from PIL import Image
 from .images import DEFAULT_MAX_MEGAPIXELS, decode_image, read_file
 
 SIZES = (128, 256, 512, 1024)
-MEDIA_TYPE = "image/webp"
+FORMATS = {"webp": ("WEBP", "image/webp"), "jpeg": ("JPEG", "image/jpeg")}
 QUALITY = 80
 
 
@@ -26,7 +26,7 @@ QUALITY = 80
 class Thumbnail:
     path: Path
     etag: str
-    media_type: str = MEDIA_TYPE
+    media_type: str
 
 
 def step(size: int) -> int:
@@ -35,19 +35,20 @@ def step(size: int) -> int:
 
 
 def thumbnail(source: Path, folder: Path, image_id: int, content_hash: str | None, size: int,
-              max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Thumbnail:
+              fmt: str = "webp", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Thumbnail:
     """The cached thumbnail of ``source``, made now if missing; raises ``ImageError``."""
     size = step(size)
-    name = f"{image_id}-{(content_hash or 'nohash')[:16]}-{size}"
-    path = folder / str(size) / f"{name}.webp"
+    pillow_format, media_type = FORMATS[fmt]
+    name = f"{image_id}-{(content_hash or 'nohash')[:16]}-{size}-{fmt}"
+    path = folder / str(size) / f"{name}.{fmt}"
     if not path.is_file():
         picture = decode_image(read_file(source), size, max_megapixels, source.suffix)
         im = picture.image
         im.thumbnail((size, size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
-        im.save(buf, "WEBP", quality=QUALITY, method=4)
+        im.save(buf, pillow_format, quality=QUALITY)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(buf.getvalue())
         os.replace(tmp, path)  # two requests racing both write whole files
-    return Thumbnail(path, name)
+    return Thumbnail(path, name, media_type)

@@ -90,6 +90,9 @@ def test_image_metadata_thumbnail_and_file(served):
     again = client.get(f"/api/images/{some}/thumbnail", params={"size": 100},
                        headers={"If-None-Match": thumb.headers["etag"]})
     assert again.status_code == 304
+    jpeg = client.get(f"/api/images/{some}/thumbnail", params={"size": 100, "format": "jpeg"})
+    assert jpeg.headers["content-type"] == "image/jpeg" and jpeg.headers["etag"] != thumb.headers["etag"]
+    assert Image.open(io.BytesIO(jpeg.content)).format == "JPEG"
     original = client.get(f"/api/images/{some}/file")
     assert original.status_code == 200 and original.content == (photos / "purple_star_0022.jpg").read_bytes()
 

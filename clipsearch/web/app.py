@@ -275,9 +275,10 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
         return {**info, "name": Path(info["path"]).name, "thumbnail": f"/api/images/{image_id}/thumbnail",
                 "file": f"/api/images/{image_id}/file"}
 
-    @app.get("/api/images/{image_id}/thumbnail", summary="A WebP thumbnail, cached")
-    def thumbnail(request: Request, image_id: int, size: int = Query(256, ge=16, le=1024)):
-        thumb = call(library.thumbnail, image_id, size)
+    @app.get("/api/images/{image_id}/thumbnail", summary="A WebP (or JPEG) thumbnail, cached")
+    def thumbnail(request: Request, image_id: int, size: int = Query(256, ge=16, le=1024),
+                  fmt: str = Query("webp", alias="format", pattern="^(webp|jpeg)$")):
+        thumb = call(library.thumbnail, image_id, size, fmt)
         etag = f'"{thumb.etag}"'
         headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
         if request.headers.get("if-none-match") == etag:
