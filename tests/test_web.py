@@ -1,9 +1,7 @@
 """The HTTP API on a library built with the demo model, and its security suite."""
 
 import io
-import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest

@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -44,6 +44,7 @@ from ..query import Query as SearchQuery
 from ..query import Term
 from ..results import SearchHit
 from .compat import add_routes as add_clip_retrieval_routes
+from .params import iso_date, whole
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
 TOKEN_COOKIE = "clipsearch_token"
@@ -240,7 +241,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
             data = await upload_bytes(upload)
             text = str(form.get("q") or "").strip()
             query = SearchQuery.build(text or None, data)
-            n, offset = _int(form.get("n"), 30, 1, 500), _int(form.get("offset"), 0, 0, 100_000)
+            n, offset = whole(form.get("n"), 30, 1, 500), whole(form.get("offset"), 0, 0, 100_000)
             return search(query, n, offset, filters([], [], None, None, list(form.getlist("tag")),
                                                      list(form.getlist("no_tag")), None, "score"))
         try:
@@ -259,9 +260,9 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
         query = SearchQuery(query.terms + tuple(terms))
         if not any(t.weight > 0 for t in query.terms):
             raise InputError("give text, images or and")
-        n, offset = _int(body.get("n"), 30, 1, 500), _int(body.get("offset"), 0, 0, 100_000)
+        n, offset = whole(body.get("n"), 30, 1, 500), whole(body.get("offset"), 0, 0, 100_000)
         return search(query, n, offset, filters(
-            _list(body, "in"), _list(body, "ext"), _date(body.get("after")), _date(body.get("before")),
+            _list(body, "in"), _list(body, "ext"), iso_date(body.get("after")), iso_date(body.get("before")),
             _list(body, "tag"), _list(body, "no_tag"), body.get("min_score"), str(body.get("sort") or "score")))
 
     @app.get("/api/similar/{image_id}", summary="Images like an indexed one (no model needed)")
@@ -343,24 +344,3 @@ def _list(body: dict, key: str) -> list:
     if not isinstance(value, list):
         raise InputError(f"'{key}' must be a list")
     return value
-
-
-def _int(value, default: int, low: int, high: int) -> int:
-    if value in (None, ""):
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"not a whole number: {value!r}") from None
-    if not low <= number <= high:
-        raise InputError(f"{number} is not within {low}..{high}")
-    return number
-
-
-def _date(value) -> datetime | None:
-    if value in (None, ""):
-        return None
-    try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
-        raise InputError(f"not an ISO date: {value!r}") from None

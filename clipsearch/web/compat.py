@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 from ..errors import InputError
 from ..library import Library
 from ..query import Query, Term
+from .params import whole
 
 INDEX_NAME = "clipsearch"
 DEDUPLICATE_AT = 0.94  # clip-retrieval's connected-components threshold
@@ -64,8 +65,8 @@ def add_routes(app: FastAPI, library: Library, call: Callable, *, allow_remote_u
     async def knn_service(request: Request):
         query = await body(request)
         term = _term(query, allow_remote_urls, max_bytes)
-        shown = _count(query.get("num_images"), 40)
-        wanted = max(shown, _count(query.get("num_result_ids"), shown))
+        shown = whole(query.get("num_images"), 40, 1, MAX_RESULTS)
+        wanted = max(shown, whole(query.get("num_result_ids"), shown, 1, MAX_RESULTS))
         dedupe = bool(query.get("deduplicate"))
         fetch = min(MAX_RESULTS, wanted * 2 if dedupe else wanted)
         hits = call(library.search, query=Query((term,)), k=fetch, include_query_images=True)
@@ -118,18 +119,6 @@ def _download(address: str, allowed: bool, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise InputError(f"the image at image_url is over {max_bytes / 2**20:.1f} MB")
     return data
-
-
-def _count(value, default: int) -> int:
-    if value in (None, ""):
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"not a count: {value!r}") from None
-    if not 1 <= number <= MAX_RESULTS:
-        raise InputError(f"counts must be within 1..{MAX_RESULTS}, not {number}")
-    return number
 
 
 def _distinct(vectors: np.ndarray) -> list[int]:
