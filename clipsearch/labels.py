@@ -92,6 +92,15 @@ class LabelSet:
             chain.append(name)
         return chain
 
+    def subset(self, names: list[str]) -> "LabelSet":
+        """These labels of the set, in this order, with their options and the set's templates."""
+        known = {lb.name: lb for lb in self.labels}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise LabelError(f"not labels of {self.name}: {', '.join(unknown)}",
+                             hint=f"see `clipsearch labels {self.source or self.name}`")
+        return LabelSet(self.name, tuple(known[n] for n in names), self.templates, self.source)
+
     def prompts(self, templates: tuple[str, ...]) -> tuple[list[str], list[int]]:
         """Every prompt, and the index of the label each one stands for."""
         texts: list[str] = []

@@ -32,7 +32,7 @@ from .errors import (
     ClassifierError, ImageError, LibraryEmptyError, LibraryError, LibraryLockedError, ModelMismatchError,
     PathNotFoundError, QueryError,
 )
-from .classifier import FEW_SHOT, Head, train_probe, zero_shot_head
+from .classifier import FEW_SHOT, Head, example_folders, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
 from .index import (
     DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, IndexPlan, VectorIndex, choose_index,
@@ -709,18 +709,11 @@ class Library:
         name = name.strip()
         if not name or len(name) > 128:
             raise ClassifierError("a classifier needs a name of 1 to 128 characters")
-        folder = Path(examples).expanduser()
-        if not folder.is_dir():
-            raise PathNotFoundError(f"no examples folder at {examples}",
-                                    hint="make one sub-folder per label, holding a few images each")
-        from .images import is_image_path
-
-        classes = {d.name: sorted(p for p in d.rglob("*") if p.is_file() and is_image_path(p))
-                   for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
-        classes = {label: files for label, files in classes.items() if files}
-        if len(classes) < 2:
-            raise ClassifierError(f"{folder} needs at least two sub-folders of images, one per label")
-        label_set = self._example_labels(name, list(classes), labels)
+        classes = example_folders(examples)
+        if labels is None:
+            label_set = LabelSet(name, tuple(Label(f) for f in classes), source=name)
+        else:
+            label_set = (labels if isinstance(labels, LabelSet) else LabelSet.load(labels)).subset(list(classes))
         head = self.head(label_set, templates=templates, progress=progress)
         files = [f for fs in classes.values() for f in fs]
         y = np.repeat(np.arange(len(classes)), [len(fs) for fs in classes.values()])
@@ -756,17 +749,6 @@ class Library:
         weights = np.frombuffer(row.weights, np.float32).reshape(len(labels), -1)
         return Head(name, FEW_SHOT, labels, weights, np.frombuffer(row.bias, np.float32).copy(), row.scale,
                     meta.get("parents", {}), meta.get("thresholds", {}))
-
-    def _example_labels(self, name: str, folders: list[str], labels) -> LabelSet:
-        if labels is None:
-            return LabelSet(name, tuple(Label(f) for f in folders), source=name)
-        full = labels if isinstance(labels, LabelSet) else LabelSet.load(labels)
-        known = {lb.name: lb for lb in full.labels}
-        unknown = [f for f in folders if f not in known]
-        if unknown:
-            raise ClassifierError(f"example folders that are not labels of {full.name}: {', '.join(unknown)}",
-                                  hint="name each sub-folder after a label of the set")
-        return LabelSet(full.name, tuple(known[f] for f in folders), full.templates, full.source)
 
     def _indexed_id(self, image: str | os.PathLike | int) -> int:
         term = Term("id", image) if isinstance(image, int) else Term.parse(str(image))

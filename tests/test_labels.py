@@ -197,3 +197,14 @@ def test_the_probe_keeps_zero_shot_when_the_examples_cannot_improve_it():
     fit = train_probe(x, y, head)
     assert fit.zero_shot_accuracy == 1.0 and fit.regularisation is None
     assert np.array_equal(fit.weights, head.weights) and not fit.bias.any()
+
+
+def test_a_subset_keeps_options_and_refuses_unknown_labels(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text(YAML)
+    pets = LabelSet.load(f)
+    picked = pets.subset(["golden retriever", "cat"])
+    assert picked.names == ["golden retriever", "cat"] and picked.labels[0].threshold == 0.3
+    assert picked.ancestors("golden retriever") == ["dog", "animal"] and picked.templates == pets.templates
+    with pytest.raises(LabelError, match="not labels of pets: blob"):
+        pets.subset(["cat", "blob"])
