@@ -99,7 +99,8 @@ class LabelSet:
         if unknown:
             raise LabelError(f"not labels of {self.name}: {', '.join(unknown)}",
                              hint=f"see `clipsearch labels {self.source or self.name}`")
-        return LabelSet(self.name, tuple(known[n] for n in names), self.templates, self.source)
+        # The whole parent map: a picked label still implies parents that were not picked.
+        return LabelSet(self.name, tuple(known[n] for n in names), self.templates, self.source, dict(self.parents))
 
     def prompts(self, templates: tuple[str, ...]) -> tuple[list[str], list[int]]:
         """Every prompt, and the index of the label each one stands for."""
