@@ -114,6 +114,10 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
     """The application serving ``library`` (which it does not close). With ``warm``, the
     index and the model load in the background as soon as the server starts, so that the
     first query does not pay for them."""
+    # Searches share the index and the model, which load lazily and refresh themselves, so
+    # they take turns. Reading one image's facts, file or thumbnail touches only the
+    # database and the disk: those run in parallel, so a page of thumbnails is made on
+    # every core.
     lock = threading.Lock()
 
     @asynccontextmanager
@@ -272,14 +276,14 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
 
     @app.get("/api/images/{image_id}", summary="An image's facts and tags")
     def image(image_id: int):
-        info = call(library.image, image_id).to_dict()
+        info = library.image(image_id).to_dict()
         return {**info, "name": Path(info["path"]).name, "thumbnail": f"/api/images/{image_id}/thumbnail",
                 "file": f"/api/images/{image_id}/file"}
 
     @app.get("/api/images/{image_id}/thumbnail", summary="A WebP (or JPEG) thumbnail, cached")
     def thumbnail(request: Request, image_id: int, size: int = Query(256, ge=16, le=1024),
                   fmt: str = Query("webp", alias="format", pattern="^(webp|jpeg)$")):
-        thumb = call(library.thumbnail, image_id, size, fmt)
+        thumb = library.thumbnail(image_id, size, fmt)
         etag = f'"{thumb.etag}"'
         headers = {"ETag": etag, "Cache-Control": "private, max-age=86400"}
         if request.headers.get("if-none-match") == etag:
@@ -288,11 +292,11 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
 
     @app.get("/api/images/{image_id}/file", summary="The original file")
     def original(image_id: int):
-        return FileResponse(call(library.file, image_id), headers={"Cache-Control": "private, max-age=3600"})
+        return FileResponse(library.file(image_id), headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/tags", summary="Every tag with its image count")
     def tags():
-        return [t.to_dict() for t in call(library.tags)]
+        return [t.to_dict() for t in library.tags()]
 
     @app.post("/api/classify", summary="Labels of an uploaded image, from a label set or classifier")
     async def classify(image: Annotated[UploadFile, File()], labels: Annotated[str | None, Form()] = None,
