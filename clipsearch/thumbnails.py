@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def thumbnail(source: Path, folder: Path, image_id: int, content_hash: str | Non
         buf = io.BytesIO()
         im.save(buf, pillow_format, quality=QUALITY)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # A name per process and thread: requests racing for one thumbnail each write a whole
+        # file of their own, and the last rename wins.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)  # two requests racing both write whole files
+        os.replace(tmp, path)
     return Thumbnail(path, name, media_type)
