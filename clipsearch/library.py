@@ -150,8 +150,7 @@ class Library:
         """The search index, loaded or rebuilt, and brought up to date with the database."""
         if self._vectors is not None and self._writing:
             return self._vectors  # we hold the writer lock: nobody else changes anything
-        version = self.store.vectors_version()
-        if self._vectors is not None and self._vectors_seen == (version, self.store.generation()):
+        if self._vectors is not None and self._vectors_seen == self.store.vector_state():
             return self._vectors
         if self.store.model_identity() is None:
             raise LibraryEmptyError(f"the library at {self.root} is empty",
@@ -310,7 +309,7 @@ class Library:
             raise QueryError(f"unknown sort order {sort!r}", hint=f"choose one of: {', '.join(SORT_ORDERS)}")
         query = query or Query.build(text, image)
         vectors = self.vectors
-        xq, query_ids = self._query_vector(query)
+        xq, query_ids = self._query_vector(query, vectors.dim)
         skip = set() if include_query_images else query_ids
         subset = self._allowed_ids(folders, extensions, after, before, tags, no_tags)
         if subset is not None and skip:
@@ -319,7 +318,7 @@ class Library:
         if every_hit_above_cutoff:
             D, I = vectors.range(xq, min_score, subset=subset)
         else:
-            D, I = self._top(xq, offset + k + (len(skip) if subset is None else 0), subset)
+            D, I = self._top(vectors, xq, offset + k + (len(skip) if subset is None else 0), subset)
         # Ties (exact duplicates share one vector) are broken by id, so pages never overlap.
         found = sorted(((float(s), int(i)) for s, i in zip(D, I) if i >= 0 and int(i) not in skip),
                        key=lambda hit: (-hit[0], hit[1]))
@@ -334,7 +333,7 @@ class Library:
             hits.sort(key=lambda h: h.path)
         return hits[offset:offset + k]
 
-    def _top(self, xq: np.ndarray, need: int, subset) -> tuple[np.ndarray, np.ndarray]:
+    def _top(self, vectors: VectorIndex, xq: np.ndarray, need: int, subset) -> tuple[np.ndarray, np.ndarray]:
         """At least the ``need`` best hits, plus every hit tied with the last of them.
 
         FAISS cuts a group of equal scores arbitrarily; fetching past the group lets the
@@ -342,7 +341,7 @@ class Library:
         """
         n = need + 1
         while True:
-            D, I = (a[0] for a in self.vectors.search(xq, n, subset))
+            D, I = (a[0] for a in vectors.search(xq, n, subset))
             found = int((I >= 0).sum())
             if found < n or D[n - 1] < D[need - 1]:
                 return D, I
@@ -434,17 +433,17 @@ class Library:
             return None
         return self.store.ids_matching(folders, extensions, _epoch_ns(after), _epoch_ns(before), tags, no_tags)
 
-    def _query_vector(self, query: Query) -> tuple[np.ndarray, set[int]]:
+    def _query_vector(self, query: Query, dim: int) -> tuple[np.ndarray, set[int]]:
         """The unit query vector, and the ids of library images that are part of the query."""
         text_vectors = self._text_vectors([t.value for t in query.terms if t.kind == "text"])
         image_terms = [t for t in query.terms if t.kind not in ("text", "vector")]
         image_vectors, image_ids, _ = self._image_vectors(image_terms)
-        total = np.zeros(self.vectors.dim, np.float32)
+        total = np.zeros(dim, np.float32)
         for term in query.terms:
             if term.kind == "text":
                 total += term.weight * text_vectors[term.value]
             elif term.kind == "vector":
-                total += term.weight * _unit_vector(term.value, self.vectors.dim)
+                total += term.weight * _unit_vector(term.value, dim)
         for term, vec in zip(image_terms, image_vectors):
             total += term.weight * vec
         in_library = {i for i in image_ids if i is not None}
@@ -482,6 +481,8 @@ class Library:
         from .images import decode_image, read_image
 
         items = list(images)
+        if not items:
+            return np.empty((0, 0), np.float32), [], []
         ids: list[int | None] = []
         paths: list[str] = []
         uploads: dict[int, bytes] = {}

@@ -307,6 +307,13 @@ class Store:
         if new:
             self.set_meta("roots", json.dumps(known + new))
 
+    def vector_state(self) -> tuple[int, int]:
+        """``(vectors_version, generation)`` in one read: what a reader checks before every query."""
+        with self.engine.connect() as conn:
+            meta = dict(conn.execute(select(MetaRow.key, MetaRow.value).where(
+                MetaRow.key.in_(("vectors_version", "vectors_generation")))).all())
+        return int(meta.get("vectors_version") or 0), int(meta.get("vectors_generation") or 1)
+
     def vectors_version(self) -> int:
         return int(self.get_meta("vectors_version") or 0)
 
