@@ -504,7 +504,7 @@ class Library:
         located = self.store.locate([ids[n] for n in stored])
         missing = [ids[n] for n in stored if ids[n] not in located]
         if missing:
-            raise QueryError(f"no indexed image has id {missing[0]}")
+            raise PathNotFoundError(f"no indexed image has id {missing[0]}")
         identity = self.store.model_identity()
         out = np.zeros((len(items), identity.dim if identity else self.encoder.dim), np.float32)
         if stored:
@@ -822,6 +822,7 @@ class Library:
             index_search_param=(vectors.facts.search_param or None) if vectors else None,
             index_recall_at_10=vectors.facts.recall_at_10 if vectors else None,
             dead_vectors=vectors.dead if vectors else 0,
+            roots=self.store.roots(),
         )
 
     def errors(self) -> list[FileError]:

@@ -89,6 +89,7 @@ class LibraryInfo(_Record):
     index_search_param: str | None = None  # efSearch=N or nprobe=N, tuned for the recall target
     index_recall_at_10: float | None = None  # measured against exact search when it was built
     dead_vectors: int = 0  # of deleted or changed images, until compacted
+    roots: list[str] = field(default_factory=list)  # the folders and files given to index
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +49,16 @@ def serving(library: Path, *args: str):
     """A real ``clipsearch serve`` process on a free loopback port; yields its base URL."""
     proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "serve", "--port", "0", "-L", str(library),
                              *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
     try:
-        line = proc.stdout.readline()  # printed once the socket listens
+        try:
+            line = lines.get(timeout=60)  # printed once the socket listens
+        except queue.Empty:
+            line = ""
         if not line.startswith("clipsearch serving"):
             proc.kill()
-            raise RuntimeError(f"serve did not start: {line!r} {proc.stderr.read()}")
+            raise RuntimeError(f"serve did not start: {line!r} {proc.stderr.read()[-2000:]}")
         yield line.rsplit(" at ", 1)[1].strip().rstrip("/")
     finally:
         proc.terminate()

@@ -191,7 +191,8 @@ def test_malformed_json_gets_a_4xx_with_a_message(served, body, status):
 
 @pytest.mark.parametrize("url,status", [
     ("/api/search", 400), ("/api/search?q=x&n=0", 422), ("/api/search?q=x&sort=size", 422),
-    ("/api/search?q=x&after=yesterday", 422), ("/api/similar/424242", 400), ("/api/images/424242", 404),
+    ("/api/search?q=x&after=yesterday", 422), ("/api/similar/424242", 404), ("/api/search?image=424242", 404),
+    ("/api/images/424242", 404),
     ("/api/images/424242/thumbnail", 404), ("/api/nothing-here", 404),
 ])
 def test_bad_requests_and_unknown_ids(served, url, status):
@@ -282,3 +283,20 @@ def requests_get(url: str) -> bytes:
 
     with urllib.request.urlopen(url, timeout=30) as response:
         return response.read()
+
+
+def test_an_upload_takes_the_same_filters_as_a_json_search(served):
+    client, _, photos, _ = served
+    data = (photos / "blue_star_0010.jpg").read_bytes()
+    fields = {"q": "", "n": "5", "tag": "yellow", "min_score": "0.1", "sort": "path"}
+    hits = client.post("/api/search", files={"image": ("q.jpg", data, "image/jpeg")}, data=fields).json()["results"]
+    assert hits and all(h["name"].startswith("yellow") for h in hits)
+    assert [h["path"] for h in hits] == sorted(h["path"] for h in hits)
+    bad = client.post("/api/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"min_score": "high"})
+    assert bad.status_code == 400 and "not a number" in bad.json()["error"]
+
+
+def test_info_names_the_roots_and_the_upload_limit(served):
+    client, _, photos, _ = served
+    info = client.get("/api/info").json()
+    assert info["roots"] == [str(photos)] and info["max_upload_bytes"] == 1_000_000

@@ -32,6 +32,7 @@ from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -44,7 +45,7 @@ from ..query import Query as SearchQuery
 from ..query import Term
 from ..results import SearchHit
 from .compat import add_routes as add_clip_retrieval_routes
-from .params import iso_date, whole
+from .params import iso_date, number, whole
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
 TOKEN_COOKIE = "clipsearch_token"
@@ -93,6 +94,15 @@ class _SingleSlashes:
         if scope["type"] == "http" and "//" in scope["path"]:
             scope = {**scope, "path": re.sub("/{2,}", "/", scope["path"])}
         return await self.app(scope, receive, send)
+
+
+class _Revalidated(StaticFiles):
+    """The page's files, revalidated on every load: an upgrade never meets a stale script."""
+
+    def file_response(self, *args, **kwargs):
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def _error(status: int, message: str, hint: str | None = None) -> JSONResponse:
@@ -236,29 +246,30 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
 
     @app.post("/api/search", summary="Search by an uploaded image (multipart) or a JSON query")
     async def post_search(request: Request):
-        kind = request.headers.get("content-type", "")
-        if kind.startswith("multipart/form-data"):
+        upload = None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await request.form()
-            upload = form.get("image")
-            if upload is None or isinstance(upload, str):
+            field = form.get("image")
+            if field is None or isinstance(field, str):
                 raise InputError("send the query image as the multipart field 'image'")
-            data = await upload_bytes(upload)
-            text = str(form.get("q") or "").strip()
-            query = SearchQuery.build(text or None, data)
-            n, offset = whole(form.get("n"), 30, 1, 500), whole(form.get("offset"), 0, 0, 100_000)
-            return search(query, n, offset, filters([], [], None, None, list(form.getlist("tag")),
-                                                     list(form.getlist("no_tag")), None, "score"))
-        try:
-            body = await request.json()
-        except ValueError:
-            raise InputError("the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise InputError("the JSON body must be an object")
-        return _json_search(body)
+            upload = Term("data", await upload_bytes(field))
+            # The form's other fields mean what the JSON body's do.
+            body = {"text": form.get("q"), **{k: form.getlist(k) for k in ("in", "ext", "tag", "no_tag", "and", "not")},
+                    **{k: form.get(k) for k in ("n", "offset", "after", "before", "min_score", "sort")}}
+        else:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise InputError("the body is not valid JSON") from None
+            if not isinstance(body, dict):
+                raise InputError("the JSON body must be an object")
+        # Off the event loop: a search may wait for the model, and must not stall the server.
+        return await run_in_threadpool(body_search, body, upload)
 
-    def _json_search(body: dict) -> dict:
+    def body_search(body: dict, upload: Term | None) -> dict:
         text = body.get("text")
-        terms = [Term("id", int(i)) for i in _list(body, "images")]
+        terms = [upload] if upload else []
+        terms += [Term("id", whole(i, 0, 0, 2**62)) for i in _list(body, "images")]
         terms += [_term(str(t)) for t in _list(body, "and")] + [_term(str(t), -1.0) for t in _list(body, "not")]
         query = SearchQuery(SearchQuery.build(text).terms if isinstance(text, str) and text.strip() else ())
         query = SearchQuery(query.terms + tuple(terms))
@@ -267,7 +278,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
         n, offset = whole(body.get("n"), 30, 1, 500), whole(body.get("offset"), 0, 0, 100_000)
         return search(query, n, offset, filters(
             _list(body, "in"), _list(body, "ext"), iso_date(body.get("after")), iso_date(body.get("before")),
-            _list(body, "tag"), _list(body, "no_tag"), body.get("min_score"), str(body.get("sort") or "score")))
+            _list(body, "tag"), _list(body, "no_tag"), number(body.get("min_score")), str(body.get("sort") or "score")))
 
     @app.get("/api/similar/{image_id}", summary="Images like an indexed one (no model needed)")
     def similar(image_id: int, n: int = F.n, offset: int = F.offset):
@@ -303,7 +314,8 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
                        classifier: Annotated[str | None, Form()] = None,
                        top_k: Annotated[int, Form(ge=1, le=100)] = 5):
         data = await upload_bytes(image)
-        [result] = call(library.classify, [Term("data", data)], labels, classifier=classifier, top_k=top_k)
+        [result] = await run_in_threadpool(call, library.classify, [Term("data", data)], labels,
+                                           classifier=classifier, top_k=top_k)
         if result.error:
             raise InputError(f"the upload is not a usable image: {result.error}")
         return {**result.to_dict(), "path": image.filename or ""}
@@ -313,9 +325,9 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
         groups = call(library.duplicates, threshold, crops=crops)
         return [{"score": g.score, "images": [hit(h) for h in g.images]} for g in groups]
 
-    @app.get("/api/info", summary="What the library holds")
+    @app.get("/api/info", summary="What the library holds, and this server's upload limit")
     def info():
-        return call(library.info).to_dict()
+        return {**call(library.info).to_dict(), "max_upload_bytes": max_upload_bytes}
 
     # -- the page -----------------------------------------------------------------------
 
@@ -324,7 +336,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     add_clip_retrieval_routes(app, library, call, allow_remote_urls=allow_remote_urls, max_bytes=max_upload_bytes)
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", _Revalidated(directory=STATIC), name="static")
     app.add_middleware(_BodyLimit, limit=max_upload_bytes)
     if cors_origins:
         # Off by default: with it, pages from those origins (clip-retrieval's hosted front

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 
 from ..errors import InputError
 from ..library import Library
@@ -64,14 +65,15 @@ def add_routes(app: FastAPI, library: Library, call: Callable, *, allow_remote_u
     @app.post("/knn-service", summary="clip-retrieval: nearest images to a text, image or embedding")
     async def knn_service(request: Request):
         query = await body(request)
-        term = _term(query, allow_remote_urls, max_bytes)
+        term = await run_in_threadpool(_term, query, allow_remote_urls, max_bytes)  # may fetch a URL
         shown = whole(query.get("num_images"), 40, 1, MAX_RESULTS)
         wanted = max(shown, whole(query.get("num_result_ids"), shown, 1, MAX_RESULTS))
         dedupe = bool(query.get("deduplicate"))
         fetch = min(MAX_RESULTS, wanted * 2 if dedupe else wanted)
-        hits = call(library.search, query=Query((term,)), k=fetch, include_query_images=True)
+        hits = await run_in_threadpool(call, library.search, query=Query((term,)), k=fetch,
+                                       include_query_images=True)
         if dedupe and hits:
-            hits = [hits[i] for i in _distinct(call(library.stored_vectors, [h.id for h in hits]))]
+            hits = [hits[i] for i in _distinct(library.stored_vectors([h.id for h in hits]))]
         out = []
         for n, h in enumerate(hits[:wanted]):
             item = {"url": url(request, h.id), "caption": h.path.rsplit("/", 1)[-1]} if n < shown else {}
@@ -83,7 +85,7 @@ def add_routes(app: FastAPI, library: Library, call: Callable, *, allow_remote_u
         ids = (await body(request)).get("ids") or []
         if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
             raise InputError("'ids' must be a list of image ids")
-        found = call(library.image_paths, ids)
+        found = library.image_paths(ids)
         return [{"id": i, "metadata": {"url": url(request, i), "caption": found[i].rsplit("/", 1)[-1]}}
                 for i in ids if i in found]
 

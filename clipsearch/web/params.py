@@ -20,6 +20,16 @@ def whole(value, default: int, low: int, high: int) -> int:
     return number
 
 
+def number(value) -> float | None:
+    """A number, or None when absent or empty."""
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"not a number: {value!r}") from None
+
+
 def iso_date(value) -> datetime | None:
     if value in (None, ""):
         return None

@@ -1,0 +1,891 @@
+// clipsearch: the search page. Plain ES modules (this one, url.js, api.js, dom.js,
+// uploads.js), no build step; the page talks only to /api/.
+//
+// Everything the page shows follows from `state`, and `state` lives in the URL: every
+// change goes through navigate(), which writes the URL (pushState for a step the back
+// button should undo, replaceState for typing and paging through the detail view) and
+// then render() makes the page match. Reloading, sharing the URL or going back and
+// forward (popstate) all just call render() on the state read from the URL.
+
+import { ApiError, api, errorBox } from "./api.js";
+import {
+  breakable, dirname, fmtBytes, fmtDate, fmtScore, h, icon, isTyping, plural, thumbUrl, toast,
+} from "./dom.js";
+import { rememberUpload, uploadFile, uploadPreview } from "./uploads.js";
+import { blankState, readURL, toURL } from "./url.js";
+
+const PAGE = 30; // results per request
+const DEBOUNCE_MS = 250; // typing pause before a search
+const DEFAULT_THRESHOLD = 0.995;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  form: $("search-form"), q: $("q"), chip: $("query-chip"), chipImg: $("query-chip-img"),
+  chipLabel: $("query-chip-label"), chipClear: $("query-chip-clear"),
+  uploadButton: $("upload-button"), fileInput: $("file-input"),
+  filterToggle: $("filter-toggle"), filterCount: $("filter-count"), filters: $("filters"),
+  fIn: $("f-in"), fAfter: $("f-after"), fBefore: $("f-before"), fSort: $("f-sort"),
+  folderList: $("folder-list"), tagFilter: $("f-tag-filter"), tagChips: $("tag-chips"),
+  clearFilters: $("clear-filters"),
+  main: $("main"), context: $("context"), live: $("live"), message: $("message"),
+  searchView: $("search-view"), grid: $("grid"), sentinel: $("sentinel"),
+  loadingMore: $("loading-more"), endNote: $("end-note"),
+  tagsView: $("tags-view"), tagsFilter: $("tags-filter"), tagList: $("tag-list"),
+  dupsView: $("dups-view"), dupsThreshold: $("dups-threshold"), dupsCrops: $("dups-crops"), dupsValue: $("dups-threshold-value"),
+  dupsList: $("dups-list"),
+  dialog: $("detail"), detailFigure: $("detail-figure"), detailImg: $("detail-img"),
+  detailTitle: $("detail-title"), detailContent: $("detail-content"), detailClose: $("detail-close"),
+  detailPrev: $("detail-prev"), detailNext: $("detail-next"), detailSimilar: $("detail-similar"),
+  detailSearch: $("detail-search"), detailOriginal: $("detail-original"), detailPosition: $("detail-position"),
+  dropOverlay: $("drop-overlay"),
+};
+
+// -- state and the URL -----------------------------------------------------------------
+
+let state = readURL();
+
+// `opened` marks a history entry pushed by opening the detail view: closing it then goes
+// back, so that the back button does not reopen what was just closed.
+function commit(push) {
+  const url = toURL(state);
+  if (push) history.pushState({ opened: state.open != null }, "", url);
+  else history.replaceState(history.state, "", url);
+}
+
+function navigate(changes, { push = true } = {}) {
+  const before = listKey(state);
+  state = { ...state, ...changes };
+  commit(push);
+  render({ scrollTop: listKey(state) !== before });
+}
+
+const activeFilters = (s) =>
+  (s.in ? 1 : 0) + (s.after ? 1 : 0) + (s.before ? 1 : 0) + s.tags.length + (s.sort !== "score" ? 1 : 0);
+
+// -- library facts, tags, image facts (cached) -----------------------------------------
+
+let info = null;
+let allTags = null;
+const imageFacts = new Map();
+
+async function loadInfo() {
+  try {
+    info = await api("/api/info");
+  } catch (err) {
+    info = { error: err };
+  }
+  if (!listKey(state) && (state.view === "search")) showLanding();
+}
+
+let tagsRequest = null;
+function loadTags(force = false) {
+  if (!tagsRequest || force) {
+    tagsRequest = api("/api/tags").then((tags) => {
+      allTags = tags;
+      renderTagPicker();
+      return tags;
+    }, (err) => {
+      tagsRequest = null;
+      throw err;
+    });
+  }
+  return tagsRequest;
+}
+
+async function facts(id) {
+  if (!imageFacts.has(id)) {
+    const pending = api(`/api/images/${id}`);
+    imageFacts.set(id, pending);
+    pending.catch(() => imageFacts.delete(id));
+  }
+  return imageFacts.get(id);
+}
+
+function searchWithFile(file) {
+  if (!file) return;
+  const token = Date.now().toString(36) + Math.random().toString(36).slice(2, 6);
+  rememberUpload(token, file);
+  navigate({ view: "search", upload: token, image: null, q: "", open: null });
+}
+
+// -- result lists: search, similar -----------------------------------------------------
+
+// The identity of the list a state shows; null when it shows none.
+function listKey(s) {
+  if (s.view === "similar") return `similar:${s.id}`;
+  if (s.view !== "search") return null;
+  if (!s.q.trim() && s.image == null && !s.upload) return null;
+  const base = { q: s.q.trim(), image: s.image, upload: s.upload, tags: s.tags };
+  const filters = s.upload ? {} : { in: s.in, after: s.after, before: s.before, sort: s.sort };
+  return `search:${JSON.stringify({ ...base, ...filters })}`;
+}
+
+function fetcherFor(s) {
+  if (s.view === "similar") {
+    return (offset, n, signal) => api(`/api/similar/${s.id}?n=${n}&offset=${offset}`, { signal });
+  }
+  if (s.upload) {
+    return async (offset, n, signal) => {
+      const file = await uploadFile(s.upload);
+      if (!file) {
+        throw new ApiError(0, "The image you searched with is no longer here",
+          "Uploaded images are kept only in the browser tab they were dropped in: drop or paste it again.");
+      }
+      const form = new FormData();
+      form.append("image", file, file.name || "image");
+      if (s.q.trim()) form.append("q", s.q.trim());
+      for (const tag of s.tags) form.append("tag", tag);
+      form.append("n", n);
+      form.append("offset", offset);
+      return api("/api/search", { method: "POST", body: form, signal });
+    };
+  }
+  const p = new URLSearchParams();
+  if (s.q.trim()) p.set("q", s.q.trim());
+  if (s.image != null) p.set("image", s.image);
+  if (s.in) p.set("in", s.in);
+  if (s.after) p.set("after", s.after);
+  if (s.before) p.set("before", s.before);
+  for (const tag of s.tags) p.append("tag", tag);
+  if (s.sort !== "score") p.set("sort", s.sort);
+  return (offset, n, signal) => api(`/api/search?${p}&n=${n}&offset=${offset}`, { signal });
+}
+
+// `gen` numbers the list being shown: a response for an older one is dropped even if it
+// arrives after the newer one's (abort() covers most of these; this covers the rest).
+let gen = 0;
+let list = { key: null, items: [], offset: 0, hasMore: false, loading: false, controller: null, fetcher: null };
+const listCache = new Map(); // key -> snapshot, for back and forward
+const seenFolders = new Set();
+
+function showList(s, { restore = false, scrollTop = true } = {}) {
+  const key = listKey(s);
+  if (key === list.key) return;
+  if (list.key && list.items.length) {
+    listCache.delete(list.key);
+    listCache.set(list.key, { items: list.items, offset: list.offset, hasMore: list.hasMore, scrollY });
+    while (listCache.size > 8) listCache.delete(listCache.keys().next().value);
+  }
+  list.controller?.abort();
+  gen++;
+  list = { key, items: [], offset: 0, hasMore: false, loading: false, controller: null, fetcher: key && fetcherFor(s) };
+  ui.loadingMore.hidden = true;
+  ui.endNote.hidden = true;
+  if (!key) {
+    ui.grid.replaceChildren();
+    ui.main.classList.remove("busy");
+    ui.grid.setAttribute("aria-busy", "false");
+    return;
+  }
+  const cached = restore && listCache.get(key);
+  if (cached) {
+    Object.assign(list, { items: cached.items, offset: cached.offset, hasMore: cached.hasMore });
+    ui.message.replaceChildren();
+    ui.grid.replaceChildren(...list.items.map((hit, i) => tile(hit, i)));
+    finishPage();
+    requestAnimationFrame(() => scrollTo(0, cached.scrollY));
+    return;
+  }
+  if (scrollTop) scrollTo(0, 0);
+  loadPage(true);
+}
+
+async function loadPage(first = false) {
+  if (!list.key || (!first && (list.loading || !list.hasMore))) return;
+  const my = gen;
+  const controller = new AbortController();
+  list.controller = controller;
+  list.loading = true;
+  if (first) {
+    ui.main.classList.add("busy");
+    ui.grid.setAttribute("aria-busy", "true");
+    if (!ui.grid.children.length) {
+      ui.message.replaceChildren();
+      ui.grid.replaceChildren(...Array.from({ length: 12 }, () => h("li", { "aria-hidden": "true" }, h("div", { class: "skeleton" }))));
+    }
+  } else {
+    ui.loadingMore.hidden = false;
+  }
+  try {
+    const page = await list.fetcher(list.offset, PAGE, controller.signal);
+    if (my !== gen) return;
+    const start = list.items.length;
+    list.items = list.items.concat(page.results);
+    list.offset += page.results.length;
+    list.hasMore = page.has_more && page.results.length > 0;
+    for (const hit of page.results) seenFolders.add(dirname(hit.path));
+    const tiles = page.results.map((hit, i) => tile(hit, start + i));
+    if (first) {
+      ui.message.replaceChildren();
+      ui.grid.replaceChildren(...tiles);
+      if (!tiles.length) showNoResults();
+    } else {
+      ui.grid.append(...tiles);
+    }
+    ui.live.textContent = first ? `${plural(list.items.length, "result")}${list.hasMore ? " or more" : ""}` : "";
+    updateFolderList();
+    finishPage();
+    detailNav();
+  } catch (err) {
+    if (my !== gen || err.name === "AbortError") return;
+    if (first) {
+      ui.grid.replaceChildren();
+      ui.message.replaceChildren(errorBox(err, state.upload ? "Could not search with that image" : "The search failed"));
+    } else {
+      list.hasMore = false;
+      toast(`Could not load more: ${err.message}`);
+    }
+  } finally {
+    if (my === gen) {
+      list.loading = false;
+      ui.loadingMore.hidden = true;
+      ui.main.classList.remove("busy");
+      ui.grid.setAttribute("aria-busy", "false");
+    }
+  }
+  if (my === gen) {
+    renderContext();
+    // A tall window may show the sentinel still: the observer will not fire again for it.
+    requestAnimationFrame(() => {
+      if (my === gen && list.hasMore && ui.sentinel.getBoundingClientRect().top < innerHeight + 800) loadPage();
+    });
+  }
+}
+
+function finishPage() {
+  const done = !list.hasMore && list.items.length > 0;
+  ui.endNote.hidden = !done || list.items.length < 12;
+  ui.endNote.textContent = done ? `That's all: ${plural(list.items.length, "image")}.` : "";
+}
+
+const observer = new IntersectionObserver((entries) => {
+  if (entries.some((e) => e.isIntersecting)) loadPage();
+}, { rootMargin: "800px 0px" });
+observer.observe(ui.sentinel);
+
+function updateFolderList() {
+  const folders = [...seenFolders].sort().slice(0, 200);
+  if (ui.folderList.children.length === folders.length) return;
+  ui.folderList.replaceChildren(...folders.map((f) => h("option", { value: f })));
+}
+
+function tile(hit, index, { showFolder = false } = {}) {
+  const img = h("img", { alt: hit.name, loading: "lazy", decoding: "async", draggable: "true" });
+  img.addEventListener("load", () => img.classList.add("loaded"), { once: true });
+  img.addEventListener("error", () => img.classList.add("loaded", "broken"), { once: true });
+  img.srcset = `${thumbUrl(hit.thumbnail, 256)} 1x, ${thumbUrl(hit.thumbnail, 512)} 2x`;
+  img.src = thumbUrl(hit.thumbnail, 256);
+  const dims = hit.width && hit.height ? `${hit.width}×${hit.height}` : "";
+  const link = h("a", {
+    class: "tile", href: toURL({ ...state, open: hit.id }), "data-id": hit.id, "data-index": index,
+    "data-score": hit.score, "aria-label": `${hit.name}, score ${fmtScore(hit.score)}`,
+    title: [hit.path, dims].filter(Boolean).join("\n"),
+  },
+  h("span", { class: "frame" }, img),
+  h("span", { class: "score", "aria-hidden": "true", text: fmtScore(hit.score) }),
+  h("span", { class: "caption", "aria-hidden": "true" },
+    h("span", { class: "name", text: hit.name }),
+    showFolder && dims && h("span", { class: "dims", text: dims })),
+  // For telling copies apart. A folder's end matters most, so it is cut on the left (rtl),
+  // kept in order by the marks.
+  showFolder && h("span", { class: "folder", "aria-hidden": "true", text: `\u200e${dirname(hit.path)}\u200e` }));
+  return h("li", {}, link);
+}
+
+// -- what the search view says around its grid -----------------------------------------
+
+function showLanding() {
+  ui.grid.replaceChildren();
+  ui.context.hidden = true;
+  ui.live.textContent = "";
+  if (info?.error) {
+    ui.message.replaceChildren(errorBox(info.error, "Cannot open the library"));
+    return;
+  }
+  if (info && info.images === 0) {
+    ui.message.replaceChildren(h("div", { class: "empty" },
+      h("div", { class: "big-icon" }, icon("image")),
+      h("h1", { text: "This library is empty" }),
+      h("p", {}, "Index a folder first: ", h("code", { text: "clipsearch index ~/Pictures" }), ", then reload.")));
+    return;
+  }
+  const count = info ? plural(info.images, "image") : "your images";
+  const suggestions = (allTags || []).slice(0, 8).map((t) =>
+    h("a", { class: "chip", href: toURL({ ...blankState(), q: t.label }), "data-q": t.label }, t.label));
+  ui.message.replaceChildren(h("div", { class: "empty" },
+    h("div", { class: "big-icon" }, icon("search")),
+    h("h1", { text: `Search ${count} by meaning` }),
+    state.tags.length || state.in || state.after || state.before
+      ? h("p", { text: "Type what you are looking for; the filters you chose apply to it." })
+      : h("p", { text: "Type what you are looking for, in your own words." }),
+    h("p", {}, "Or drop an image anywhere on the page, or paste one, to find pictures like it. Press ",
+      h("kbd", { text: "/" }), " to jump to the search box."),
+    suggestions.length ? h("div", { class: "chips", "aria-label": "Try" }, suggestions) : null));
+}
+
+function showNoResults() {
+  const filtered = activeFilters(state) > 0;
+  ui.message.replaceChildren(h("div", { class: "empty" },
+    h("div", { class: "big-icon" }, icon("image")),
+    h("h2", { text: "No images match" }),
+    h("p", { text: filtered ? "Nothing passes the filters. Loosen them, or clear them all." : "Try other words." }),
+    filtered && h("p", {}, h("button", {
+      type: "button", class: "button", onclick: () => navigate({ in: "", after: "", before: "", tags: [], sort: "score" }),
+    }, "Clear filters"))));
+}
+
+function renderContext() {
+  const s = state;
+  const parts = [];
+  const count = list.items.length;
+  const found = list.key && !list.loading && count
+    ? h("span", {}, h("strong", { text: `${count.toLocaleString()}${list.hasMore ? "+" : ""}` }), " ", count === 1 ? "image" : "images")
+    : null;
+  if (s.view === "similar") {
+    const source = h("span", { class: "source" });
+    parts.push(h("span", {}, "Images similar to "), source, found && h("span", { text: "·" }), found,
+      h("a", { class: "chip", href: toURL({ ...s, view: "search", id: null }), "data-nav": "search" }, "Back to search"));
+    facts(s.id).then((f) => {
+      source.replaceChildren(h("img", { src: thumbUrl(f.thumbnail, 128), alt: "" }), " ", h("strong", { text: f.name }));
+    }, () => { source.textContent = `image ${s.id}`; });
+  } else if (s.view === "search" && list.key) {
+    if (found) parts.push(found);
+    const filters = [];
+    const drop = (label, changes) => filters.push(h("button", {
+      type: "button", class: "chip", "aria-label": `Remove filter ${label}`, onclick: () => navigate(changes),
+    }, label, icon("x")));
+    if (s.in && !s.upload) drop(`in ${s.in}`, { in: "" });
+    if (s.after && !s.upload) drop(`from ${s.after}`, { after: "" });
+    if (s.before && !s.upload) drop(`before ${s.before}`, { before: "" });
+    for (const tag of s.tags) drop(`tag: ${tag}`, { tags: s.tags.filter((t) => t !== tag) });
+    if (s.sort !== "score" && !s.upload) drop(s.sort === "date" ? "newest first" : "by path", { sort: "score" });
+    if (filters.length) parts.push(h("span", { text: "filtered by" }), ...filters);
+    if (s.upload && (s.in || s.after || s.before || s.sort !== "score")) {
+      parts.push(h("span", { text: "(folder, date and order filters do not apply to an uploaded image)" }));
+    }
+  }
+  ui.context.replaceChildren(...parts);
+  ui.context.hidden = parts.length === 0;
+}
+
+// -- the search bar's image chip -------------------------------------------------------
+
+async function renderQueryChip() {
+  const s = state;
+  if (s.view !== "search" || (s.image == null && !s.upload)) {
+    ui.chip.hidden = true;
+    return;
+  }
+  ui.chip.hidden = false;
+  if (s.upload) {
+    const file = await uploadFile(s.upload);
+    if (state.upload !== s.upload) return;
+    ui.chipImg.src = file ? uploadPreview(file) : "";
+    ui.chipLabel.textContent = file ? file.name || "pasted image" : "uploaded image";
+  } else {
+    ui.chipLabel.textContent = `image ${s.image}`;
+    ui.chipImg.removeAttribute("src");
+    try {
+      const f = await facts(s.image);
+      if (state.image !== s.image) return;
+      ui.chipImg.src = thumbUrl(f.thumbnail, 128);
+      ui.chipLabel.textContent = f.name;
+    } catch { /* the search itself reports a bad id */ }
+  }
+  ui.q.placeholder = "Add words to the image…";
+}
+
+// -- filters ---------------------------------------------------------------------------
+
+function renderFilters() {
+  if (ui.fIn.value !== state.in) ui.fIn.value = state.in;
+  ui.fAfter.value = state.after;
+  ui.fBefore.value = state.before;
+  ui.fSort.value = state.sort;
+  const n = activeFilters(state);
+  ui.filterCount.hidden = n === 0;
+  ui.filterCount.textContent = String(n);
+  ui.filterToggle.setAttribute("aria-label", n ? `Filters, ${n} active` : "Filters");
+  renderTagPicker();
+}
+
+function renderTagPicker() {
+  const needle = ui.tagFilter.value.trim().toLowerCase();
+  if (!allTags) {
+    ui.tagChips.replaceChildren(h("span", { class: "muted", text: "Loading tags…" }));
+    return;
+  }
+  if (!allTags.length) {
+    ui.tagChips.replaceChildren(h("span", { class: "muted" }, "No tags yet: ",
+      h("code", { text: "clipsearch tag --labels photos" }), " adds some."));
+    ui.tagFilter.hidden = true;
+    return;
+  }
+  ui.tagFilter.hidden = false;
+  const chosen = new Set(state.tags);
+  const shown = allTags.filter((t) => chosen.has(t.label) || !needle || t.label.toLowerCase().includes(needle));
+  shown.sort((a, b) => (chosen.has(b.label) - chosen.has(a.label)) || b.images - a.images);
+  const limit = needle ? 60 : 24;
+  const chips = shown.slice(0, Math.max(limit, chosen.size)).map((t) => h("button", {
+    type: "button", class: "chip", "aria-pressed": String(chosen.has(t.label)), "data-tag": t.label,
+    onclick: () => {
+      const tags = chosen.has(t.label) ? state.tags.filter((x) => x !== t.label) : [...state.tags, t.label];
+      navigate({ tags });
+    },
+  }, t.label, h("span", { class: "n", text: t.images })));
+  if (shown.length > chips.length) chips.push(h("span", { class: "muted", text: `+${shown.length - chips.length} more: type to find them` }));
+  if (!chips.length) chips.push(h("span", { class: "muted", text: "No tag matches." }));
+  ui.tagChips.replaceChildren(...chips);
+}
+
+function toggleFilters(open = ui.filters.hidden) {
+  ui.filters.hidden = !open;
+  ui.filterToggle.setAttribute("aria-expanded", String(open));
+  if (open) loadTags().catch((err) => ui.tagChips.replaceChildren(h("span", { class: "muted", text: err.message })));
+}
+
+// Filter by a tag: the search keeps its words, or takes the tag's when it has none (the
+// API ranks by a query; it has no "list every image with this tag").
+function filterByTag(label, { only = false } = {}) {
+  const tags = only ? [label] : [...new Set([...state.tags, label])];
+  const hasQuery = state.q.trim() || state.image != null || state.upload;
+  navigate({ view: "search", tags, q: hasQuery ? state.q : label, open: null, id: null });
+}
+
+// -- the tags view ---------------------------------------------------------------------
+
+async function showTagsView() {
+  ui.tagList.replaceChildren(h("li", { class: "muted" }, h("span", { class: "spinner" })));
+  try {
+    await loadTags(true);
+  } catch (err) {
+    ui.tagList.replaceChildren();
+    ui.message.replaceChildren(errorBox(err, "Could not load the tags"));
+    return;
+  }
+  renderTagList();
+}
+
+function renderTagList() {
+  const needle = ui.tagsFilter.value.trim().toLowerCase();
+  if (!allTags?.length) {
+    ui.tagList.replaceChildren();
+    ui.message.replaceChildren(h("div", { class: "empty" },
+      h("div", { class: "big-icon" }, icon("tag")),
+      h("h2", { text: "No tags yet" }),
+      h("p", {}, "Tag the library from its stored vectors, in seconds: ",
+        h("code", { text: "clipsearch tag --labels photos" }), ".")));
+    return;
+  }
+  ui.message.replaceChildren();
+  const max = Math.max(...allTags.map((t) => t.images));
+  const shown = allTags.filter((t) => !needle || t.label.toLowerCase().includes(needle));
+  ui.tagList.replaceChildren(...shown.map((t) => h("li", {},
+    h("a", {
+      class: "tag-card", href: toURL({ ...state, view: "search", tags: [t.label], q: state.q || t.label, open: null }),
+      "data-tag": t.label, "aria-label": `${t.label}: ${plural(t.images, "image")}`,
+      onclick: (e) => { if (!e.metaKey && !e.ctrlKey && !e.shiftKey) { e.preventDefault(); filterByTag(t.label, { only: true }); } },
+    },
+    h("span", { class: "row" }, h("span", { class: "label", text: t.label }), h("span", { class: "count", text: t.images.toLocaleString() })),
+    h("span", { class: "bar" }, h("span", { style: `width:${Math.max(2, (100 * t.images) / max)}%` })),
+    h("span", { class: "sources", text: t.sources.join(", ") })))));
+  if (!shown.length) ui.tagList.append(h("li", { class: "muted", text: "No tag matches." }));
+  document.title = "Tags · clipsearch";
+}
+
+// -- the duplicates view ---------------------------------------------------------------
+
+let dups = { key: null, items: [], controller: null };
+
+async function showDuplicates() {
+  const threshold = state.threshold || DEFAULT_THRESHOLD;
+  ui.dupsThreshold.value = threshold;
+  ui.dupsValue.textContent = threshold.toFixed(3);
+  ui.dupsCrops.checked = state.crops;
+  const key = `dups:${threshold}:${state.crops}`;
+  if (dups.key === key) return;
+  dups.controller?.abort();
+  const controller = new AbortController();
+  dups = { key, items: [], controller };
+  ui.dupsList.replaceChildren(h("p", { class: "loading-more" }, h("span", { class: "spinner" }), "Looking for near-duplicates…"));
+  let groups;
+  try {
+    groups = await api(`/api/duplicates?threshold=${threshold}&crops=${state.crops}`, { signal: controller.signal });
+  } catch (err) {
+    if (err.name === "AbortError" || dups.key !== key) return;
+    dups.key = null;
+    ui.dupsList.replaceChildren(errorBox(err, "Could not look for duplicates"));
+    return;
+  }
+  if (dups.key !== key) return;
+  if (!groups.length) {
+    ui.dupsList.replaceChildren(h("div", { class: "empty" },
+      h("div", { class: "big-icon" }, icon("copies")),
+      h("h2", { text: "No near-duplicates" }),
+      h("p", { text: `No two images are this alike (cosine ≥ ${threshold}). Lower the threshold to see closer calls.` })));
+    return;
+  }
+  const images = groups.reduce((n, g) => n + g.images.length, 0);
+  let index = 0;
+  ui.dupsList.replaceChildren(
+    h("p", { class: "dup-summary", text: `${plural(groups.length, "group")}, ${plural(images, "image")}; the best matches first.` }),
+    ...groups.map((g, i) => h("section", { class: "dup-group", "aria-label": `Group ${i + 1}` },
+      h("h2", {}, `Group ${i + 1}`, h("span", { class: "muted", text: `${g.images.length} images · similarity ${fmtScore(g.score)}` })),
+      h("ul", { class: "grid" }, g.images.map((hit) => {
+        dups.items.push(hit);
+        return tile(hit, index++, { showFolder: true });
+      })))));
+}
+
+// -- the detail view -------------------------------------------------------------------
+
+let detail = { id: null, gen: 0 };
+
+const detailItems = () => (state.view === "duplicates" ? dups.items : list.items);
+
+async function showDetail(id) {
+  if (!ui.dialog.open) ui.dialog.showModal();
+  if (detail.id === id) return;
+  detail.id = id;
+  const my = ++detail.gen;
+  const hit = detailItems().find((x) => x.id === id);
+  ui.detailTitle.textContent = hit?.name || "Loading…";
+  ui.detailImg.alt = hit?.name || "";
+  ui.detailFigure.style.backgroundImage = hit ? `url("${thumbUrl(hit.thumbnail, 256)}")` : "none";
+  ui.detailImg.removeAttribute("src");
+  ui.detailImg.classList.remove("loaded");
+  ui.detailContent.replaceChildren(h("p", { class: "muted", text: "Loading…" }));
+  for (const tileLink of document.querySelectorAll(".tile.current")) tileLink.classList.remove("current");
+  detailNav();
+  if (hit) ui.detailImg.src = thumbUrl(hit.thumbnail, 1024);
+  let f;
+  try {
+    f = await facts(id);
+  } catch (err) {
+    if (my !== detail.gen) return;
+    ui.detailTitle.textContent = `Image ${id}`;
+    ui.detailContent.replaceChildren(errorBox(err, "Cannot show this image"));
+    ui.detailOriginal.removeAttribute("href");
+    return;
+  }
+  if (my !== detail.gen) return;
+  if (!hit) {
+    ui.detailImg.src = thumbUrl(f.thumbnail, 1024);
+    ui.detailFigure.style.backgroundImage = `url("${thumbUrl(f.thumbnail, 256)}")`;
+  }
+  ui.detailTitle.textContent = f.name;
+  ui.detailImg.alt = f.name;
+  ui.detailOriginal.href = f.file;
+  const folder = dirname(f.path);
+  const copy = h("button", { type: "button", class: "link-button", onclick: async () => {
+    try { await navigator.clipboard.writeText(f.path); toast("Path copied."); } catch { toast(f.path); }
+  } }, "Copy path");
+  const inFolder = h("button", { type: "button", class: "link-button",
+    onclick: () => navigate({ view: "search", in: folder, open: null, id: null }) }, "Search in this folder");
+  const tags = f.tags.length
+    ? h("div", { class: "chips" }, f.tags.map((t) => h("button", {
+      type: "button", class: "chip", title: `${t.source}, ${t.label_set}: ${(t.score * 100).toFixed(1)}%`,
+      "aria-label": `Filter by tag ${t.label}`, onclick: () => filterByTag(t.label),
+    }, t.label, h("span", { class: "n tag-score", text: `${Math.round(t.score * 100)}%` }))))
+    : h("span", { class: "muted", text: "none" });
+  const rows = [
+    ["Path", h("div", {}, h("code", { class: "path" }, breakable(f.path)), h("div", { class: "inline-actions" }, copy, inFolder))],
+    ["Taken", fmtDate(f.taken_at)],
+    ["Size", [f.width && f.height ? `${f.width} × ${f.height} px` : null, fmtBytes(f.size)].filter(Boolean).join(" · ")],
+    hit && typeof hit.score === "number" ? ["Score", fmtScore(hit.score)] : null,
+    ["Tags", tags],
+  ].filter(Boolean);
+  ui.detailContent.replaceChildren(h("dl", { class: "facts" }, rows.map(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)])));
+}
+
+function detailIndex() {
+  return detailItems().findIndex((x) => x.id === detail.id);
+}
+
+function detailNav() {
+  if (!ui.dialog.open) return;
+  const items = detailItems();
+  const i = detailIndex();
+  const more = state.view !== "duplicates" && list.hasMore;
+  ui.detailPrev.disabled = i <= 0;
+  ui.detailNext.disabled = i < 0 || (i >= items.length - 1 && !more);
+  ui.detailPosition.textContent = i >= 0 ? `${i + 1} of ${items.length}${more ? "+" : ""} · ← → to move, Esc to close` : "Esc to close";
+}
+
+async function stepDetail(delta) {
+  const items = detailItems();
+  const i = detailIndex();
+  if (i < 0) return;
+  if (i + delta >= items.length && state.view !== "duplicates" && list.hasMore) {
+    await loadPage();
+  }
+  const next = detailItems()[i + delta];
+  if (!next) return;
+  state = { ...state, open: next.id };
+  commit(false);
+  showDetail(next.id);
+}
+
+function closeDetail() {
+  if (ui.dialog.open) ui.dialog.close();
+  const id = detail.id;
+  detail = { id: null, gen: detail.gen + 1 };
+  const current = id != null && document.querySelector(`.tile[data-id="${id}"]`);
+  if (current) {
+    current.focus({ preventScroll: true });
+    current.scrollIntoView({ block: "nearest" });
+  }
+}
+
+// The user closed the dialog: undo the step that opened it. This runs at once (from the
+// button, or from Escape's "cancel" event), not from the "close" event, which comes a
+// task later: a navigation in between would still carry `open`.
+function dismissDetail() {
+  if (state.open != null) {
+    const opened = history.state?.opened;
+    state = { ...state, open: null };
+    if (opened) history.back(); // its popstate renders the same state, read from the URL
+    else commit(false);
+  }
+  closeDetail();
+}
+
+ui.dialog.addEventListener("cancel", () => dismissDetail());
+ui.dialog.addEventListener("close", () => {
+  if (!ui.dialog.open && state.open != null) dismissDetail(); // closed some other way
+});
+
+ui.detailClose.addEventListener("click", () => dismissDetail());
+// The small thumbnail stands in while the large one loads; a small image is enlarged at
+// most 3x, since more only shows blur.
+ui.detailImg.addEventListener("load", () => {
+  const img = ui.detailImg;
+  img.style.maxWidth = `${img.naturalWidth * 3}px`;
+  img.style.maxHeight = `${img.naturalHeight * 3}px`;
+  img.classList.add("loaded");
+  ui.detailFigure.style.backgroundImage = "none";
+});
+ui.detailPrev.addEventListener("click", () => stepDetail(-1));
+ui.detailNext.addEventListener("click", () => stepDetail(1));
+ui.detailSimilar.addEventListener("click", () => {
+  if (detail.id != null) navigate({ view: "similar", id: detail.id, open: null });
+});
+ui.detailSearch.addEventListener("click", () => {
+  if (detail.id != null) navigate({ view: "search", image: detail.id, upload: null, q: "", open: null, id: null });
+});
+document.addEventListener("keydown", (e) => {
+  if (!ui.dialog.open || isTyping(e.target) || e.altKey || e.ctrlKey || e.metaKey) return;
+  if (e.key === "ArrowLeft") { e.preventDefault(); stepDetail(-1); }
+  if (e.key === "ArrowRight") { e.preventDefault(); stepDetail(1); }
+});
+// A click on the backdrop (outside the dialog's box) closes it.
+ui.dialog.addEventListener("click", (e) => {
+  if (e.target !== ui.dialog) return;
+  const r = ui.dialog.getBoundingClientRect();
+  if (e.clientX < r.left || e.clientX > r.right || e.clientY < r.top || e.clientY > r.bottom) dismissDetail();
+});
+
+// -- render: make the page match `state` -----------------------------------------------
+
+function render({ restore = false, scrollTop = true } = {}) {
+  const s = state;
+  for (const link of document.querySelectorAll(".views a")) {
+    const current = link.dataset.nav === (s.view === "similar" ? "search" : s.view);
+    if (current) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
+    link.href = toURL({ ...s, view: link.dataset.nav, id: null, open: null });
+  }
+  if (ui.q.value !== s.q) ui.q.value = s.q;
+  ui.q.placeholder = "Describe what you are looking for…";
+  renderFilters();
+  renderQueryChip();
+
+  const listView = s.view === "search" || s.view === "similar";
+  ui.searchView.hidden = !listView;
+  ui.tagsView.hidden = s.view !== "tags";
+  ui.dupsView.hidden = s.view !== "duplicates";
+  if (!listView) {
+    ui.context.hidden = true;
+    ui.message.replaceChildren();
+    showList({ ...s, view: "none" });
+  }
+  if (s.view === "tags") showTagsView();
+  if (s.view === "duplicates") {
+    document.title = "Duplicates · clipsearch";
+    showDuplicates();
+  }
+  if (listView) {
+    document.title = s.view === "similar" ? "Similar images · clipsearch"
+      : s.q ? `${s.q} · clipsearch` : "clipsearch";
+    if (listKey(s)) {
+      showList(s, { restore, scrollTop });
+      renderContext();
+    } else {
+      showList(s);
+      showLanding();
+    }
+  }
+
+  if (s.open != null) showDetail(s.open);
+  else if (ui.dialog.open || detail.id != null) closeDetail();
+}
+
+// -- events ----------------------------------------------------------------------------
+
+let typingTimer = 0;
+ui.q.addEventListener("input", () => {
+  clearTimeout(typingTimer);
+  typingTimer = setTimeout(() => {
+    const q = ui.q.value;
+    if (q === state.q && state.view === "search") return;
+    // The first words of a search make a history entry; the rest of the typing does not.
+    const push = !state.q.trim() || state.view !== "search";
+    navigate({ view: "search", q, open: null, id: null }, { push });
+  }, DEBOUNCE_MS);
+});
+
+ui.form.addEventListener("submit", (e) => {
+  e.preventDefault();
+  clearTimeout(typingTimer);
+  if (ui.q.value === state.q && state.view === "search") return;
+  navigate({ view: "search", q: ui.q.value, open: null, id: null });
+});
+
+ui.q.addEventListener("keydown", (e) => {
+  if (e.key === "ArrowDown" && ui.grid.querySelector(".tile")) {
+    e.preventDefault();
+    ui.grid.querySelector(".tile").focus();
+  }
+});
+
+ui.chipClear.addEventListener("click", () => {
+  navigate({ image: null, upload: null });
+  ui.q.focus();
+});
+
+ui.uploadButton.addEventListener("click", () => ui.fileInput.click());
+ui.fileInput.addEventListener("change", () => {
+  searchWithFile(ui.fileInput.files[0]);
+  ui.fileInput.value = "";
+});
+
+ui.filterToggle.addEventListener("click", () => toggleFilters());
+ui.fIn.addEventListener("change", () => navigate({ in: ui.fIn.value.trim() }));
+ui.fAfter.addEventListener("change", () => navigate({ after: ui.fAfter.value }));
+ui.fBefore.addEventListener("change", () => navigate({ before: ui.fBefore.value }));
+ui.fSort.addEventListener("change", () => navigate({ sort: ui.fSort.value }));
+ui.tagFilter.addEventListener("input", renderTagPicker);
+ui.clearFilters.addEventListener("click", () => navigate({ in: "", after: "", before: "", tags: [], sort: "score" }));
+ui.tagsFilter.addEventListener("input", renderTagList);
+
+ui.dupsThreshold.addEventListener("input", () => { ui.dupsValue.textContent = Number(ui.dupsThreshold.value).toFixed(3); });
+ui.dupsThreshold.addEventListener("change", () => navigate({ threshold: Number(ui.dupsThreshold.value) }, { push: false }));
+ui.dupsCrops.addEventListener("change", () => navigate({ crops: ui.dupsCrops.checked }, { push: false }));
+
+// Links inside the page (tiles, nav, chips) navigate without a reload; a modified click
+// still opens a new tab, where the URL alone restores the same view.
+document.addEventListener("click", (e) => {
+  const link = e.target.closest("a[href]");
+  if (!link || e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+  if (link.target === "_blank" || link.origin !== location.origin || link.pathname !== location.pathname) return;
+  e.preventDefault();
+  if (link.classList.contains("tile")) {
+    navigate({ open: Number(link.dataset.id) });
+  } else if (link.dataset.q) {
+    navigate({ view: "search", q: link.dataset.q, open: null, id: null });
+  } else {
+    const before = listKey(state);
+    history.pushState({}, "", link.href);
+    state = readURL();
+    render({ scrollTop: listKey(state) !== before });
+  }
+});
+
+window.addEventListener("popstate", () => {
+  const before = listKey(state);
+  state = readURL();
+  render({ restore: true, scrollTop: listKey(state) !== before });
+});
+
+// Keyboard: "/" finds the search box; arrow keys walk the grid (rows by column count).
+document.addEventListener("keydown", (e) => {
+  if (e.key === "/" && !isTyping(e.target) && !ui.dialog.open && !e.ctrlKey && !e.metaKey && !e.altKey) {
+    e.preventDefault();
+    ui.q.focus();
+    ui.q.select();
+    return;
+  }
+  const current = e.target.closest?.(".tile");
+  if (!current || ui.dialog.open || e.altKey || e.ctrlKey || e.metaKey) return;
+  const grid = current.closest(".grid");
+  const tiles = [...grid.querySelectorAll(".tile")];
+  const i = tiles.indexOf(current);
+  const columns = getComputedStyle(grid).gridTemplateColumns.split(" ").length || 1;
+  const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -columns, ArrowDown: columns }[e.key];
+  let target = null;
+  if (step !== undefined) target = tiles[i + step];
+  else if (e.key === "Home") target = tiles[0];
+  else if (e.key === "End") target = tiles[tiles.length - 1];
+  else return;
+  e.preventDefault();
+  if (!target && e.key === "ArrowUp" && grid === ui.grid) { ui.q.focus(); return; }
+  if (!target && e.key === "ArrowDown" && grid === ui.grid) target = tiles[tiles.length - 1];
+  if (target) {
+    target.focus({ preventScroll: true });
+    target.scrollIntoView({ block: "nearest" });
+  }
+});
+
+// Dropping or pasting an image searches by it; so does dropping one of the page's own
+// thumbnails (as an indexed image, by id).
+let dragDepth = 0;
+const dragsFiles = (e) => [...(e.dataTransfer?.types || [])].includes("Files");
+window.addEventListener("dragenter", (e) => {
+  if (!dragsFiles(e)) return;
+  e.preventDefault();
+  dragDepth++;
+  ui.dropOverlay.hidden = false;
+});
+window.addEventListener("dragover", (e) => {
+  const types = [...(e.dataTransfer?.types || [])];
+  if (!types.includes("Files") && !types.includes("text/uri-list")) return;
+  e.preventDefault();
+  e.dataTransfer.dropEffect = "copy";
+});
+window.addEventListener("dragleave", (e) => {
+  if (!dragsFiles(e)) return;
+  dragDepth = Math.max(0, dragDepth - 1);
+  if (!dragDepth) ui.dropOverlay.hidden = true;
+});
+window.addEventListener("drop", (e) => {
+  e.preventDefault();
+  dragDepth = 0;
+  ui.dropOverlay.hidden = true;
+  const file = e.dataTransfer?.files?.[0];
+  if (file) { searchWithFile(file); return; }
+  const uri = e.dataTransfer?.getData("text/uri-list") || "";
+  const m = uri.match(/\/api\/images\/(\d+)\//);
+  if (m && new URL(uri, location.href).origin === location.origin) {
+    navigate({ view: "search", image: Number(m[1]), upload: null, q: "", open: null, id: null });
+  } else {
+    toast("Drop an image file to search with it.");
+  }
+});
+
+document.addEventListener("paste", (e) => {
+  const file = e.clipboardData?.files?.[0];
+  if (!file) return; // text goes where text goes
+  e.preventDefault();
+  searchWithFile(file);
+});
+
+// -- start -----------------------------------------------------------------------------
+
+history.scrollRestoration = "manual";
+if (state.upload) {
+  // Keep the token's entry honest if its bytes are gone; the search says so.
+  uploadFile(state.upload).catch(() => null);
+}
+if (activeFilters(state) > 0) toggleFilters(true);
+render();
+loadInfo();
+loadTags().then(() => { if (!listKey(state) && state.view === "search") showLanding(); }, () => {});

@@ -1,0 +1,434 @@
+"""The search page in a real headless Chromium, against a real `clipsearch serve` process.
+
+Needs Chromium at /usr/bin/chromium (Debian: `apt-get install chromium`) and Playwright's
+Python package (`pip install playwright`; its own browser download is not needed). The
+module is skipped, saying why, when either is missing.
+
+Screenshots are kept: under pytest's temporary folder, and in $CLIPSEARCH_SCREENSHOT_DIR
+(default /tmp/clipsearch-artifacts/), e.g. web-search.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import urllib.request
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.is_file():
+    pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests need Playwright: pip install playwright")
+expect = sync_api.expect
+
+TIMEOUT_MS = 15_000
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+@pytest.fixture(scope="module")
+def library(demo_library, demo_images, tmp_path_factory) -> Path:
+    """A copy of ``demo_library`` (which must stay read-only) whose red and blue images carry
+    a manual tag of their colour, so that the tag views have something to show."""
+    from clipsearch import Library
+
+    root = tmp_path_factory.mktemp("web") / "library"
+    shutil.copytree(demo_library, root)
+    with Library.open(root) as lib:
+        for path in demo_images:
+            colour = path.name.split("_")[0]
+            if colour in ("red", "blue"):
+                lib.add_tag(path, colour)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(library):
+    """A real `clipsearch serve` process on a free loopback port; yields its base URL."""
+    from conftest import serving
+
+    with serving(library) as base:
+        # The server loads the model in the background, holding the library's lock; any
+        # call that takes the lock (as /api/info does) returns once that is done, so no
+        # test's first request pays for it.
+        with urllib.request.urlopen(base + "/api/info", timeout=120) as response:
+            assert response.status == 200
+        yield base + "/"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def context(browser, server):
+    """A fresh browser context that fails the test on a script error or on any request that
+    leaves the server (the page must need no CDN and no network)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    context.set_default_timeout(TIMEOUT_MS)
+    problems: list[str] = []
+
+    def route(r):
+        url = r.request.url
+        if url.startswith(server):
+            r.continue_()
+        else:
+            problems.append(f"request outside the server: {url}")
+            r.abort()
+
+    context.route("**/*", route)
+    context.on("page", lambda page: watch(page, problems))
+    yield context
+    context.close()
+    assert not problems, problems
+
+
+def watch(page, problems: list[str]) -> None:
+    page.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
+    page.on("console", lambda msg: msg.type == "error" and not _expected_console_error(msg.text)
+            and problems.append(f"console error: {msg.text}"))
+
+
+def _expected_console_error(text: str) -> bool:
+    # Chromium logs every 4xx response; the tests provoke some on purpose.
+    return "Failed to load resource" in text
+
+
+@pytest.fixture
+def page(context):
+    return context.new_page()
+
+
+def tiles(page):
+    return page.locator("#grid .tile")
+
+
+def wait_for_results(page, at_least: int = 1) -> None:
+    """Waits until the grid has finished loading (it keeps the last results, dimmed, while
+    the next arrive) and holds ``at_least`` results."""
+    page.wait_for_function(
+        "n => document.querySelector('#grid').getAttribute('aria-busy') !== 'true'"
+        " && document.querySelectorAll('#grid .tile').length >= n", arg=at_least)
+
+
+def wait_for_thumbnails(page, at_least: int) -> int:
+    """Waits until ``at_least`` grid thumbnails have decoded; returns how many have."""
+    page.wait_for_function(
+        "n => [...document.querySelectorAll('#grid img')].filter(i => i.complete && i.naturalWidth > 0).length >= n",
+        arg=at_least)
+    return page.evaluate("[...document.querySelectorAll('#grid img')].filter(i => i.naturalWidth > 0).length")
+
+
+def first_name(page) -> str:
+    return tiles(page).first.locator(".name").inner_text()
+
+
+def params(page) -> dict[str, list[str]]:
+    return parse_qs(urlparse(page.url).query)
+
+
+def save_screenshot(page, name: str, tmp_path_factory) -> list[Path]:
+    """Writes the screenshot under pytest's temporary folder and into the artifact folder."""
+    folders = [tmp_path_factory.getbasetemp() / "screenshots",
+               Path(os.environ.get("CLIPSEARCH_SCREENSHOT_DIR") or "/tmp/clipsearch-artifacts")]
+    data = page.screenshot(full_page=False)
+    paths = []
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+        paths.append(folder / name)
+    return paths
+
+
+def drop_file(page, data: bytes, name: str, kind: str) -> None:
+    """Drops a file on the page the way a browser does: dragenter, dragover, drop."""
+    page.evaluate(
+        """([b64, name, kind]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: kind }));
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                document.body.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+            }
+        }""",
+        [base64.b64encode(data).decode(), name, kind])
+
+
+# -- the tests --------------------------------------------------------------------------
+
+
+def test_results_appear_while_typing(page, server):
+    page.goto(server)
+    expect(page.locator(".empty h1")).to_contain_text("Search 48 images")
+    page.locator("#q").press_sequentially("a red circle", delay=15)
+    wait_for_results(page, 6)
+    assert wait_for_thumbnails(page, 6) >= 6
+    assert "red" in first_name(page)
+    assert re.fullmatch(r"\d\.\d{3}", tiles(page).first.locator(".score").inner_text())
+    # Only the last words typed are searched, and they are in the URL.
+    assert params(page)["q"] == ["a red circle"]
+    expect(page.locator("#context")).to_contain_text("images")
+
+
+def test_infinite_scroll_loads_every_page(page, server):
+    page.goto(server + "?q=a+shape")
+    wait_for_results(page, 30)
+    page.locator("#sentinel").scroll_into_view_if_needed()
+    wait_for_results(page, 48)
+    expect(page.locator("#end-note")).to_contain_text("48 images")
+    ids = page.eval_on_selector_all("#grid .tile", "els => els.map(e => e.dataset.id)")
+    assert len(ids) == len(set(ids)) == 48
+
+
+def test_detail_view_and_similar_images(page, server, demo_images):
+    page.goto(server + "?q=a+blue+square")
+    wait_for_results(page, 3)
+    first = tiles(page).first
+    first_id = first.get_attribute("data-id")
+    name = first_name(page)
+    first.click()
+    dialog = page.locator("#detail")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#detail-title")).to_have_text(name)
+    expect(page.locator("#detail-content .path")).to_have_text(str(demo_images[0].parent / name))
+    page.wait_for_function("document.querySelector('#detail-img').naturalWidth > 0")
+    assert params(page)["open"] == [first_id]
+    assert page.locator("#detail-original").get_attribute("href") == f"/api/images/{first_id}/file"
+
+    # The right arrow moves to the next result, Escape closes and the URL forgets it.
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#detail-title")).to_have_text(tiles(page).nth(1).locator(".name").inner_text())
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#detail-title")).to_have_text(name)
+
+    page.get_by_role("button", name="Similar images").click()
+    expect(dialog).to_be_hidden()
+    page.wait_for_function("new URLSearchParams(location.search).get('view') === 'similar'")
+    assert params(page)["id"] == [first_id]
+    expect(page.locator("#context")).to_contain_text(f"similar to {name}", ignore_case=True)
+    wait_for_results(page, 5)
+    assert wait_for_thumbnails(page, 5) >= 5
+    ids = page.eval_on_selector_all("#grid .tile", "els => els.map(e => e.dataset.id)")
+    assert first_id not in ids  # the image itself is left out
+    assert "blue" in first_name(page) or "square" in first_name(page)
+
+    # Back returns to the search with its detail view open, as it was.
+    page.go_back()
+    expect(dialog).to_be_visible()
+    expect(page.locator("#detail-title")).to_have_text(name)
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    page.wait_for_function("!new URLSearchParams(location.search).has('open')")
+    assert params(page)["q"] == ["a blue square"]
+
+
+def test_keyboard(page, server):
+    page.goto(server)
+    page.keyboard.press("/")
+    expect(page.locator("#q")).to_be_focused()
+    page.keyboard.type("a yellow triangle")
+    wait_for_results(page, 8)
+    page.keyboard.press("ArrowDown")
+    expect(tiles(page).first).to_be_focused()
+    page.keyboard.press("ArrowRight")
+    expect(tiles(page).nth(1)).to_be_focused()
+    columns = page.evaluate("getComputedStyle(document.querySelector('#grid')).gridTemplateColumns.split(' ').length")
+    page.keyboard.press("ArrowDown")
+    expect(tiles(page).nth(1 + columns)).to_be_focused()
+    name = tiles(page).nth(1 + columns).locator(".name").inner_text()
+    page.keyboard.press("Enter")
+    expect(page.locator("#detail-title")).to_have_text(name)
+    page.keyboard.press("Escape")
+    expect(page.locator("#detail")).to_be_hidden()
+    expect(tiles(page).nth(1 + columns)).to_be_focused()
+
+
+def test_dropping_an_image_searches_by_it(page, server, demo_images):
+    image = demo_images[9]
+    page.goto(server)
+    expect(page.locator(".empty h1")).to_be_visible()
+    drop_file(page, image.read_bytes(), image.name, "image/png")
+    expect(page.locator("#drop-overlay")).to_be_hidden()
+    wait_for_results(page, 5)
+    assert first_name(page) == image.name
+    assert float(tiles(page).first.get_attribute("data-score")) > 0.999
+    expect(page.locator("#query-chip")).to_be_visible()
+    expect(page.locator("#query-chip-label")).to_have_text(image.name)
+    assert "upload" in params(page)
+    # The upload is kept in the tab, so a reload searches with it again.
+    page.reload()
+    wait_for_results(page, 5)
+    assert first_name(page) == image.name
+    # Pasting an image (Ctrl/Cmd+V) searches by it too.
+    other = demo_images[20]
+    page.evaluate(
+        """([b64, name]) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, { type: "image/png" }));
+            document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt, bubbles: true, cancelable: true }));
+        }""",
+        [base64.b64encode(other.read_bytes()).decode(), other.name])
+    expect(page.locator("#query-chip-label")).to_have_text(other.name)
+    wait_for_results(page, 5)
+    assert first_name(page) == other.name
+
+
+def test_search_with_this_image(page, server):
+    page.goto(server + "?q=an+orange+triangle")
+    wait_for_results(page, 3)
+    source = tiles(page).first
+    source_id, name = source.get_attribute("data-id"), first_name(page)
+    source.click()
+    page.get_by_role("button", name="Search with this image").click()
+    expect(page.locator("#detail")).to_be_hidden()
+    page.wait_for_function("new URLSearchParams(location.search).has('image')")
+    assert params(page)["image"] == [source_id] and "q" not in params(page)
+    expect(page.locator("#query-chip-label")).to_have_text(name)
+    wait_for_results(page, 5)
+    ids = page.eval_on_selector_all("#grid .tile", "els => els.map(e => e.dataset.id)")
+    assert source_id not in ids  # a library image used as the query is left out
+    assert "orange" in first_name(page) or "triangle" in first_name(page)
+    # Words typed now refine the image query; the chip's x drops the image.
+    page.locator("#q").fill("red")
+    page.wait_for_function("new URLSearchParams(location.search).get('q') === 'red'")
+    assert params(page)["image"] == [source_id]
+    page.locator("#query-chip-clear").click()
+    expect(page.locator("#query-chip")).to_be_hidden()
+    page.wait_for_function("!new URLSearchParams(location.search).has('image')")
+    wait_for_results(page, 3)
+    assert "red" in first_name(page)
+
+
+def test_failed_uploads_show_the_servers_message(page, server):
+    page.goto(server)
+    drop_file(page, b"this is not an image", "notes.txt", "text/plain")
+    expect(page.locator("#message .error-box")).to_contain_text("cannot use the uploaded file as an image")
+    expect(tiles(page)).to_have_count(0)
+    # Over the server's 20 MB default: refused with 413 before it is parsed.
+    page.evaluate("""() => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(21 * 2 ** 20)], "huge.jpg", { type: "image/jpeg" }));
+        document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }""")
+    expect(page.locator("#message .error-box")).to_contain_text("the request body is over 20.0 MB")
+    expect(page.locator("#query-chip-label")).to_have_text("huge.jpg")
+
+
+def test_url_restores_the_search_filters_and_view(page, context, server, demo_images):
+    folder = str(demo_images[0].parent)
+    page.goto(server)
+    page.locator("#q").fill("a green star")
+    wait_for_results(page, 3)
+    page.locator("#filter-toggle").click()
+    expect(page.locator("#filters")).to_be_visible()
+    page.locator("#f-in").fill(folder)
+    page.locator("#f-in").press("Enter")
+    page.wait_for_function("new URLSearchParams(location.search).has('in')")
+    wait_for_results(page, 3)
+    expect(page.locator("#filter-count")).to_have_text("1")
+    name = first_name(page)
+    tiles(page).first.click()
+    expect(page.locator("#detail")).to_be_visible()
+
+    shared = context.new_page()
+    shared.goto(page.url)
+    expect(shared.locator("#q")).to_have_value("a green star")
+    expect(shared.locator("#f-in")).to_have_value(folder)
+    wait_for_results(shared, 3)
+    assert first_name(shared) == name
+    expect(shared.locator("#detail")).to_be_visible()
+    expect(shared.locator("#detail-title")).to_have_text(name)
+    expect(shared.locator("#detail-content .path")).to_contain_text(folder)
+
+    # A folder with nothing in it: an empty state that offers to clear the filters.
+    shared.locator("#detail-close").click()
+    shared.locator("#f-in").fill(folder + "/nowhere")
+    shared.locator("#f-in").press("Enter")
+    expect(shared.locator("#message")).to_contain_text("No images match")
+    shared.get_by_role("button", name="Clear filters").first.click()
+    wait_for_results(shared, 3)
+    assert "in" not in params(shared)
+    shared.go_back()
+    expect(shared.locator("#f-in")).to_have_value(folder + "/nowhere")
+
+
+def test_api_errors_are_shown_with_their_hint(page, server):
+    page.goto(server + "?q=red&after=2020-01-01&image=99999")
+    expect(page.locator("#message .error-box")).to_contain_text("99999")
+
+
+def test_tag_browser_and_tag_filters(page, server):
+    page.goto(server)
+    page.get_by_role("link", name="Tags", exact=True).click()
+    expect(page.locator("#tags-view")).to_be_visible()
+    assert params(page)["view"] == ["tags"]
+    expect(page.locator(".tag-card")).to_have_count(2)
+    expect(page.locator('.tag-card[data-tag="red"]')).to_contain_text("6")
+    page.locator('.tag-card[data-tag="red"]').click()
+
+    # The tag filters the search; with no words of its own, the search takes the tag's.
+    wait_for_results(page, 6)
+    assert params(page)["tag"] == ["red"] and params(page)["q"] == ["red"]
+    expect(page.locator("#q")).to_have_value("red")
+    names = page.eval_on_selector_all("#grid .tile .name", "els => els.map(e => e.textContent)")
+    assert len(names) == 6 and all(n.startswith("red_") for n in names)
+    expect(page.locator("#context")).to_contain_text("tag: red")
+    page.locator("#filter-toggle").click()
+    expect(page.locator("#filter-toggle")).to_have_attribute("aria-expanded", "true")
+    expect(page.locator('#tag-chips [data-tag="red"]')).to_have_attribute("aria-pressed", "true")
+
+    # Every tag chosen is required: red and blue together match nothing.
+    page.locator('#tag-chips [data-tag="blue"]').click()
+    expect(page.locator("#message")).to_contain_text("No images match")
+    assert params(page)["tag"] == ["red", "blue"]
+    page.locator('#tag-chips [data-tag="red"]').click()
+    wait_for_results(page, 6)
+    names = page.eval_on_selector_all("#grid .tile .name", "els => els.map(e => e.textContent)")
+    assert len(names) == 6 and all(n.startswith("blue_") for n in names)
+
+    # The detail view lists the image's tags; one click filters by it.
+    tiles(page).first.click()
+    expect(page.locator("#detail-content .chip")).to_contain_text("blue")
+
+
+def test_duplicates_view(page, server):
+    page.goto(server + "?q=a+circle")
+    page.get_by_role("link", name="Duplicates", exact=True).click()
+    expect(page.locator("#dups-view")).to_be_visible()
+    assert params(page)["view"] == ["duplicates"]
+    # The demo images are all different pictures: no group at the default threshold.
+    expect(page.locator("#dups-list")).to_contain_text("No near-duplicates")
+    # At 0.9 some pictures of one colour and shape group, each group with its images and score.
+    page.locator("#dups-crops").uncheck()
+    page.locator("#dups-threshold").fill("0.9")
+    expect(page.locator("#dups-threshold-value")).to_have_text("0.900")
+    page.wait_for_function("location.search.includes('threshold=0.9') && location.search.includes('crops=0')")
+    expect(page.locator(".dup-group").first).to_be_visible()
+    assert page.locator(".dup-group").first.locator(".tile").count() >= 2
+    expect(page.locator(".dup-group h2").first).to_contain_text("similarity 0.9")
+    page.get_by_role("link", name="Search", exact=True).click()
+    wait_for_results(page, 3)
+    expect(page.locator("#q")).to_have_value("a circle")
+
+
+def test_screenshot(page, server, tmp_path_factory):
+    page.goto(server + "?q=a+red+circle")
+    wait_for_results(page, 12)
+    visible = page.evaluate("""[...document.querySelectorAll('#grid img')]
+        .filter(i => i.getBoundingClientRect().top < innerHeight).length""")
+    wait_for_thumbnails(page, visible)
+    page.wait_for_timeout(300)  # the thumbnails' fade-in
+    paths = save_screenshot(page, "web-search.png", tmp_path_factory)
+    assert all(p.stat().st_size > 10_000 for p in paths)
+    tiles(page).nth(2).click()
+    page.wait_for_function("document.querySelector('#detail-img').naturalWidth > 0")
+    page.wait_for_timeout(200)
+    save_screenshot(page, "web-detail.png", tmp_path_factory)
