@@ -303,6 +303,19 @@ class Encoder:
             tokens = self._tokenizer(list(texts)).to(self.device)
             return _normalise(self._model.encode_text(tokens))
 
+    def export_text_tower(self, root: Path) -> dict:
+        """Save the text tower as ONNX in the library folder ``root`` (see ``textonnx.py``), so
+        that later text queries need no torch. Raises ``textonnx.NotExportable``."""
+        import io
+
+        from . import textonnx
+
+        self.load()
+        # The exporter reports its steps with print(): keep stdout for the command's output.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return textonnx.export(self._model, self._tokenizer, root, str(self.spec))
+
     def _autocast(self):
         import torch
 

@@ -9,6 +9,7 @@ database commit and an index save loses nothing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -444,13 +445,12 @@ class Store:
         stmt = select(ImageRow.id, ImageRow.row).where(ImageRow.status == STATUS_INDEXED).order_by(ImageRow.row)
         if folders:
             stmt = stmt.where(_under(folders))
-        with Session(self.engine) as s, s.begin():
-            # One transaction, so the version matches the rows read.
-            version = int(s.scalar(select(MetaRow.value).where(MetaRow.key == "vectors_version")) or 0)
-            pairs = s.execute(stmt).all()
-        ids = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
-        rows = np.fromiter((p[1] for p in pairs), np.int64, len(pairs))
-        return ids, rows, version
+        # One transaction, so the version matches the rows read; plain rows through Core, as
+        # a cold query reads every image's row before it can search.
+        with self.engine.begin() as conn:
+            version = int(conn.scalar(select(MetaRow.value).where(MetaRow.key == "vectors_version")) or 0)
+            flat = np.fromiter(itertools.chain.from_iterable(conn.execute(stmt)), np.int64).reshape(-1, 2)
+        return np.ascontiguousarray(flat[:, 0]), np.ascontiguousarray(flat[:, 1]), version
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Every indexed image's id and exact vector (float32): for small libraries and tests."""

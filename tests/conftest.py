@@ -18,6 +18,9 @@ from clipsearch.results import ModelIdentity
 
 # Never reach for a model hub from the tests: missing weights must fail fast and offline.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Exporting the text tower to ONNX takes seconds per library; tests/test_textonnx.py turns
+# it back on where it is the subject.
+os.environ["CLIPSEARCH_TEXT_ONNX"] = "0"
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +84,7 @@ class FakeEncoder:
         self.device = self.requested_device = "cpu"
         self.image_size = 8
         self.logit_scale = 100.0
+        self.loaded = True
         self.encoded: list[int] = []
         self.texts: list[str] = []
 
