@@ -212,11 +212,6 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
 
     # -- the API ------------------------------------------------------------------------
 
-    def filters(folder: list[str], ext: list[str], after: datetime | None, before: datetime | None,
-                tag: list[str], no_tag: list[str], min_score: float | None, sort: str) -> dict:
-        return dict(folders=folder, extensions=ext, after=after, before=before, tags=tag, no_tags=no_tag,
-                    min_score=min_score, sort=sort)
-
     class F:  # the filter parameters every search takes, declared once
         folder = Query([], alias="in", description="Only images inside this folder (repeatable).")
         ext = Query([], description="Only files with this extension (repeatable).")
@@ -237,12 +232,10 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
                    folder: list[str] = F.folder, ext: list[str] = F.ext, after: datetime | None = F.after,
                    before: datetime | None = F.before, tag: list[str] = F.tag, no_tag: list[str] = F.no_tag,
                    min_score: float | None = F.min_score, sort: str = F.sort, n: int = F.n, offset: int = F.offset):
-        terms = [Term("id", i) for i in image] + [_term(t) for t in also] + [_term(t, -1.0) for t in exclude]
-        query = SearchQuery.build(q) if q is not None and q.strip() else SearchQuery()
-        query = SearchQuery(query.terms + tuple(terms))
-        if not any(t.weight > 0 for t in query.terms):
-            raise InputError("give q, image or and", hint="for example /api/search?q=a+dog+on+the+beach")
-        return search(query, n, offset, filters(folder, ext, after, before, tag, no_tag, min_score, sort))
+        # The same search as a JSON body's: FastAPI has checked the parameters' types already.
+        return body_search({"text": q, "images": image, "and": also, "not": exclude, "in": folder, "ext": ext,
+                            "after": after, "before": before, "tag": tag, "no_tag": no_tag, "min_score": min_score,
+                            "sort": sort, "n": n, "offset": offset}, None)
 
     @app.post("/api/search", summary="Search by an uploaded image (multipart) or a JSON query")
     async def post_search(request: Request):
@@ -274,11 +267,13 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
         query = SearchQuery(SearchQuery.build(text).terms if isinstance(text, str) and text.strip() else ())
         query = SearchQuery(query.terms + tuple(terms))
         if not any(t.weight > 0 for t in query.terms):
-            raise InputError("give text, images or and")
+            raise InputError("give a text, an image or an 'and' term to search for",
+                             hint="for example /api/search?q=a+dog+on+the+beach")
         n, offset = whole(body.get("n"), 30, 1, 500), whole(body.get("offset"), 0, 0, 100_000)
-        return search(query, n, offset, filters(
-            _list(body, "in"), _list(body, "ext"), iso_date(body.get("after")), iso_date(body.get("before")),
-            _list(body, "tag"), _list(body, "no_tag"), number(body.get("min_score")), str(body.get("sort") or "score")))
+        return search(query, n, offset, dict(
+            folders=_list(body, "in"), extensions=_list(body, "ext"), after=iso_date(body.get("after")),
+            before=iso_date(body.get("before")), tags=_list(body, "tag"), no_tags=_list(body, "no_tag"),
+            min_score=number(body.get("min_score")), sort=str(body.get("sort") or "score")))
 
     @app.get("/api/similar/{image_id}", summary="Images like an indexed one (no model needed)")
     def similar(image_id: int, n: int = F.n, offset: int = F.offset):

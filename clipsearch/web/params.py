@@ -33,6 +33,8 @@ def number(value) -> float | None:
 def iso_date(value) -> datetime | None:
     if value in (None, ""):
         return None
+    if isinstance(value, datetime):
+        return value
     try:
         return datetime.fromisoformat(str(value))
     except ValueError:
