@@ -47,7 +47,7 @@ from .results import (
     OptimizeReport, Prediction, SearchHit, TagCount, TagReport, XmpReport,
 )
 from .scanner import ScanOptions, resolve_roots
-from .store import Store
+from .store import STATUS_INDEXED, Store
 from .thumbnails import Thumbnail
 from .tagging import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Progress, image_tags, tag_images
 
@@ -262,7 +262,7 @@ class Library:
                 raise
             finally:
                 self._writing = False
-            self._vectors_seen = (self.store.vectors_version(), self.store.generation())
+            self._vectors_seen = self.store.vector_state()
             self._export_text_tower(progress)
             return report
 
@@ -574,7 +574,7 @@ class Library:
     def image(self, image_id: int) -> ImageInfo:
         """An indexed image's facts and tags."""
         row = self.store.images([image_id]).get(image_id)
-        if row is None or row.status != "indexed":
+        if row is None or row.status != STATUS_INDEXED:
             raise PathNotFoundError(f"no indexed image has id {image_id}")
         tags = [{"label": t.label, "score": round(float(t.score), 6), "source": t.source, "label_set": t.label_set}
                 for t in self.store.tags_of([image_id]).get(image_id, [])]
@@ -598,11 +598,15 @@ class Library:
         """The path of an indexed image's file, only if it lies inside a folder given to
         ``index`` once symlinks are resolved: a file replaced by a link to elsewhere is not
         handed out. Raises :class:`PathNotFoundError` otherwise."""
-        path = Path(self.image(image_id).path)
+        return self._served(self.image(image_id))
+
+    def _served(self, info: ImageInfo) -> Path:
+        """``info``'s file, if it may be served (see :meth:`file`)."""
+        path = Path(info.path)
         real = Path(os.path.realpath(path))
         roots = [Path(os.path.realpath(r)) for r in self.store.roots()] or [path.parent]
         if not real.is_file() or not any(real == r or r in real.parents for r in roots):
-            raise PathNotFoundError(f"the file of image {image_id} is missing or lies outside the indexed folders")
+            raise PathNotFoundError(f"the file of image {info.id} is missing or lies outside the indexed folders")
         return real
 
     def thumbnail(self, image_id: int, size: int = 256, fmt: str = "webp") -> Thumbnail:
@@ -612,9 +616,10 @@ class Library:
 
         if fmt not in FORMATS:
             raise QueryError(f"unknown thumbnail format {fmt!r}", hint=f"choose one of: {', '.join(FORMATS)}")
-        source = self.file(image_id)
+        info = self.image(image_id)
+        source = self._served(info)
         try:
-            return thumbnail(source, self.root / "thumbs", image_id, self.image(image_id).content_hash, size, fmt)
+            return thumbnail(source, self.root / "thumbs", image_id, info.content_hash, size, fmt)
         except ImageError as exc:
             raise QueryError(f"cannot make a thumbnail of image {image_id}: {exc.message}") from exc
 
