@@ -102,9 +102,8 @@ class Head:
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         z = self.logits(x)
-        z -= z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
+        _, total = _shares(z)
+        z /= total[:, None]
         return z
 
     def predict(self, x: np.ndarray, top_k: int | None = None, threshold: float = 0.0,

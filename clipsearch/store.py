@@ -33,7 +33,6 @@ from .vectorstore import VectorFile
 
 STATUS_INDEXED = "indexed"
 STATUS_ERROR = "error"
-SOURCES = ("zero-shot", "few-shot", "manual")
 MANUAL = "manual"
 _CACHE_TOUCH_NS = 3600 * 10**9  # how stale a cached text's last use may be before it is renewed
 
@@ -90,7 +89,7 @@ class TagRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     label: Mapped[str] = mapped_column(Text, index=True)
-    source: Mapped[str] = mapped_column(String(16))  # one of SOURCES
+    source: Mapped[str] = mapped_column(String(16))  # zero-shot, few-shot (classifier.py) or MANUAL
     label_set: Mapped[str] = mapped_column(String(256))  # label set or classifier name; "" if manual
     score: Mapped[float] = mapped_column(Float)  # probability; 1.0 for manual tags
     removed: Mapped[bool] = mapped_column(Boolean, default=False)

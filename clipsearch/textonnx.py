@@ -102,7 +102,7 @@ def export(model, tokenizer, root: Path, model_name: str) -> dict:
     work.mkdir(parents=True)
     started = time.perf_counter()
     context = int(tokenizer.context_length)
-    tower = _TextTower(model).eval()
+    tower = _text_tower(model).eval()
     example = tokenizer(["a photo of a cat", "a dog"])[:, :context // 2 + 1]  # neither 1 nor full length
     # Gradients on: under no_grad, attention may take a fused path the exporter cannot trace.
     with torch.enable_grad():
@@ -133,24 +133,23 @@ def export(model, tokenizer, root: Path, model_name: str) -> dict:
     return meta
 
 
-class _TextTower:
+def _text_tower(model):
     """``encode_text`` of an open_clip ``CLIP`` over a token prefix of any length: positional
-    embeddings and the causal mask are cut to the input's length (see the module docstring)."""
+    embeddings and the causal mask are cut to the input's length (see the module docstring).
+    The class is made here so that importing this module does not import torch."""
+    import torch
 
-    def __new__(cls, model):
-        import torch
+    class TextTower(torch.nn.Module):
+        def __init__(self, clip):
+            super().__init__()
+            self.clip = clip
 
-        class TextTower(torch.nn.Module):
-            def __init__(self, clip):
-                super().__init__()
-                self.clip = clip
+        def forward(self, tokens):
+            m = self.clip
+            n = tokens.shape[1]
+            x = m.token_embedding(tokens) + m.positional_embedding[:n]
+            x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:n, :n]))
+            x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+            return m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
 
-            def forward(self, tokens):
-                m = self.clip
-                n = tokens.shape[1]
-                x = m.token_embedding(tokens) + m.positional_embedding[:n]
-                x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:n, :n]))
-                x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
-                return m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
-
-        return TextTower(model)
+    return TextTower(model)

@@ -102,8 +102,9 @@ def _prefix(text: str, uri: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _items(rdf: str, words: list[str], indent: str) -> str:
-    return "".join(f"\n{indent}<{rdf}:li>{escape(w)}</{rdf}:li>" for w in words)
+def _items(rdf: str, words: list[str], before: str = "", after: str = "") -> str:
+    """One ``rdf:li`` per word, each between ``before`` and ``after`` (line breaks, indents)."""
+    return "".join(f"{before}<{rdf}:li>{escape(w)}</{rdf}:li>{after}" for w in words)
 
 
 def _splice(text: str, words: list[str]) -> str:
@@ -118,17 +119,15 @@ def _splice(text: str, words: list[str]) -> str:
             bag_end = re.compile(rf"</{rdf}:Bag\s*>").search(text, subject.end())
             empty_bag = re.compile(rf"<{rdf}:Bag\s*/>").search(text, subject.end())
             if empty_bag and (bag_end is None or empty_bag.start() < bag_end.start()):
-                return (text[:empty_bag.start()] + f"<{rdf}:Bag>" + _items(rdf, words, "     ")
+                return (text[:empty_bag.start()] + f"<{rdf}:Bag>" + _items(rdf, words, "\n     ")
                         + f"\n    </{rdf}:Bag>" + text[empty_bag.end():])
             if bag_end is None:
                 raise XmpError("dc:subject holds no rdf:Bag")
             line_start = text.rfind("\n", 0, bag_end.start()) + 1
             indent = text[line_start:bag_end.start()]
             if indent.strip() == "":  # the end tag on a line of its own: one new line per item
-                items = "".join(f"{indent} <{rdf}:li>{escape(w)}</{rdf}:li>\n" for w in words)
-                return text[:line_start] + items + text[line_start:]
-            return text[:bag_end.start()] + "".join(f"<{rdf}:li>{escape(w)}</{rdf}:li>" for w in words) \
-                + text[bag_end.start():]
+                return text[:line_start] + _items(rdf, words, indent + " ", "\n") + text[line_start:]
+            return text[:bag_end.start()] + _items(rdf, words) + text[bag_end.start():]
         if subject is not None:
             raise XmpError("dc:subject is empty and self-closing")
     # No keywords yet: a dc:subject bag at the start of the first rdf:Description.
@@ -140,7 +139,7 @@ def _splice(text: str, words: list[str]) -> str:
         dc = "dc"
         tag = tag[:-2].rstrip() + f'\n    xmlns:dc="{DC}"/>' if tag.endswith("/>") else \
             tag[:-1].rstrip() + f'\n    xmlns:dc="{DC}">'
-    bag = (f"\n   <{dc}:subject>\n    <{rdf}:Bag>" + _items(rdf, words, "     ")
+    bag = (f"\n   <{dc}:subject>\n    <{rdf}:Bag>" + _items(rdf, words, "\n     ")
            + f"\n    </{rdf}:Bag>\n   </{dc}:subject>")
     if tag.endswith("/>"):
         replacement = tag[:-2].rstrip() + ">" + bag + f"\n  </{rdf}:Description>"
