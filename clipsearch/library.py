@@ -524,18 +524,12 @@ class Library:
         paths: list[str] = []
         uploads: dict[int, bytes] = {}
         for n, item in enumerate(items):
-            term = item if isinstance(item, Term) else Term("id", item) if isinstance(item, int) else \
-                Term.parse(str(item))
-            if term.kind == "text":
-                raise PathNotFoundError(f"image not found: {item}", hint="give an image path or id:N")
+            term, image_id = self._image_term(item)
             if term.kind == "image" and not os.path.isfile(term.value):
                 raise PathNotFoundError(f"image not found: {term.value}")
             if term.kind == "data":
                 uploads[n] = term.value
-                image_id = None
-            else:
-                image_id = term.value if term.kind == "id" else self.store.id_for_path(term.value)
-            ids.append(int(image_id) if image_id is not None else None)
+            ids.append(image_id)
             paths.append(str(term.value) if term.kind == "image" else "")
         stored = [n for n, i in enumerate(ids) if i is not None]
         located = self.store.locate([ids[n] for n in stored])
@@ -793,15 +787,26 @@ class Library:
         return Head(name, FEW_SHOT, labels, weights, np.frombuffer(row.bias, np.float32).copy(), row.scale,
                     meta.get("parents", {}), meta.get("thresholds", {}))
 
+    def _image_term(self, item: Term | str | os.PathLike | int) -> tuple[Term, int | None]:
+        """An image given by id (``int`` or ``"id:N"``), path or query term, with its library id
+        when the library has it (an id is taken as given, and checked by whoever reads it)."""
+        term = item if isinstance(item, Term) else Term("id", item) if isinstance(item, int) else \
+            Term.parse(str(item))
+        if term.kind == "text":
+            raise PathNotFoundError(f"image not found: {item}", hint="give an image path or id:N")
+        if term.kind == "id":
+            return term, int(term.value)
+        return term, self.store.id_for_path(str(term.value)) if term.kind == "image" else None
+
     def _indexed_id(self, image: str | os.PathLike | int) -> int:
-        term = Term("id", image) if isinstance(image, int) else Term.parse(str(image))
-        image_id = term.value if term.kind == "id" else None
-        if term.kind == "image":
-            image_id = self.store.id_for_path(str(term.value))
-        if image_id is None or not self.store.locate([int(image_id)]):
+        try:
+            _, image_id = self._image_term(image)
+        except PathNotFoundError:
+            image_id = None
+        if image_id is None or not self.store.locate([image_id]):
             raise PathNotFoundError(f"{image} is not an indexed image", hint="give the path or id:N of an image "
                                     "in the library (clipsearch index PATH adds it)")
-        return int(image_id)
+        return image_id
 
     def _model_or_fail(self) -> ModelSpec:
         model = self.model
