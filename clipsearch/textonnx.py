@@ -97,8 +97,11 @@ def export(model, tokenizer, root: Path, model_name: str) -> dict:
     if getattr(model, "text_pool_type", None) != "argmax" or getattr(model, "attn_mask", None) is None:
         raise NotExportable("its text tower is not a causal transformer read at the end-of-text token")
     folder = root / FOLDER
+    # Exports run under the library's writer lock: a work folder left here was left by a
+    # run that was killed, and goes.
+    for stale in root.glob(f".{FOLDER}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     work = root / f".{FOLDER}.{os.getpid()}.tmp"
-    shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     started = time.perf_counter()
     context = int(tokenizer.context_length)

@@ -52,6 +52,7 @@ def demo_export(tmp_path_factory):
     from clipsearch.encoder import Encoder
 
     root = tmp_path_factory.mktemp("onnx_demo")
+    (root / ".text-onnx.999999.tmp").mkdir()  # left by an export that was killed
     encoder = Encoder("demo").load()
     meta = encoder.export_text_tower(root)
     return root, encoder, meta
@@ -60,6 +61,7 @@ def demo_export(tmp_path_factory):
 def test_the_onnx_text_tower_matches_torch_on_the_demo_model(demo_export):
     root, encoder, meta = demo_export
     assert meta["model"] == "demo" and meta["check_min_cosine"] >= textonnx.MIN_COSINE
+    assert sorted(p.name for p in root.iterdir()) == ["text-onnx"]  # the killed run's leftovers are gone
     onnx = textonnx.load(root, "demo")
     texts = _corpus(400)
     cosine = (onnx.encode_texts(texts) * encoder.encode_texts(texts)).sum(1)
