@@ -25,28 +25,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Only light imports up here: spawned decode workers import this script again, and each
 # would otherwise load FAISS and SQLAlchemy for nothing (2-3 s of CPU each, seen on a
 # 16-core GPU machine). The facade is imported where it is used.
+from clipsearch.demoworld import photo_like  # noqa: E402
 from clipsearch.encoder import Encoder, default_batch_size  # noqa: E402
-
-
-def photo_like(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """Smooth colour fields, a few shapes and sensor-like noise: compresses like a photo (~2-4 MB)."""
-    low = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)
-    img = Image.fromarray(low).resize((width, height), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(img)
-    for _ in range(12):
-        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        r = int(rng.integers(width // 40, width // 6))
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    a = np.asarray(img, dtype=np.int16)
-    a = a + rng.normal(0, 4, a.shape).astype(np.int16)
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
 def make_corpus(folder: Path, count: int) -> tuple[Path, Path]:

@@ -6,7 +6,8 @@ this package is cheap: torch and open_clip load only when a model is first neede
 
 from .errors import (
     ClassifierError, ClipSearchError, ImageError, LabelError, InputError, LibraryEmptyError, LibraryError, LibraryLockedError,
-    ModelError, ModelMismatchError, ModelNotFoundError, NoImagesError, PathNotFoundError, QueryError,
+    ModelError, ModelMismatchError, ModelNotFoundError, NoImagesError, PathNotFoundError, PrecisionMismatchError,
+    QueryError,
     SchemaTooNewError, WeightsUnavailableError,
 )
 from .results import FileError, IndexReport, LibraryInfo, ModelIdentity, SearchHit
@@ -26,6 +27,6 @@ def __getattr__(name: str):
 __all__ = [
     "ClassifierError", "ClipSearchError", "LabelError", "FileError", "ImageError", "IndexReport", "InputError", "Library", "LibraryEmptyError",
     "LibraryError", "LibraryInfo", "LibraryLockedError", "ModelError", "ModelIdentity", "ModelMismatchError",
-    "ModelNotFoundError", "NoImagesError", "PathNotFoundError", "QueryError", "SchemaTooNewError", "SearchHit",
+    "ModelNotFoundError", "NoImagesError", "PathNotFoundError", "PrecisionMismatchError", "QueryError", "SchemaTooNewError", "SearchHit",
     "WeightsUnavailableError", "__version__", "default_library_dir",
 ]

@@ -196,6 +196,11 @@ def index(
     ] = 60.0,
     workers: Annotated[Optional[int], typer.Option(
         "--workers", min=1, help="Decode processes. Default: one per CPU core.", show_default=False)] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", help="How images are computed: auto, fp32, fp16 (CUDA), bf16 or int8 (CPU, via "
+                            "onnxruntime). auto: fp16 on CUDA; on a CPU, int8 when it is faithful and faster "
+                            "here, else fp32. The first run's choice is recorded and kept. "
+                            "Default: $CLIPSEARCH_PRECISION, else auto.", show_default=False)] = None,
     retry_errors: Annotated[bool, typer.Option(
         "--retry-errors", help="Try files that failed before again, even if they did not change.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or skipped-file lines.")] = False,
@@ -218,7 +223,7 @@ def index(
         try:
             report = lib.index(paths, batch_size=batch_size, progress=bar, retry_errors=retry_errors,
                                exclude=exclude or (), include_hidden=include_hidden,
-                               follow_symlinks=follow_symlinks, workers=workers,
+                               follow_symlinks=follow_symlinks, workers=workers, precision=precision,
                                limits=DecodeLimits(timeout_s=decode_timeout, max_megapixels=max_megapixels))
         finally:
             bar.stop()
@@ -227,7 +232,8 @@ def index(
         return
     _stderr().print(
         f"added {report.added}, updated {report.updated}, moved {report.moved}, unchanged {report.unchanged}, "
-        f"removed {report.removed}, errors {len(report.errors)} in {report.seconds:.1f}s")
+        f"removed {report.removed}, errors {len(report.errors)} in {report.seconds:.1f}s"
+        + (f" (images at {report.precision})" if report.precision else ""))
 
 
 _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +38,8 @@ DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 _LOCAL_DIR = "local-dir:"
 _HF_HUB = "hf-hub:"
+
+log = logging.getLogger(__name__)
 
 _OFFLINE_HINT = ("connect to the internet once so the weights can be downloaded and cached, "
                  "pass a local checkpoint (--model ARCH/path/to/weights.safetensors, or a folder with "
@@ -154,7 +158,8 @@ class Encoder:
     Every ``encode_*`` method returns L2-normalised float32 arrays of shape ``(n, dim)``.
     """
 
-    def __init__(self, spec: ModelSpec | str, device: str = "auto"):
+    def __init__(self, spec: ModelSpec | str, device: str = "auto", precision: str = "auto",
+                 workdir: Path | None = None, recorded: list[str] | tuple[str, ...] = ()):
         self.spec = ModelSpec.parse(spec) if isinstance(spec, str) else spec
         self.requested_device = device
         self._model = None
@@ -162,6 +167,14 @@ class Encoder:
         self._tokenizer = None
         self.device: str | None = None
         self._dim: int | None = None
+        # How images are computed (precision.py), settled by load() against the device and
+        # what the library's vectors were made at (``recorded``). The int8 tower is kept
+        # in ``workdir``, the library folder.
+        self.precision = precision
+        self.workdir = workdir
+        self.recorded = list(recorded)
+        self._settled = False
+        self._int8 = None
 
     # -- loading ----------------------------------------------------------------------
 
@@ -169,8 +182,11 @@ class Encoder:
     def loaded(self) -> bool:
         return self._model is not None
 
-    def load(self) -> "Encoder":
+    def load(self, notice: Callable[[str], None] | None = None) -> "Encoder":
+        """Load the model and settle the precision; ``notice`` hears of slow one-off steps."""
         if self._model is not None:
+            if not self._settled:
+                self._settle(notice)
             return self
         import open_clip
 
@@ -181,8 +197,14 @@ class Encoder:
                           "use it only to measure speed", stacklevel=2)
 
         def create():
-            model = open_clip.create_model(
-                model_name, pretrained=pretrained, device=self.device, weights_only=True)
+            import torch
+
+            # Random weights are drawn from a fixed seed, so that every process (and the
+            # int8 tower exported from one) computes the same function.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = open_clip.create_model(
+                    model_name, pretrained=pretrained, device=self.device, weights_only=True)
             return model, open_clip.get_tokenizer(model_name)
 
         try:
@@ -217,7 +239,62 @@ class Encoder:
         self._std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
         self._model, self._pixel_spec, self._tokenizer = model, spec, tokenizer
         self._dim = int(self.encode_texts([""]).shape[1])
+        self._settle(notice)
         return self
+
+    def use_precision(self, precision: str, recorded: list[str]) -> None:
+        """Compute images at ``precision`` from now on, for a library whose vectors were
+        made at ``recorded`` (``auto``: settled on load, see ``precision.py``)."""
+        if (precision, recorded) != (self.precision, self.recorded) or not self._settled:
+            self.precision, self.recorded, self._settled, self._int8 = precision, list(recorded), False, None
+            if self.loaded:
+                self._settle(None)
+
+    def _settle(self, notice: Callable[[str], None] | None) -> None:
+        from . import precision as precisions
+
+        want = self.precision = precisions.for_library(self.precision, self.recorded, self.device)
+        if want == "int8":
+            self._int8_tower(notice, required=True)
+        elif want == "auto":
+            meta = self._int8_tower(notice, required=False) if self.device == "cpu" else None
+            self.precision = precisions.auto_choice(self.device, meta)
+            if self.precision != "int8":
+                self._int8 = None
+        self._settled = True
+
+    def _int8_tower(self, notice: Callable[[str], None] | None, required: bool) -> dict | None:
+        """Load, or make and check, the library's int8 image tower; its meta, or None
+        where it cannot be had and is not ``required``."""
+        from . import imageonnx
+
+        def unavailable(reason: str, exc: BaseException | None = None) -> None:
+            if required:
+                raise ModelError(f"--precision int8 is not available for {self.spec}: {reason}",
+                                 hint="use --precision fp32") from exc
+            log.info("indexing at fp32: no int8 image tower (%s)", reason)
+
+        if self.workdir is None:
+            return unavailable("it is made in a library folder, and this encoder has none")
+        tower = imageonnx.load(self.workdir, str(self.spec))
+        if tower is None:
+            if notice is not None:
+                notice("making an int8 copy of the image tower for faster CPU indexing (once per library)")
+            try:
+                imageonnx.export(self._model, self._pixel_spec, self.workdir, str(self.spec))
+            except ImportError as exc:
+                return unavailable(f"onnxruntime is not installed ({exc})", exc)
+            except imageonnx.NotExportable as exc:
+                return unavailable(str(exc), exc)
+            except Exception as exc:  # an exporter bug must not stop indexing at fp32
+                if required:
+                    return unavailable(f"the export failed: {_first_line(exc)}", exc)
+                warnings.warn(f"could not make the int8 image tower ({_first_line(exc)}); indexing at fp32",
+                              stacklevel=3)
+                return None
+            tower = imageonnx.load(self.workdir, str(self.spec))
+        self._int8 = tower
+        return tower.meta
 
     def _open_clip_args(self, open_clip) -> tuple[str, str | None]:
         spec = self.spec
@@ -280,7 +357,9 @@ class Encoder:
         import torch
 
         self.load()
-        with torch.inference_mode(), self._autocast():
+        if self._int8 is not None:
+            return self._int8.encode_crops(crops)
+        with torch.inference_mode(), self._autocast(self.precision):
             x = torch.from_numpy(np.ascontiguousarray(crops))
             if self.device == "cuda":
                 x = x.pin_memory()
@@ -299,28 +378,23 @@ class Encoder:
         import torch
 
         self.load()
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._autocast("fp16" if self.device == "cuda" else "fp32"):
             tokens = self._tokenizer(list(texts)).to(self.device)
             return _normalise(self._model.encode_text(tokens))
 
     def export_text_tower(self, root: Path) -> dict:
         """Save the text tower as ONNX in the library folder ``root`` (see ``textonnx.py``), so
         that later text queries need no torch. Raises ``textonnx.NotExportable``."""
-        import io
-
         from . import textonnx
 
         self.load()
-        # The exporter reports its steps with print(): keep stdout for the command's output.
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return textonnx.export(self._model, self._tokenizer, root, str(self.spec))
+        return textonnx.export(self._model, self._tokenizer, root, str(self.spec))
 
-    def _autocast(self):
+    def _autocast(self, precision: str):
         import torch
 
-        if self.device == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
+        if precision in ("fp16", "bf16"):
+            return torch.autocast(self.device, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
         return contextlib.nullcontext()
 
 

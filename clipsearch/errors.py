@@ -8,7 +8,8 @@
     ├── ModelError                   choosing or loading a CLIP model
     │   ├── ModelNotFoundError       unknown architecture, tag or checkpoint
     │   ├── WeightsUnavailableError  weights could not be downloaded or read
-    │   └── ModelMismatchError       the library was built with another model
+    │   ├── ModelMismatchError       the library was built with another model
+    │   └── PrecisionMismatchError   ... or at another numeric precision
     ├── InputError                   what the user asked for cannot be done
     │   ├── PathNotFoundError
     │   ├── NoImagesError
@@ -67,6 +68,10 @@ class WeightsUnavailableError(ModelError):
 
 class ModelMismatchError(ModelError):
     """The library was built with a different model."""
+
+
+class PrecisionMismatchError(ModelError):
+    """The library's vectors were made at a precision this run would not match."""
 
 
 class InputError(ClipSearchError):

@@ -93,10 +93,12 @@ class Indexer:
         self._hash_lock = threading.Lock()
         self._hashes_this_run: dict[str, int] = {}
         self._gone: dict[int, KnownFile] = {}
+        self._progress: IndexProgress = _Silent()
+        self._precision: str | None = None  # settled by the encoder when first needed
 
     def run(self, roots: list[Path], progress: IndexProgress | None = None, *,
             retry_errors: bool = False, scan_options: ScanOptions = ScanOptions()) -> IndexReport:
-        progress = progress or _Silent()
+        progress = self._progress = progress or _Silent()
         started = time.perf_counter()
         report = IndexReport()
         jobs = self._plan(roots, scan_options, retry_errors, report, progress)
@@ -123,6 +125,7 @@ class Indexer:
             self._vectors().remove(gone)
             report.removed = len(gone)
         report.seconds = time.perf_counter() - started
+        report.precision = self._precision
         return report
 
     def _plan(self, roots: list[Path], scan_options: ScanOptions, retry_errors: bool, report: IndexReport,
@@ -155,7 +158,8 @@ class Indexer:
 
     def _pixel_spec(self) -> PixelSpec:
         # Only the first file that needs the model pays for loading it.
-        self.encoder.load()
+        self.encoder.load(notice=self._progress.rebuilding)
+        self._precision = self.encoder.precision
         self._before_encoding()
         return self.encoder.pixel_spec
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import precision as precisions
 from .encoder import DEFAULT_MODEL, Encoder, ModelSpec
 from .errors import (
     ClassifierError, ImageError, LibraryEmptyError, LibraryError, LibraryLockedError, ModelMismatchError,
@@ -142,8 +143,19 @@ class Library:
             if spec is None:
                 raise LibraryEmptyError(f"the library at {self.root} has no model yet",
                                         hint="index some images first: clipsearch index PATH")
-            self._encoder = Encoder(spec, self.device)
+            recorded = self._precisions()
+            # Queries use the library's own precision; only an index run may choose one
+            # (and pay for making an int8 tower), so a library without vectors gets fp32.
+            self._encoder = Encoder(spec, self.device, precision="auto" if recorded else "fp32",
+                                    workdir=self.root, recorded=recorded)
         return self._encoder
+
+    def _precisions(self) -> list[str]:
+        """The precisions this library's vectors were made at (``precision.py``). Libraries
+        from before the record was kept were made at fp32 (fp16 on CUDA: the same vectors
+        to six decimals)."""
+        recorded = precisions.parse_record(self.store.get_meta("precision"))
+        return recorded or (["fp32"] if self.store.model_identity() is not None else [])
 
     # -- the vector index -------------------------------------------------------------
 
@@ -236,15 +248,18 @@ class Library:
               progress: IndexProgress | None = None, retry_errors: bool = False,
               exclude: Iterable[str] = (), include_hidden: bool = False,
               follow_symlinks: bool = False, limits: DecodeLimits = DecodeLimits(),
-              workers: int | None = None) -> IndexReport:
+              workers: int | None = None, precision: str | None = None) -> IndexReport:
         """Add new and changed images under ``paths``, follow moved ones, forget deleted ones.
 
         Files that failed before are tried again only when they changed, or with ``retry_errors``.
         ``exclude`` takes glob patterns matched against names and full paths; hidden files and
         the usual non-photo folders (``.git``, ``node_modules``, ``@eaDir``, ...) are skipped.
         ``limits`` bounds each file's decode (time, megapixels, memory); ``workers`` is the
-        number of decode processes (default: one per CPU core).
+        number of decode processes (default: one per CPU core). ``precision`` is how images
+        are computed: ``auto`` (the default, or ``$CLIPSEARCH_PRECISION``), ``fp32``,
+        ``fp16``, ``bf16`` or ``int8``; see ``precision.py``.
         """
+        want = precisions.requested(precision)
         options = ScanOptions(include_hidden=include_hidden, follow_symlinks=follow_symlinks,
                               excludes=tuple(exclude))
         roots = resolve_roots(paths)
@@ -254,6 +269,7 @@ class Library:
                 self._requested = ModelSpec.parse(DEFAULT_MODEL)
             if self.store.model_identity() is not None:
                 self.vectors  # up to date with whoever wrote before we took the lock
+            self.encoder.use_precision(want, self._precisions())
             self._writing = True
             try:
                 report = self._index_locked(roots, batch_size, progress, retry_errors, options, limits, workers)
@@ -303,8 +319,12 @@ class Library:
     def _record_model(self) -> None:
         # Called once the model is loaded, before any vector is written: the dimension is
         # part of the identity, and a run that finds nothing to encode records nothing.
+        # The precision too: vectors made at another one must not join them unnoticed.
+        recorded = self._precisions()
         if self.store.model_identity() is None:
             self.store.set_model_identity(self.encoder.identity)
+        if self.encoder.precision not in recorded:
+            self.store.set_meta("precision", precisions.record(recorded, self.encoder.precision))
 
     # -- searching --------------------------------------------------------------------
 
@@ -861,6 +881,7 @@ class Library:
             model=str(ModelSpec.from_identity(identity)) if identity else None,
             pretrained=identity.pretrained if identity else None,
             dim=identity.dim if identity else None,
+            precision=",".join(self._precisions()) or None,
             database_bytes=sum(p.stat().st_size for p in self.root.glob(DB_NAME + "*")),
             index_bytes=index_path.stat().st_size if index_path.exists() else 0,
             vector_file_bytes=vectors.file.nbytes if vectors else 0,

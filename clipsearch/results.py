@@ -50,6 +50,7 @@ class IndexReport(_Record):
     removed: int = 0
     errors: list[FileError] = field(default_factory=list)
     seconds: float = 0.0
+    precision: str | None = None  # how this run computed images; None if it encoded none
 
     @property
     def encoded(self) -> int:
@@ -81,6 +82,7 @@ class LibraryInfo(_Record):
     model: str | None
     pretrained: str | None
     dim: int | None
+    precision: str | None  # how its vectors were made: fp32, fp16, bf16 or int8 (a list if mixed)
     database_bytes: int
     index_bytes: int
     vector_file_bytes: int = 0

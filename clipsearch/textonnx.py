@@ -21,13 +21,15 @@ tokenizer against open_clip's, and onnxruntime's embeddings against torch's (cos
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+
+from . import onnxtower
+from .onnxtower import NotExportable
+
+__all__ = ["FOLDER", "NotExportable", "OnnxTextEncoder", "export", "load"]
 
 FOLDER = "text-onnx"
 MIN_COSINE = 0.9999
@@ -35,28 +37,17 @@ _CHECK = ["", "a photo of a cat", "A PHOTO OF A DOG!!", "café crème 日本語 
           " ".join(["long"] * 200), "<end_of_text> tricky", "red", "a blue square on a white background"]
 
 
-class NotExportable(Exception):
-    """This model's text tower cannot be served by the ONNX path."""
-
-
 class OnnxTextEncoder:
     """Text embeddings from a saved ``text-onnx`` folder: onnxruntime, numpy and regex only."""
 
     def __init__(self, folder: Path, meta: dict):
-        import onnxruntime as ort
-
         from .tokenizer import ClipTokenizer
 
         self.meta = meta
         self.dim = int(meta["dim"])
         self.logit_scale = float(meta["logit_scale"])
         self.tokenize = ClipTokenizer(folder / "bpe.txt.gz", int(meta["context_length"]))
-        options = ort.SessionOptions()
-        # Prepacking copies and re-lays out every weight as the session loads (0.15-0.5 s
-        # for ViT-B-32), to save ~15 ms per query: a cold process is the wrong trade.
-        options.add_session_config_entry("session.disable_prepacking", "1")
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(folder / "text.onnx"), options, providers=["CPUExecutionProvider"])
+        self.session = onnxtower.session(folder / "text.onnx", cold=True)
 
     def encode_texts(self, texts: list[str], batch: int = 64) -> np.ndarray:
         out = np.empty((len(texts), self.dim), np.float32)
@@ -71,11 +62,8 @@ class OnnxTextEncoder:
 def load(root: Path, model: str) -> OnnxTextEncoder | None:
     """The library's exported text tower, if there is one for ``model`` and onnxruntime is here."""
     folder = root / FOLDER
-    try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if meta.get("model") != model:
+    meta = onnxtower.read_meta(folder, model)
+    if meta is None:
         return None
     try:
         return OnnxTextEncoder(folder, meta)
@@ -96,43 +84,29 @@ def export(model, tokenizer, root: Path, model_name: str) -> dict:
         raise NotExportable(f"its tokenizer ({type(tokenizer).__name__}) is not CLIP's byte-pair one")
     if getattr(model, "text_pool_type", None) != "argmax" or getattr(model, "attn_mask", None) is None:
         raise NotExportable("its text tower is not a causal transformer read at the end-of-text token")
-    folder = root / FOLDER
-    # Exports run under the library's writer lock: a work folder left here was left by a
-    # run that was killed, and goes.
-    for stale in root.glob(f".{FOLDER}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    work = root / f".{FOLDER}.{os.getpid()}.tmp"
-    work.mkdir(parents=True)
-    started = time.perf_counter()
-    context = int(tokenizer.context_length)
-    tower = _text_tower(model).eval()
-    example = tokenizer(["a photo of a cat", "a dog"])[:, :context // 2 + 1]  # neither 1 nor full length
-    # Gradients on: under no_grad, attention may take a fused path the exporter cannot trace.
-    with torch.enable_grad():
-        batch, seq = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("seq", min=2, max=context)
-        torch.onnx.export(tower, (example,), str(work / "text.onnx"), dynamo=True, opset_version=18,
-                          input_names=["tokens"], output_names=["features"],
-                          dynamic_shapes={"tokens": {0: batch, 1: seq}}, external_data=True, optimize=True,
-                          verify=False)
-    (work / "text.onnx.json").unlink(missing_ok=True)
-    write_merges(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", work / "bpe.txt.gz")
-    ids = ClipTokenizer(work / "bpe.txt.gz", context)(_CHECK)
-    if not np.array_equal(ids, tokenizer(_CHECK).numpy()):
-        raise NotExportable("the standalone tokenizer does not match open_clip's for this model")
-    with torch.inference_mode():
-        expected = model.encode_text(torch.from_numpy(ids)).float().numpy()
-    meta = {"model": model_name, "context_length": context, "dim": int(expected.shape[1]),
-            "logit_scale": float(model.logit_scale.detach().exp().item()), "opset": 18,
-            "torch": torch.__version__, "open_clip": open_clip.__version__,
-            "export_seconds": round(time.perf_counter() - started, 2)}
-    got = OnnxTextEncoder(work, meta).encode_texts(_CHECK, batch=1)
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    meta["check_min_cosine"] = cosine = float((got * expected).sum(1).min())
-    if cosine < MIN_COSINE:
-        raise NotExportable(f"its ONNX export differs from torch (cosine {cosine:.6f})")
-    (work / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(work, folder)
+    with onnxtower.building(root, FOLDER) as work:
+        started = time.perf_counter()
+        context = int(tokenizer.context_length)
+        example = tokenizer(["a photo of a cat", "a dog"])[:, :context // 2 + 1]  # neither 1 nor full length
+        onnxtower.export(_text_tower(model), (example,), work / "text.onnx", "tokens",
+                         {0: torch.export.Dim("batch", min=1, max=4096),
+                          1: torch.export.Dim("seq", min=2, max=context)})
+        write_merges(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz", work / "bpe.txt.gz")
+        ids = ClipTokenizer(work / "bpe.txt.gz", context)(_CHECK)
+        if not np.array_equal(ids, tokenizer(_CHECK).numpy()):
+            raise NotExportable("the standalone tokenizer does not match open_clip's for this model")
+        with torch.inference_mode():
+            expected = model.encode_text(torch.from_numpy(ids)).float().numpy()
+        meta = {"model": model_name, "context_length": context, "dim": int(expected.shape[1]),
+                "logit_scale": float(model.logit_scale.detach().exp().item()), "opset": 18,
+                "torch": torch.__version__, "open_clip": open_clip.__version__,
+                "export_seconds": round(time.perf_counter() - started, 2)}
+        got = OnnxTextEncoder(work, meta).encode_texts(_CHECK, batch=1)
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        meta["check_min_cosine"] = cosine = float((got * expected).sum(1).min())
+        if cosine < MIN_COSINE:
+            raise NotExportable(f"its ONNX export differs from torch (cosine {cosine:.6f})")
+        onnxtower.write_meta(work, meta)
     return meta
 
 

@@ -21,6 +21,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # Exporting the text tower to ONNX takes seconds per library; tests/test_textonnx.py turns
 # it back on where it is the subject.
 os.environ["CLIPSEARCH_TEXT_ONNX"] = "0"
+# The same for the int8 image tower that `--precision auto` makes on a CPU: tests/test_precision.py
+# asks for it by name.
+os.environ["CLIPSEARCH_PRECISION"] = "fp32"
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +88,7 @@ class FakeEncoder:
         self.image_size = 8
         self.logit_scale = 100.0
         self.loaded = True
+        self.precision = "fp32"
         self.encoded: list[int] = []
         self.texts: list[str] = []
 
@@ -96,8 +100,11 @@ class FakeEncoder:
     def dim(self) -> int:
         return 4
 
-    def load(self):
+    def load(self, notice=None):
         return self
+
+    def use_precision(self, precision: str, recorded: list[str]) -> None:
+        self.precision = "fp32" if precision == "auto" else precision
 
     @property
     def pixel_spec(self):

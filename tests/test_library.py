@@ -176,6 +176,7 @@ def test_a_file_that_vanishes_mid_run_is_recorded_and_the_run_goes_on(tmp_path, 
         def start(self, total): paths["green"].unlink()  # after the walk, before the workers read
         def advance(self, count): pass
         def skipped(self, path, reason): pass
+        def rebuilding(self, what): pass
 
     with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
         report = lib.index([tmp_path / "photos"], progress=DeleteAfterScan())
