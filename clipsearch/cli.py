@@ -182,7 +182,8 @@ def index(
     library: LibraryOpt = None,
     model: ModelOpt = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", min=1, help="Images per model call. Default: 32 on CPU, 256 on CUDA.")] = None,
+        "--batch-size", min=1, help="Images per model call. Default: 32 on CPU; on CUDA, sized from free GPU memory "
+                                  "(32 to 1024).")] = None,
     device: DeviceOpt = "auto",
     exclude: Annotated[Optional[list[str]], typer.Option(
         "--exclude", "-x", help="Skip files and folders matching this glob (name or full path). Repeatable.",

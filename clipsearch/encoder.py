@@ -148,8 +148,22 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def default_batch_size(device: str) -> int:
-    return 256 if device == "cuda" else 32
+CPU_BATCH = 32
+# On CUDA the batch is sized from free memory. ViT-B-32 in fp16 on an H100 ran at 16,444
+# images/s in batches of 256 and 18,724 in batches of 1024 (model only); beyond that the
+# gain is nil and decode workers must fill ever longer queues.
+CUDA_BATCH_RANGE = (32, 1024)
+# The share of free GPU memory a batch's activations may take: the rest is for the
+# allocator's fragmentation, the crops in flight and whatever else shares the GPU.
+CUDA_MEMORY_SHARE = 0.5
+
+
+def batch_for_memory(free_bytes: int, per_image_bytes: float, share: float = CUDA_MEMORY_SHARE,
+                     bounds: tuple[int, int] = CUDA_BATCH_RANGE) -> int:
+    """The largest power of two of images whose activations fit in ``share`` of
+    ``free_bytes``, within ``bounds``."""
+    fits = int(free_bytes * share / max(per_image_bytes, 1.0))
+    return max(bounds[0], min(bounds[1], 1 << (max(fits, 1).bit_length() - 1)))
 
 
 class Encoder:
@@ -175,6 +189,7 @@ class Encoder:
         self.recorded = list(recorded)
         self._settled = False
         self._int8 = None
+        self._batch: int | None = None
 
     # -- loading ----------------------------------------------------------------------
 
@@ -322,6 +337,28 @@ class Encoder:
                 f"{arch} has no pretrained tag {spec.pretrained!r}",
                 hint=f"available: {', '.join(tags) or 'none'}; or pass a checkpoint file")
         return arch, spec.pretrained
+
+    def batch_size(self) -> int:
+        """Images per model call: 32 on a CPU or MPS; on CUDA, measured once: the peak
+        memory of a probe batch, scaled to the GPU's free memory (:func:`batch_for_memory`)."""
+        if (self.device or resolve_device(self.requested_device)) != "cuda":
+            return CPU_BATCH
+        if self._batch is None:
+            import torch
+
+            self.load()
+            probe = CUDA_BATCH_RANGE[0]
+            crops = np.zeros((probe, self.image_size, self.image_size, 3), np.uint8)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            self.encode_crops(crops)
+            torch.cuda.synchronize()
+            per_image = (torch.cuda.max_memory_allocated() - before) / probe
+            free, _total = torch.cuda.mem_get_info()
+            self._batch = batch_for_memory(free, per_image)
+            log.info("CUDA batch size %d: %.1f MB per image, %.1f GB free", self._batch, per_image / 1e6, free / 1e9)
+        return self._batch
 
     @property
     def dim(self) -> int:

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from .decodepool import DecodeLimits, DecodePool, Decoded
-from .encoder import Encoder, default_batch_size, resolve_device
+from .encoder import Encoder
 from .errors import NoImagesError
 from .index import VectorIndex
 from .pixels import PixelSpec
@@ -108,7 +108,7 @@ class Indexer:
         if problems:
             self._commit(problems, report, progress)
         if decodable:
-            batch_size = self.batch_size or default_batch_size(resolve_device(self.encoder.requested_device))
+            batch_size = self.batch_size or self.encoder.batch_size()
             pool = DecodePool(self.workers, self._pixel_spec, self._known_content, self.limits,
                               ahead=batch_size * _BATCHES_AHEAD)
             batch: list[tuple[_Job, Decoded]] = []

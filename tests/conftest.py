@@ -103,6 +103,9 @@ class FakeEncoder:
     def load(self, notice=None):
         return self
 
+    def batch_size(self) -> int:
+        return 32
+
     def use_precision(self, precision: str, recorded: list[str]) -> None:
         self.precision = "fp32" if precision == "auto" else precision
 

@@ -147,3 +147,14 @@ def test_the_cli_takes_precision_and_info_shows_it(tmp_path, demo_images):
     assert "added 1," in done.stderr and "(images at int8)" in done.stderr
     info = json.loads(run_cli("info", "-L", str(lib), "--json").stdout)
     assert info["precision"] == "int8"
+
+
+def test_a_cuda_batch_is_the_largest_power_of_two_that_fits_half_the_free_memory():
+    from clipsearch.encoder import CPU_BATCH, batch_for_memory
+
+    mb = 1 << 20
+    assert batch_for_memory(80_000 * mb, 20 * mb) == 1024  # an idle H100, ViT-B-32: capped
+    assert batch_for_memory(8_000 * mb, 20 * mb) == 128  # 4 GB of activations / 20 MB = 200
+    assert batch_for_memory(8_000 * mb, 100 * mb) == 32  # ViT-L-14 on a small card: the floor
+    assert batch_for_memory(0, 20 * mb) == 32
+    assert Encoder("demo", "cpu").batch_size() == CPU_BATCH  # no model load needed to say so
