@@ -528,6 +528,109 @@ def classify(
         raise typer.Exit(1)
 
 
+PlotOpt = Annotated[Optional[Path], typer.Option(
+    "--plot", help="Also draw it into this picture (.png, .svg or .pdf); needs the plot extra.",
+    show_default=False)]
+
+
+@command
+def eval(  # noqa: A001 - the command's name
+    examples: Annotated[Path, typer.Option(
+        "--examples", "-e", help="A folder with one sub-folder of images per true label.", show_default=False)],
+    labels: Annotated[Optional[str], typer.Option(
+        "--labels", "-l", help="Take the labels' prompts, synonyms and parents from this set or file. "
+                               "Default: the sub-folders' names.", show_default=False)] = None,
+    classifier: ClassifierOpt = None,
+    template: TemplateOpt = None,
+    compare_templates: Annotated[bool, typer.Option(
+        "--compare-templates", help="Also score each template alone, and their ensemble.")] = False,
+    few_shot: Annotated[Optional[int], typer.Option(
+        "--few-shot", min=1, help="Also train K-shot probes (1, 2, 4, ... K per label, 3 draws) and score "
+                                  "them against zero-shot on the held-out rest.", show_default=False)] = None,
+    plot: PlotOpt = None,
+    library: LibraryOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Measure a label set or a trained classifier on your own labelled images.
+
+    Prints top-1 and top-5 accuracy, each label's precision, recall and support, the most
+    confused pairs and the misclassified files; `--compare-templates` and `--few-shot`
+    add the prompt-engineering and few-shot views. Images already in the library use
+    their stored vectors.
+
+    Example: `clipsearch eval --examples ./labelled --labels photos --compare-templates --plot confusion.png`
+    """
+    with _open(library, model=model, device=device, create=model is not None) as lib:
+        result = lib.evaluate(examples, labels, templates=template or (), classifier=classifier,
+                              compare_templates=compare_templates, few_shot=few_shot)
+    if plot is not None:
+        from .plots import confusion_figure
+
+        confusion_figure(result, plot)
+    for e in result.unreadable:
+        _stderr().print(f"skipping {e.path}: {e.reason}", markup=False, highlight=False)
+    width = max(len(c.label) for c in result.classes)
+    lines = [f"{result.classifier} ({result.source}) on {result.images} images: "
+             f"top-1 {result.top1:.3f}, top-5 {result.top5:.3f}", "",
+             f"{'label':{width}}  precision  recall  support"]
+    lines += [f"{c.label:{width}}  {'-' if c.precision is None else f'{c.precision:.3f}':>9}  {c.recall:6.3f}  "
+              f"{c.support:7d}" for c in result.classes]
+    if result.most_confused:
+        lines += ["", "most confused (true -> predicted: images)"]
+        lines += [f"  {c.true} -> {c.predicted}: {c.count}" for c in result.most_confused]
+    if result.misses:
+        lines += ["", "misclassified (probability of the wrong answer, true -> predicted, file)"]
+        lines += [f"  {m.probability:.3f}  {m.true} -> {m.predicted}  {m.path}" for m in result.misses]
+    if result.templates:
+        lines += ["", "templates (zero-shot, alone and together)", f"  {'top-1':>6} {'top-5':>6}  template"]
+        lines += [f"  {t.top1:6.3f} {t.top5:6.3f}  {t.template}" for t in result.templates]
+    if result.few_shot:
+        lines += ["", "few-shot probes against zero-shot on the same held-out images",
+                  f"  {'shots':>5} {'zero-shot':>9} {'few-shot':>9}  (mean of draws; held-out images)"]
+        lines += [f"  {s.shots:5d} {s.zero_shot:9.3f} {s.few_shot:9.3f}  ({s.draws}; {s.tested})" for s in result.few_shot]
+        beat = result.shots_to_beat_zero_shot
+        lines.append(f"  the probe beats zero-shot from {beat} shot{'s' * (beat != 1)} per label" if beat
+                     else "  no probe beat zero-shot: the labels' words already carry what the examples teach")
+    _output(json_out, result.to_dict(), lines)
+
+
+@command
+def matrix(
+    images: Annotated[list[str], typer.Argument(help="Image files (in the library or not), or id:N.",
+                                                show_default=False)],
+    labels: Annotated[str, typer.Option("--labels", "-l", help="A bundled label set's name, or a label file.",
+                                        show_default=False)],
+    template: TemplateOpt = None,
+    plot: PlotOpt = None,
+    library: LibraryOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """The cosine similarity of each image to each label, as in the CLIP tutorial.
+
+    Prints one row per image; `--plot` draws the matrix with the images' thumbnails along
+    one axis and the labels along the other.
+
+    Example: `clipsearch matrix a.jpg b.jpg c.jpg --labels demo-colours --plot matrix.png`
+    """
+    with _open(library, model=model, device=device, create=model is not None) as lib:
+        result = lib.similarity_matrix(images, labels, templates=template or ())
+    if plot is not None:
+        from .plots import similarity_figure
+
+        similarity_figure(result, plot)
+    for e in result.unreadable:
+        _stderr().print(f"skipping {e.path}: {e.reason}", markup=False, highlight=False)
+    lines = ["\t".join(["image", *result.labels])]
+    lines += ["\t".join([path, *(f"{c:.4f}" for c in row)]) for path, row in zip(result.paths, result.cosine)]
+    _output(json_out, result.to_dict(), lines)
+    if result.unreadable:
+        raise typer.Exit(1)
+
+
 tag_app = typer.Typer(no_args_is_help=False)
 app.add_typer(tag_app, name="tag")
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import evaluation
 from . import precision as precisions
 from .encoder import DEFAULT_MODEL, Encoder, ModelSpec
 from .errors import (
@@ -44,8 +45,8 @@ from .indexer import Indexer, IndexProgress
 from .labels import DEFAULT_TEMPLATES, Label, LabelSet, resolve_templates
 from .query import Query, Term
 from .results import (
-    Classification, ClassifierReport, DuplicateGroup, FileError, ImageInfo, ImageTag, IndexReport, LibraryInfo,
-    OptimizeReport, Prediction, SearchHit, TagCount, TagReport, XmpReport,
+    Classification, ClassifierReport, DuplicateGroup, Evaluation, FileError, ImageInfo, ImageTag, IndexReport,
+    LibraryInfo, OptimizeReport, Prediction, SearchHit, SimilarityMatrix, TagCount, TagReport, XmpReport,
 )
 from .scanner import ScanOptions, resolve_roots
 from .store import STATUS_INDEXED, Store
@@ -767,10 +768,7 @@ class Library:
         if not name or len(name) > 128:
             raise ClassifierError("a classifier needs a name of 1 to 128 characters")
         classes = example_folders(examples)
-        if labels is None:
-            label_set = LabelSet(name, tuple(Label(f) for f in classes), source=name)
-        else:
-            label_set = (labels if isinstance(labels, LabelSet) else LabelSet.load(labels)).subset(list(classes))
+        label_set = _example_labels(name, classes, labels)
         head = self.head(label_set, templates=templates, progress=progress)
         files = [f for fs in classes.values() for f in fs]
         y = np.repeat(np.arange(len(classes)), [len(fs) for fs in classes.values()])
@@ -784,6 +782,58 @@ class Library:
         self.store.save_classifier(name, str(self.model), json.dumps(meta), fit.weights, fit.bias, head.scale,
                                    json.dumps(report.to_dict()))
         return report
+
+    def evaluate(self, examples: str | os.PathLike, labels: str | os.PathLike | LabelSet | None = None, *,
+                 templates: Iterable[str] = (), classifier: str | None = None, compare_templates: bool = False,
+                 few_shot: int | None = None, progress: Progress | None = None) -> Evaluation:
+        """How well a label set (zero-shot, with ``templates``) or a trained ``classifier``
+        names the images of ``examples``, a folder with one sub-folder per true label; see
+        ``evaluation.py``. Without ``labels`` or ``classifier`` the sub-folders' names are
+        the labels. ``compare_templates`` scores each template alone and their ensemble;
+        ``few_shot`` K adds K-shot probes (1, 2, 4, ... K) against zero-shot."""
+        classes = example_folders(examples)
+        if classifier is not None:
+            if compare_templates or few_shot:
+                raise ClassifierError("--compare-templates and --few-shot evaluate label sets, not a trained "
+                                      "classifier", hint="give --labels instead of --classifier")
+            head = self._classifier_head(classifier)
+            unknown = [c for c in classes if c not in head.labels]
+            if unknown:
+                raise ClassifierError(f"the classifier {classifier!r} has no label {unknown[0]!r}",
+                                      hint=f"its labels: {', '.join(head.labels)}")
+        else:
+            label_set = _example_labels(Path(examples).name or "examples", classes, labels)
+            chosen = resolve_templates(tuple(templates) or label_set.templates or DEFAULT_TEMPLATES)
+            head = self.head(label_set, templates=chosen, progress=progress)
+        position = {label: n for n, label in enumerate(head.labels)}
+        files = [f for fs in classes.values() for f in fs]
+        truth = np.array([position[c] for c, fs in classes.items() for _ in fs], np.int64)
+        unreadable: dict[int, str] = {}
+        x, _, paths = self._image_vectors(files, unreadable)
+        keep = np.array([n not in unreadable for n in range(len(files))], bool)
+        x, truth, kept_paths = x[keep], truth[keep], [p for p, k in zip(paths, keep) if k]
+        result = evaluation.evaluate(head, x, truth, kept_paths)
+        result.unreadable = [FileError(paths[n], reason) for n, reason in sorted(unreadable.items())]
+        if compare_templates:
+            alone = [(t, self.head(label_set, templates=(t,), progress=progress)) for t in chosen]
+            result.templates = evaluation.template_scores(
+                alone + ([(f"ensemble of {len(chosen)}", head)] if len(chosen) > 1 else []), x, truth)
+        if few_shot:
+            result.few_shot = evaluation.few_shot_curve(head, x, truth, few_shot)
+            result.shots_to_beat_zero_shot = evaluation.shots_to_beat(result.few_shot)
+        return result
+
+    def similarity_matrix(self, images: Iterable[str | os.PathLike | int],
+                          labels: str | os.PathLike | LabelSet, *, templates: Iterable[str] = ()) -> SimilarityMatrix:
+        """The cosine similarity of each image (path or id) to each label's text embedding, as
+        in the CLIP tutorial's image x text matrix. Unreadable files are left out and listed."""
+        head = self.head(labels, templates=templates)
+        unreadable: dict[int, str] = {}
+        x, _, paths = self._image_vectors(images, unreadable)
+        keep = [n for n in range(len(paths)) if n not in unreadable]
+        cosine = x[keep] @ (head.weights / np.linalg.norm(head.weights, axis=1, keepdims=True)).T
+        return SimilarityMatrix([paths[n] for n in keep], list(head.labels), np.round(cosine, 6).tolist(),
+                                [FileError(paths[n], reason) for n, reason in sorted(unreadable.items())])
 
     def classifiers(self) -> list[ClassifierReport]:
         """The few-shot classifiers trained in this library."""
@@ -896,6 +946,14 @@ class Library:
     def errors(self) -> list[FileError]:
         """Files that could not be indexed, with the reason."""
         return self.store.errors()
+
+
+def _example_labels(name: str, classes: dict[str, list[Path]], labels: str | os.PathLike | LabelSet | None) -> LabelSet:
+    """The label set for an examples folder: its sub-folders' names as labels, or those
+    labels of a given set, with their prompts, synonyms and parents."""
+    if labels is None:
+        return LabelSet(name, tuple(Label(f) for f in classes), source=name)
+    return (labels if isinstance(labels, LabelSet) else LabelSet.load(labels)).subset(list(classes))
 
 
 def _epoch_ns(when: datetime | None) -> int | None:

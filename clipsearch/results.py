@@ -204,3 +204,82 @@ class ImageInfo(_Record):
     size: int  # bytes
     content_hash: str | None
     tags: list[dict]  # label, score, source, label_set
+
+
+@dataclass(frozen=True)
+class ClassScore(_Record):
+    """How one label fared in an evaluation."""
+
+    label: str
+    precision: float | None  # of the images predicted as this label, the share that are; None if none were
+    recall: float  # of the images that are this label, the share predicted as it
+    support: int  # images of this label
+
+
+@dataclass(frozen=True)
+class Confusion(_Record):
+    """Images of one label taken for another."""
+
+    true: str
+    predicted: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Miss(_Record):
+    """A misclassified image and what it was taken for."""
+
+    path: str
+    true: str
+    predicted: str
+    probability: float  # the classifier's probability for its (wrong) answer
+
+
+@dataclass(frozen=True)
+class TemplateScore(_Record):
+    """Zero-shot accuracy with one prompt template, or with the ensemble of them."""
+
+    template: str  # the template, or "ensemble of N"
+    top1: float
+    top5: float
+
+
+@dataclass(frozen=True)
+class ShotScore(_Record):
+    """A K-shot probe against zero-shot on the same held-out images, averaged over draws."""
+
+    shots: int  # training images per label
+    draws: int
+    zero_shot: float
+    few_shot: float
+    tested: int  # held-out images per draw
+
+
+@dataclass
+class Evaluation(_Record):
+    """How a classifier does on a folder of labelled images (``clipsearch eval``)."""
+
+    classifier: str  # the label set or trained classifier
+    source: str  # zero-shot or few-shot
+    labels: list[str]
+    images: int
+    top1: float
+    top5: float
+    classes: list[ClassScore]
+    confusion: list[list[int]]  # counts, [true label][predicted label], in ``labels`` order
+    most_confused: list[Confusion]
+    misses: list[Miss]
+    templates: list[TemplateScore] = field(default_factory=list)
+    few_shot: list[ShotScore] = field(default_factory=list)
+    shots_to_beat_zero_shot: int | None = None  # the fewest shots whose probe beat zero-shot
+    unreadable: list[FileError] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SimilarityMatrix(_Record):
+    """Cosine similarity of images to labels' text embeddings (``clipsearch matrix``)."""
+
+    paths: list[str]
+    labels: list[str]
+    cosine: list[list[float]]  # [image][label]
+    unreadable: list[FileError] = field(default_factory=list)
