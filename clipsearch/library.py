@@ -536,7 +536,9 @@ class Library:
         the others are decoded and encoded, together. A file that cannot be decoded raises
         :class:`QueryError`, or, given an ``unreadable`` dict, is recorded there (position ->
         reason) and gets a zero vector."""
-        from .images import decode_image, read_image
+        from sqlalchemy.exc import OperationalError
+
+        from .images import decode_image, hash_bytes, read_file
 
         items = list(images)
         if not items:
@@ -557,28 +559,56 @@ class Library:
         missing = [ids[n] for n in stored if ids[n] not in located]
         if missing:
             raise PathNotFoundError(f"no indexed image has id {missing[0]}")
-        identity = self.store.model_identity()
-        out = np.zeros((len(items), identity.dim if identity else self.encoder.dim), np.float32)
+        found: dict[int, np.ndarray] = {}
         if stored:
             # An indexed image: its stored vector, no decoding or encoding.
-            out[stored] = self.store.vector_file().rows([located[ids[n]][1] for n in stored])
+            found.update(zip(stored, self.store.vector_file().rows([located[ids[n]][1] for n in stored])))
             for n in stored:
                 paths[n] = located[ids[n]][0]
-        fresh, pictures = [], []
+        # The rest by content: an image encoded before (a copy of an indexed one, or one
+        # met by an earlier query or evaluation) is not decoded again.
+        contents: dict[int, bytes] = {}
         for n in (n for n, i in enumerate(ids) if i is None):
             try:
-                size = self.encoder.image_size
-                pictures.append(decode_image(uploads[n], size).image if n in uploads else
-                                read_image(Path(paths[n]), size).image)
+                contents[n] = uploads[n] if n in uploads else read_file(Path(paths[n]))
+            except ImageError as exc:
+                self._unreadable(n, paths[n], exc, unreadable)
+        hashes = {n: hash_bytes(data) for n, data in contents.items()}
+        model = str(self._model_or_fail())
+        known = self.store.cached_images(model, list(set(hashes.values())))
+        for h in set(hashes.values()) - known.keys():
+            source = self.store.find_by_hash(h)
+            if source is not None:
+                known[h] = self.store.vector_of(source[0])
+        fresh, pictures = [], []
+        for n, h in hashes.items():
+            if h in known:
+                found[n] = known[h]
+                continue
+            try:
+                pictures.append(decode_image(contents[n], self.encoder.image_size, suffix=Path(paths[n]).suffix).image)
                 fresh.append(n)
             except ImageError as exc:
-                if unreadable is None:
-                    raise QueryError(f"cannot use {paths[n] or 'the uploaded file'} as an image: {exc.message}") \
-                        from exc
-                unreadable[n] = exc.message
+                self._unreadable(n, paths[n], exc, unreadable)
         if fresh:
-            out[fresh] = self.encoder.encode_images(pictures)
+            found.update(zip(fresh, self.encoder.encode_images(pictures)))
+            try:
+                self.store.cache_images(model, {hashes[n]: found[n] for n in fresh})
+            except OperationalError:  # a read-only or busy library: the cache is only a cache
+                pass
+        # The dimension without loading the model, if any vector says it.
+        identity = self.store.model_identity()
+        dim = identity.dim if identity else len(next(iter(found.values()))) if found else self.encoder.dim
+        out = np.zeros((len(items), dim), np.float32)
+        for n, vector in found.items():
+            out[n] = vector
         return out, ids, paths
+
+    @staticmethod
+    def _unreadable(n: int, path: str, exc: ImageError, unreadable: dict[int, str] | None) -> None:
+        if unreadable is None:
+            raise QueryError(f"cannot use {path or 'the uploaded file'} as an image: {exc.message}") from exc
+        unreadable[n] = exc.message
 
     def _hits(self, found: list[tuple[float, int]]) -> list[SearchHit]:
         rows = self.store.hits([i for _, i in found])

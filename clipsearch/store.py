@@ -80,6 +80,18 @@ class TextCacheRow(Base):
     used_at: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
+class ImageCacheRow(Base):
+    """Embeddings of images outside the library (evaluation examples, query files and
+    uploads), by content, so that they are encoded once."""
+
+    __tablename__ = "image_cache"
+
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    used_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
 class TagRow(Base):
     """A label on an image. A manual row with ``removed`` set hides that label's automatic
     tags on the image: manual tags always win."""
@@ -477,37 +489,49 @@ class Store:
         self._vector_file = new
         return new
 
-    # -- the text-embedding cache -----------------------------------------------------
+    # -- the embedding caches: texts, and images outside the library -----------------
 
     def cached_texts(self, model: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """The cached embeddings among ``texts``, marked as used (to the hour)."""
-        now = time.time_ns()
-        with self.engine.connect() as conn:
-            found = conn.execute(select(TextCacheRow.text, TextCacheRow.vector, TextCacheRow.used_at).where(
-                TextCacheRow.model == model, TextCacheRow.text.in_(list(texts)))).all()
-        # A write per query would cost more than the lookup (half the latency of a warm
-        # search), and least-recently-used to the hour keeps the right entries.
-        stale = [t for t, _, used in found if now - used > _CACHE_TOUCH_NS]
-        if stale:
-            try:
-                with Session(self.engine) as s, s.begin():
-                    s.execute(update(TextCacheRow).where(TextCacheRow.model == model, TextCacheRow.text.in_(stale))
-                              .values(used_at=now))
-            except OperationalError:  # a read-only library can still search
-                pass
-        return {t: np.frombuffer(v, np.float32).copy() for t, v, _ in found}
+        return self._cached(TextCacheRow, TextCacheRow.text, model, texts)
 
     def cache_texts(self, model: str, vectors: dict[str, np.ndarray], keep: int = 10_000) -> None:
         """Remember text embeddings; the least recently used beyond ``keep`` are forgotten."""
+        self._cache(TextCacheRow, "text", model, vectors, keep)
+
+    def cached_images(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached embeddings of image contents among ``hashes``, marked as used."""
+        return self._cached(ImageCacheRow, ImageCacheRow.content_hash, model, hashes)
+
+    def cache_images(self, model: str, vectors: dict[str, np.ndarray], keep: int = 100_000) -> None:
+        """Remember embeddings of images outside the library, by content hash."""
+        self._cache(ImageCacheRow, "content_hash", model, vectors, keep)
+
+    def _cached(self, row, key, model: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        now = time.time_ns()
+        with self.engine.connect() as conn:
+            found = conn.execute(select(key, row.vector, row.used_at).where(
+                row.model == model, key.in_(list(keys)))).all()
+        # A write per query would cost more than the lookup (half the latency of a warm
+        # search), and least-recently-used to the hour keeps the right entries.
+        stale = [k for k, _, used in found if now - used > _CACHE_TOUCH_NS]
+        if stale:
+            try:
+                with Session(self.engine) as s, s.begin():
+                    s.execute(update(row).where(row.model == model, key.in_(stale)).values(used_at=now))
+            except OperationalError:  # a read-only library can still search
+                pass
+        return {k: np.frombuffer(v, np.float32).copy() for k, v, _ in found}
+
+    def _cache(self, row, key: str, model: str, vectors: dict[str, np.ndarray], keep: int) -> None:
         now = time.time_ns()
         with Session(self.engine) as s, s.begin():
-            for text, vec in vectors.items():
-                s.merge(TextCacheRow(model=model, text=text, vector=np.asarray(vec, np.float32).tobytes(),
-                                     used_at=now))
+            for k, vec in vectors.items():
+                s.merge(row(model=model, **{key: k}, vector=np.asarray(vec, np.float32).tobytes(), used_at=now))
             s.flush()
-            cutoff = s.scalar(select(TextCacheRow.used_at).order_by(TextCacheRow.used_at.desc()).offset(keep).limit(1))
+            cutoff = s.scalar(select(row.used_at).order_by(row.used_at.desc()).offset(keep).limit(1))
             if cutoff is not None:
-                s.execute(delete(TextCacheRow).where(TextCacheRow.used_at <= cutoff))
+                s.execute(delete(row).where(row.used_at <= cutoff))
 
     # -- tags -------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ def test_migrations_create_the_schema_and_are_idempotent(tmp_path):
     tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
     assert {"images", "text_cache", "meta", "tags", "classifiers", "alembic_version"} <= tables
     assert "embeddings" not in tables
-    assert con.execute("select version_num from alembic_version").fetchone()[0] == "0004"
+    assert con.execute("select version_num from alembic_version").fetchone()[0] == "0005"
     assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
 
 
