@@ -647,12 +647,29 @@ class Library:
 
     def _served(self, info: ImageInfo) -> Path:
         """``info``'s file, if it may be served (see :meth:`file`)."""
-        path = Path(info.path)
-        real = Path(os.path.realpath(path))
-        roots = [Path(os.path.realpath(r)) for r in self.store.roots()] or [path.parent]
-        if not real.is_file() or not any(real == r or r in real.parents for r in roots):
+        real = self._within_roots(Path(info.path))
+        if real is None or not real.is_file():
             raise PathNotFoundError(f"the file of image {info.id} is missing or lies outside the indexed folders")
         return real
+
+    def within_roots(self, path: str | os.PathLike) -> Path:
+        """``path`` with symlinks resolved, if it lies inside a folder given to ``index``
+        (what the web app lets a request name); raises :class:`PathNotFoundError` otherwise."""
+        real = self._within_roots(Path(path).expanduser(), default_root=False)
+        if real is None or not real.exists():
+            raise PathNotFoundError(f"{path} is missing or lies outside the indexed folders",
+                                    hint="name a folder inside one given to `clipsearch index`")
+        return real
+
+    def _within_roots(self, path: Path, default_root: bool = True) -> Path | None:
+        real = Path(os.path.realpath(path))
+        # A library from before roots were recorded trusts the folder its file is in.
+        roots = [Path(os.path.realpath(r)) for r in self.store.roots()] or ([path.parent] if default_root else [])
+        return real if any(real == r or r in real.parents for r in roots) else None
+
+    def image_id(self, path: str | os.PathLike) -> int | None:
+        """The id of the indexed image at ``path``, if there is one."""
+        return self.store.id_for_path(str(Path(path).absolute()))
 
     def thumbnail(self, image_id: int, size: int = 256, fmt: str = "webp") -> Thumbnail:
         """A thumbnail (``webp`` or ``jpeg``) of an indexed image, cached in the library

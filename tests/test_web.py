@@ -300,3 +300,40 @@ def test_info_names_the_roots_and_the_upload_limit(served):
     client, _, photos, _ = served
     info = client.get("/api/info").json()
     assert info["roots"] == [str(photos)] and info["max_upload_bytes"] == 1_000_000
+
+
+def test_the_matrix_and_eval_views(served, tmp_path):
+    client, lib, photos, outside = served
+    files = sorted(photos.iterdir())[:3]
+    ids = [lib.image_id(f) for f in files]
+    got = client.post("/api/matrix", json={"images": ids, "labels": "demo-colours"})
+    assert got.status_code == 200, got.text
+    data = got.json()
+    assert data["cosine"] == lib.similarity_matrix(ids, "demo-colours").cosine
+    assert [i["id"] for i in data["images"]] == ids and data["images"][0]["thumbnail"] == f"/api/images/{ids[0]}/thumbnail"
+    # Label sets by bundled name only: a request does not name files on the server.
+    named = client.post("/api/matrix", json={"images": ids, "labels": str(outside)})
+    assert named.status_code == 400 and "unknown label set" in named.json()["error"]
+    assert client.post("/api/matrix", json={"images": [], "labels": "demo-colours"}).status_code == 400
+
+    # A labelled folder inside the indexed folders: one sub-folder per colour.
+    labelled = photos / "labelled"
+    for f in sorted(photos.glob("*.jpg")):
+        (labelled / f.name.split("_")[0]).mkdir(parents=True, exist_ok=True)
+        (labelled / f.name.split("_")[0] / f.name).write_bytes(f.read_bytes())
+    try:
+        result = client.post("/api/eval", json={"folder": str(labelled), "labels": "demo-colours",
+                                                "compare_templates": True})
+        assert result.status_code == 200, result.text
+        body = result.json()
+        assert body["images"] == 24 and body["top1"] == lib.evaluate(labelled, "demo-colours").top1
+        assert body["templates"] and body["confusion"]
+        assert all(m["id"] is None for m in body["misses"])  # copies, not indexed themselves
+        away = client.post("/api/eval", json={"folder": str(tmp_path), "labels": "demo-colours"})
+        assert away.status_code == 404 and "outside the indexed folders" in away.json()["error"]
+        dotdot = client.post("/api/eval", json={"folder": f"{labelled}/../../", "labels": "demo-colours"})
+        assert dotdot.status_code == 404
+    finally:
+        import shutil
+
+        shutil.rmtree(labelled)

@@ -48,6 +48,7 @@ from .compat import add_routes as add_clip_retrieval_routes
 from .params import iso_date, number, whole
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
+MAX_MATRIX_IMAGES = 64  # columns a similarity matrix can show legibly
 TOKEN_COOKIE = "clipsearch_token"
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("clipsearch.web")
@@ -309,11 +310,37 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
                        classifier: Annotated[str | None, Form()] = None,
                        top_k: Annotated[int, Form(ge=1, le=100)] = 5):
         data = await upload_bytes(image)
-        [result] = await run_in_threadpool(call, library.classify, [Term("data", data)], labels,
-                                           classifier=classifier, top_k=top_k)
+        [result] = await run_in_threadpool(call, library.classify, [Term("data", data)],
+                                           _label_set(labels) if labels else None, classifier=classifier, top_k=top_k)
         if result.error:
             raise InputError(f"the upload is not a usable image: {result.error}")
         return {**result.to_dict(), "path": image.filename or ""}
+
+    @app.post("/api/matrix", summary="Cosine similarity of indexed images to a bundled label set's labels")
+    def matrix(body: dict):
+        ids = [whole(i, 0, 0, 2**62) for i in _list(body, "images")]
+        if not 1 <= len(ids) <= MAX_MATRIX_IMAGES:
+            raise InputError(f"give 1 to {MAX_MATRIX_IMAGES} image ids in 'images'")
+        found = call(library.similarity_matrix, ids, _label_set(body.get("labels")),
+                     templates=[str(t) for t in _list(body, "templates")])
+        return {**found.to_dict(), "images": [
+            {"id": i, "name": Path(p).name, "thumbnail": f"/api/images/{i}/thumbnail"} for i, p in zip(ids, found.paths)]}
+
+    @app.post("/api/eval", summary="Evaluate a bundled label set or a classifier on a labelled folder "
+                                   "inside the indexed folders")
+    def evaluate(body: dict):
+        folder = library.within_roots(str(body.get("folder") or ""))
+        classifier = body.get("classifier") or None
+        labels = _label_set(body["labels"]) if body.get("labels") else None
+        few_shot = whole(body.get("few_shot"), 0, 0, 64) or None
+        result = call(library.evaluate, folder, labels, classifier=classifier,
+                      templates=[str(t) for t in _list(body, "templates")],
+                      compare_templates=bool(body.get("compare_templates")), few_shot=few_shot)
+        data = result.to_dict()
+        for miss in data["misses"]:  # thumbnails for the misses the library holds
+            image_id = library.image_id(miss["path"])
+            miss.update(id=image_id, thumbnail=f"/api/images/{image_id}/thumbnail" if image_id else None)
+        return data
 
     @app.get("/api/duplicates", summary="Groups of near-identical images")
     def duplicates(threshold: float = Query(0.995, gt=0, le=1), crops: bool = True):
@@ -348,6 +375,17 @@ def _term(raw: str, sign: float = 1.0) -> Term:
     request does not get to name paths on the server, so what looks like one is text."""
     term = Term.parse(raw, sign=sign)
     return Term("text", raw.strip(), sign) if term.kind == "image" else term
+
+
+def _label_set(name) -> str:
+    """A bundled label set's name from a request. Never a file: a request does not get to
+    name paths on the server."""
+    from ..labels import available_label_sets
+
+    known = available_label_sets()
+    if not isinstance(name, str) or name not in known:
+        raise InputError(f"unknown label set {name!r}", hint=f"the bundled sets: {', '.join(sorted(known))}")
+    return name
 
 
 def _list(body: dict, key: str) -> list:
