@@ -10,6 +10,9 @@ Security, by construction:
   path, symlinks resolved, lies inside a folder given to ``index`` (``Library.file``);
 * request bodies are bounded (``max_upload_bytes``) before they are parsed, uploaded
   images by the indexer's megapixel cap, and what is not an image gets 400;
+* a request never names a file on the server: query terms that look like paths are text,
+  label sets are bundled names only, and the one folder a request may name (``/api/eval``'s
+  labelled examples) must lie inside a folder given to ``index`` (``Library.within_roots``);
 * remote URLs are never fetched unless ``allow_remote_urls``;
 * with a ``token``, every request must carry it (``Authorization: Bearer``, or the cookie
   that opening ``/?token=...`` sets);
