@@ -22,6 +22,7 @@ for the caller to judge from the meta (``precision.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -44,11 +45,21 @@ class OnnxImageEncoder:
     def __init__(self, folder: Path, meta: dict, *, cold: bool = False):
         self.meta = meta
         self.dim = int(meta["dim"])
+        # How the model wants its pictures (``pixels.py``): enough to embed an image query
+        # without torch. Towers made before this was kept lack it.
+        self.pixel_spec = PixelSpec(**meta["pixels"]) if "pixels" in meta else None
         self.session = onnxtower.session(folder / "image.onnx", cold=cold)
+
+    @property
+    def image_size(self) -> int:
+        return self.pixel_spec.size
 
     def encode_crops(self, crops: np.ndarray) -> np.ndarray:
         v = self.session.run(None, {"pixels": np.ascontiguousarray(crops, dtype=np.uint8)})[0]
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    def encode_images(self, images: list) -> np.ndarray:
+        return self.encode_crops(np.stack([model_pixels(im, self.pixel_spec) for im in images]))
 
 
 def load(root: Path, model: str, *, cold: bool = False) -> OnnxImageEncoder | None:
@@ -96,7 +107,8 @@ def export(model, spec: PixelSpec, root: Path, model_name: str) -> dict:
 
             expected = fp32(crops)
             meta = {"model": model_name, "precision": "int8", "dim": int(expected.shape[1]), "opset": 18,
-                    "torch": torch.__version__, "export_seconds": round(exported, 2)}
+                    "pixels": dataclasses.asdict(spec), "torch": torch.__version__,
+                    "export_seconds": round(exported, 2)}
             int8 = OnnxImageEncoder(work, meta)
             cosines = (int8.encode_crops(crops) * expected).sum(1)
             meta["check_mean_cosine"], meta["check_min_cosine"] = float(cosines.mean()), float(cosines.min())

@@ -100,6 +100,7 @@ class Library:
                 hint="leave out --model to use the library's own model, or pick another --library")
         self._encoder = encoder
         self._text_onnx = None  # the exported text tower, once loaded (textonnx.py)
+        self._image_onnx = None  # the int8 image tower, for queries of an int8 library (imageonnx.py)
         self._vectors: VectorIndex | None = None
         self._vectors_seen: tuple[int, int] | None = None  # (vector version, generation) it reflects
         self._writing = False
@@ -529,6 +530,19 @@ class Library:
             self._text_onnx = textonnx.load(self.root, str(self.model))
         return self._text_onnx or self.encoder
 
+    def _image_encoder(self):
+        """What embeds query images: the model if it is loaded already; for a library indexed
+        at int8, its int8 tower (no torch, as for text, and the very function its vectors
+        came from); else the model."""
+        if self._encoder is not None and self._encoder.loaded:
+            return self._encoder
+        if self._image_onnx is None and self._precisions()[:1] == ["int8"]:
+            from . import imageonnx
+
+            tower = imageonnx.load(self.root, str(self._model_or_fail()), cold=True)
+            self._image_onnx = tower if tower is not None and tower.pixel_spec is not None else None
+        return self._image_onnx or self.encoder
+
     def _image_vectors(self, images: Iterable[Term | str | os.PathLike | int], unreadable: dict[int, str] | None = None,
                        ) -> tuple[np.ndarray, list[int | None], list[str]]:
         """Unit vectors of images given by id (``int`` or ``"id:N"``), path or query term, with each one's
@@ -580,18 +594,19 @@ class Library:
             source = self.store.find_by_hash(h)
             if source is not None:
                 known[h] = self.store.vector_of(source[0])
-        fresh, pictures = [], []
+        fresh, pictures, encoder = [], [], None
         for n, h in hashes.items():
             if h in known:
                 found[n] = known[h]
                 continue
+            encoder = encoder or self._image_encoder()
             try:
-                pictures.append(decode_image(contents[n], self.encoder.image_size, suffix=Path(paths[n]).suffix).image)
+                pictures.append(decode_image(contents[n], encoder.image_size, suffix=Path(paths[n]).suffix).image)
                 fresh.append(n)
             except ImageError as exc:
                 self._unreadable(n, paths[n], exc, unreadable)
         if fresh:
-            found.update(zip(fresh, self.encoder.encode_images(pictures)))
+            found.update(zip(fresh, encoder.encode_images(pictures)))
             try:
                 self.store.cache_images(model, {hashes[n]: found[n] for n in fresh})
             except OperationalError:  # a read-only or busy library: the cache is only a cache

@@ -119,6 +119,23 @@ def test_the_library_records_its_precision_and_keeps_it(int8_library, demo_image
     assert tower.stat().st_mtime_ns == made  # made once per library
 
 
+def test_an_image_query_on_an_int8_library_needs_no_torch(int8_library, tmp_path):
+    from test_cli import run_counting_torch
+
+    from sqlalchemy import text
+
+    Image.new("RGB", (80, 60), (30, 70, 215)).save(tmp_path / "blue.png")  # never seen by the library
+    out, imported = run_counting_torch(["clipsearch", "search", "--image", str(tmp_path / "blue.png"), "-n", "5",
+                                        "-L", str(int8_library), "--paths-only"])
+    assert not imported
+    with Library.open(int8_library) as lib:
+        with lib.store.engine.begin() as conn:  # the cold process encoded it (and cached it): forget that
+            assert conn.execute(text("DELETE FROM image_cache")).rowcount == 1
+        lib.encoder.load()  # in-process: the torch model with its int8 session
+        expected = [h.path for h in lib.search(image=tmp_path / "blue.png", k=5)]
+    assert out.splitlines() == expected
+
+
 def test_auto_on_a_cpu_settles_by_the_measured_speed(tmp_path, demo_images):
     with Library.open(tmp_path / "lib", model="demo") as lib:
         report = lib.index([demo_images[0].parent], precision="auto")
