@@ -11,6 +11,8 @@ Screenshots are kept: under pytest's temporary folder, and in $CLIPSEARCH_SCREEN
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -68,10 +70,34 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def context(browser, server):
+@pytest.fixture(scope="module")
+def eval_server(demo_images, tmp_path_factory):
+    """A `clipsearch serve` process on a library of its own, whose indexed folder holds the
+    demo images sorted twice into labelled folders: ``colours/red/...`` and ``shapes/circle/...``
+    (the other tests' library must keep its 48 images). Yields its base URL and that folder."""
+    from clipsearch import Library
+    from conftest import serving
+
+    root = tmp_path_factory.mktemp("eval")
+    photos = root / "photos"
+    for path in demo_images:
+        colour, shape = path.name.split("_")[:2]
+        for folder in (photos / "colours" / colour, photos / "shapes" / shape):
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, folder / path.name)
+    with Library.open(root / "library", model="demo") as lib:
+        report = lib.index([photos])
+    assert report.added == 2 * len(demo_images) and not report.errors
+    with serving(root / "library") as base:
+        with urllib.request.urlopen(base + "/api/info", timeout=120) as response:
+            assert response.status == 200
+        yield base + "/", photos
+
+
+@contextlib.contextmanager
+def checked_context(browser, server: str):
     """A fresh browser context that fails the test on a script error or on any request that
-    leaves the server (the page must need no CDN and no network)."""
+    leaves ``server`` (the page must need no CDN and no network)."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     context.set_default_timeout(TIMEOUT_MS)
     problems: list[str] = []
@@ -86,9 +112,17 @@ def context(browser, server):
 
     context.route("**/*", route)
     context.on("page", lambda page: watch(page, problems))
-    yield context
-    context.close()
+    try:
+        yield context
+    finally:
+        context.close()
     assert not problems, problems
+
+
+@pytest.fixture
+def context(browser, server):
+    with checked_context(browser, server) as context:
+        yield context
 
 
 def watch(page, problems: list[str]) -> None:
@@ -135,17 +169,25 @@ def params(page) -> dict[str, list[str]]:
     return parse_qs(urlparse(page.url).query)
 
 
-def save_screenshot(page, name: str, tmp_path_factory) -> list[Path]:
+def save_screenshot(page, name: str, tmp_path_factory, full_page: bool = False) -> list[Path]:
     """Writes the screenshot under pytest's temporary folder and into the artifact folder."""
     folders = [tmp_path_factory.getbasetemp() / "screenshots",
                Path(os.environ.get("CLIPSEARCH_SCREENSHOT_DIR") or "/tmp/clipsearch-artifacts")]
-    data = page.screenshot(full_page=False)
+    data = page.screenshot(full_page=full_page)
     paths = []
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
         paths.append(folder / name)
     return paths
+
+
+def post_json(server: str, path: str, body: dict) -> dict:
+    """What the API answers ``body`` with, asked directly (the servers here need no token)."""
+    request = urllib.request.Request(server + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)
 
 
 def drop_file(page, data: bytes, name: str, kind: str) -> None:
@@ -432,3 +474,125 @@ def test_screenshot(page, server, tmp_path_factory):
     page.wait_for_function("document.querySelector('#detail-img').naturalWidth > 0")
     page.wait_for_timeout(200)
     save_screenshot(page, "web-detail.png", tmp_path_factory)
+
+
+def test_label_matrix_from_a_search(page, server, tmp_path_factory):
+    page.goto(server + "?q=a+red+circle")
+    wait_for_results(page, 12)
+    ids = page.eval_on_selector_all("#grid .tile", "els => els.slice(0, 12).map(e => Number(e.dataset.id))")
+    page.get_by_role("link", name="Label matrix").click()
+    expect(page.locator("#matrix-view")).to_be_visible()
+    assert params(page)["view"] == ["matrix"] and params(page)["q"] == ["a red circle"]
+    assert params(page)["ids"] == [",".join(map(str, ids))]
+    # No label set yet: the view asks for one (the placeholder is only a hint).
+    expect(page.locator("#matrix-result")).to_contain_text("Choose a label set")
+    page.locator("#matrix-view").get_by_label("Label set").fill("demo-colours")
+    page.keyboard.press("Enter")
+    table = page.locator("#matrix-result table")
+    expect(table).to_be_visible()
+    assert params(page)["labels"] == ["demo-colours"]
+
+    # Images across (in the search's order), the set's labels down, the API's numbers inside.
+    api = post_json(server, "api/matrix", {"images": ids, "labels": "demo-colours"})
+    expect(table.locator("thead th[scope=col]")).to_have_count(12)
+    assert [int(i) for i in table.locator("thead th[scope=col]").evaluate_all("ths => ths.map(t => t.dataset.id)")] == ids
+    assert table.locator("tbody th[scope=row]").all_inner_texts() == api["labels"] == [
+        "red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
+    cells = table.locator("tbody tr").evaluate_all(
+        "rows => rows.map(r => [...r.querySelectorAll('td')].map(td => [td.textContent, Number(td.dataset.value)]))")
+    assert [len(row) for row in cells] == [12] * 8
+    for j, row in enumerate(cells):
+        for i, (text, value) in enumerate(row):
+            assert value == api["cosine"][i][j]
+            assert re.fullmatch(r"-?\d\.\d\d", text) and abs(float(text) - value) <= 0.005 + 1e-9
+    # Each image's best label is marked: the greatest in its column.
+    best = table.locator("tbody tr").evaluate_all(
+        "rows => rows.map(r => [...r.querySelectorAll('td')].map(td => td.classList.contains('best')))")
+    for i, column in enumerate(api["cosine"]):
+        assert [row[i] for row in best] == [j == column.index(max(column)) for j in range(len(column))]
+
+    page.wait_for_function("[...document.querySelectorAll('#matrix-result thead img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    page.locator("#matrix-labels").blur()
+    save_screenshot(page, "web-matrix.png", tmp_path_factory)
+
+    # The URL keeps the images and the label set; a header opens its image.
+    page.reload()
+    expect(table.locator("tbody tr")).to_have_count(8)
+    expect(page.locator("#matrix-labels")).to_have_value("demo-colours")
+    table.locator("thead th a").first.click()
+    expect(page.locator("#detail-title")).to_have_text(api["images"][0]["name"])
+    page.keyboard.press("Escape")
+    expect(page.locator("#detail")).to_be_hidden()
+    page.get_by_role("link", name="Back to search").click()
+    wait_for_results(page, 12)
+    expect(page.locator("#q")).to_have_value("a red circle")
+
+
+def test_eval_view_on_a_labelled_folder(browser, eval_server, tmp_path_factory):
+    base, photos = eval_server
+    with checked_context(browser, base) as context:
+        page = context.new_page()
+        page.goto(base)
+        page.get_by_role("link", name="Evaluate", exact=True).click()
+        view = page.locator("#eval-view")
+        expect(view).to_be_visible()
+        assert params(page)["view"] == ["eval"]
+        expect(page.locator("#eval-folder")).to_have_attribute("placeholder", str(photos))
+
+        colours = str(photos / "colours")
+        view.get_by_label("Labelled folder").fill(colours)
+        view.get_by_label("Label set").fill("demo-colours")
+        view.get_by_role("button", name="Run").click()
+        top1 = page.locator("#eval-top1")
+        expect(top1).to_be_visible()
+        api = post_json(base, "api/eval", {"folder": colours, "labels": "demo-colours"})
+        assert float(top1.get_attribute("data-value")) == api["top1"]
+        expect(top1).to_have_text(f"{100 * api['top1']:.1f}%")
+        rows = page.locator(".confusion tbody tr")
+        expect(rows).to_have_count(len(api["labels"]))
+        assert len(api["labels"]) == 8 and rows.locator("th[scope=row]").all_inner_texts() == api["labels"]
+        assert page.locator(".confusion thead th[scope=col]").all_inner_texts() == api["labels"]
+        counts = rows.evaluate_all("rows => rows.map(r => [...r.querySelectorAll('td')].map(td => Number(td.textContent)))")
+        assert counts == api["confusion"]
+        assert params(page)["folder"] == [colours] and params(page)["labels"] == ["demo-colours"]
+
+        # Shapes, with the templates compared and few-shot probes: slower, busy meanwhile.
+        shapes = str(photos / "shapes")
+        view.get_by_label("Labelled folder").fill(shapes)
+        view.get_by_label("Label set").fill("demo-shapes")
+        view.get_by_label("Compare templates").check()
+        view.get_by_label("Few-shot K").fill("4")
+        view.get_by_label("Few-shot K").press("Enter")
+        expect(page.locator("#eval-run")).to_be_disabled()
+        expect(page.locator("#eval-result")).to_have_attribute("aria-busy", "true")
+        expect(page.locator("#eval-result .stats")).to_be_visible(timeout=120_000)
+        expect(page.locator("#eval-run")).to_be_enabled()
+        assert params(page)["compare"] == ["1"] and params(page)["shots"] == ["4"]
+        api = post_json(base, "api/eval", {"folder": shapes, "labels": "demo-shapes", "compare_templates": True,
+                                           "few_shot": 4})
+        assert float(top1.get_attribute("data-value")) == api["top1"]
+        expect(rows).to_have_count(6)
+        labels = page.locator(".card").filter(has=page.get_by_role("heading", name="Per label"))
+        expect(labels.locator("tbody tr")).to_have_count(len(api["classes"]))
+        misses = page.locator(".misses li")
+        expect(misses).to_have_count(len(api["misses"]))
+        assert api["misses"] and all(m["thumbnail"] for m in api["misses"])  # indexed images, with thumbnails
+        first = api["misses"][0]
+        expect(misses.first).to_contain_text(f"{first['true']} → {first['predicted']}")
+        page.wait_for_function("[...document.querySelectorAll('.misses img')].every(i => i.complete && i.naturalWidth > 0)")
+        templates = page.locator(".card").filter(has=page.get_by_role("heading", name="Templates"))
+        expect(templates.locator("tbody tr")).to_have_count(len(api["templates"]))
+        shots = page.locator(".card").filter(has=page.get_by_role("heading", name="Few-shot probes"))
+        expect(shots.locator("tbody tr")).to_have_count(len(api["few_shot"]))
+        beat = api["shots_to_beat_zero_shot"]
+        expect(page.locator("#eval-verdict")).to_contain_text(
+            f"from {beat} shot" if beat else "No probe beat zero-shot")
+        view.get_by_label("Few-shot K").blur()
+        save_screenshot(page, "web-eval.png", tmp_path_factory, full_page=True)
+
+        # A folder outside the indexed ones: the server's error, with its hint.
+        view.get_by_label("Labelled folder").fill(str(photos.parent))
+        view.get_by_role("button", name="Run").click()
+        expect(page.locator("#eval-result .error-box")).to_contain_text("outside the indexed folders")
+        expect(page.locator("#eval-result .error-box .hint")).to_contain_text("clipsearch index")

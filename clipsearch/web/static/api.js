@@ -13,10 +13,10 @@ export class ApiError extends Error {
 export async function api(url, options = {}) {
   let response;
   try {
-    response = await fetch(url, { ...options, headers: { Accept: "application/json" } });
+    response = await fetch(url, { ...options, headers: { Accept: "application/json", ...options.headers } });
   } catch (err) {
     if (err.name === "AbortError") throw err;
-    if (options.method === "POST") {
+    if (options.body instanceof FormData) {
       // A server that refuses a big body early can cut the upload off mid-way.
       throw new ApiError(0, "The upload failed before the server answered",
         "The file may be larger than the server accepts (clipsearch serve --max-upload-mb).");
@@ -29,6 +29,12 @@ export async function api(url, options = {}) {
     throw new ApiError(response.status, body?.error || `${response.status} ${response.statusText}`, body?.hint);
   }
   return body;
+}
+
+export function postJSON(url, body, options = {}) {
+  return api(url, {
+    ...options, method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" },
+  });
 }
 
 export function errorBox(err, title = "Something went wrong") {

@@ -7,9 +7,10 @@
 // then render() makes the page match. Reloading, sharing the URL or going back and
 // forward (popstate) all just call render() on the state read from the URL.
 
-import { ApiError, api, errorBox } from "./api.js";
+import { ApiError, api, errorBox, postJSON } from "./api.js";
 import {
-  breakable, dirname, fmtBytes, fmtDate, fmtScore, h, icon, isTyping, plural, thumbUrl, toast,
+  basename, breakable, dirname, fmtBytes, fmtDate, fmtPercent, fmtScore, h, heat, heatGradient, icon, isTyping,
+  plural, thumbUrl, toast,
 } from "./dom.js";
 import { rememberUpload, uploadFile, uploadPreview } from "./uploads.js";
 import { blankState, readURL, toURL } from "./url.js";
@@ -17,6 +18,7 @@ import { blankState, readURL, toURL } from "./url.js";
 const PAGE = 30; // results per request
 const DEBOUNCE_MS = 250; // typing pause before a search
 const DEFAULT_THRESHOLD = 0.995;
+const MATRIX_IMAGES = 12; // the first results a label matrix compares
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -33,6 +35,11 @@ const ui = {
   tagsView: $("tags-view"), tagsFilter: $("tags-filter"), tagList: $("tag-list"),
   dupsView: $("dups-view"), dupsThreshold: $("dups-threshold"), dupsCrops: $("dups-crops"), dupsValue: $("dups-threshold-value"),
   dupsList: $("dups-list"),
+  matrixView: $("matrix-view"), matrixForm: $("matrix-form"), matrixLabels: $("matrix-labels"),
+  matrixBack: $("matrix-back"), matrixResult: $("matrix-result"),
+  evalView: $("eval-view"), evalForm: $("eval-form"), evalFolder: $("eval-folder"), evalFolders: $("eval-folders"),
+  evalLabels: $("eval-labels"), evalShots: $("eval-shots"), evalCompare: $("eval-compare"), evalRun: $("eval-run"),
+  evalResult: $("eval-result"),
   dialog: $("detail"), detailFigure: $("detail-figure"), detailImg: $("detail-img"),
   detailTitle: $("detail-title"), detailContent: $("detail-content"), detailClose: $("detail-close"),
   detailPrev: $("detail-prev"), detailNext: $("detail-next"), detailSimilar: $("detail-similar"),
@@ -74,6 +81,9 @@ async function loadInfo() {
   } catch (err) {
     info = { error: err };
   }
+  const roots = info.roots || [];
+  ui.evalFolders.replaceChildren(...roots.map((root) => h("option", { value: root })));
+  if (roots.length) ui.evalFolder.placeholder = roots[0];
   if (!listKey(state) && (state.view === "search")) showLanding();
 }
 
@@ -364,6 +374,13 @@ function renderContext() {
       parts.push(h("span", { text: "(folder, date and order filters do not apply to an uploaded image)" }));
     }
   }
+  if (found && list.key) {
+    const ids = list.items.slice(0, MATRIX_IMAGES).map((x) => x.id);
+    parts.push(h("a", {
+      class: "chip push", href: toURL({ ...s, view: "matrix", ids, id: null, open: null }),
+      title: `How alike the first ${plural(ids.length, "image")} are to each label of a label set`,
+    }, icon("matrix"), "Label matrix"));
+  }
   ui.context.replaceChildren(...parts);
   ui.context.hidden = parts.length === 0;
 }
@@ -493,55 +510,266 @@ function renderTagList() {
   document.title = "Tags · clipsearch";
 }
 
+// -- views that show one request's answer ----------------------------------------------
+
+// A box showing the answer to one request at a time, named by `key`: show() with the key
+// shown already does nothing; a new key aborts the request before it and shows `busy`
+// until the answer is drawn, or the error with its hint (asked again, it tries again).
+function answerBox(box, { busy, failed, onBusy = () => {} }) {
+  let shown = { key: null, controller: null };
+  const setBusy = (on) => {
+    box.setAttribute("aria-busy", String(on));
+    onBusy(on);
+  };
+  return {
+    async show(key, request, draw) {
+      if (shown.key === key) return;
+      shown.controller?.abort();
+      const mine = { key, controller: new AbortController() };
+      shown = mine;
+      setBusy(true);
+      box.replaceChildren(h("p", { class: "loading-more", role: "status" }, h("span", { class: "spinner", "aria-hidden": "true" }), busy));
+      try {
+        const answer = await request(mine.controller.signal);
+        if (shown === mine) box.replaceChildren(...[draw(answer)].flat().filter(Boolean));
+      } catch (err) {
+        if (shown !== mine || err.name === "AbortError") return;
+        mine.key = null;
+        box.replaceChildren(errorBox(err, failed));
+      } finally {
+        if (shown === mine) setBusy(false);
+      }
+    },
+    // Drops what is shown, or asked for: the next show() asks again.
+    forget() {
+      shown.controller?.abort();
+      shown = { key: null, controller: null };
+      setBusy(false);
+    },
+  };
+}
+
+// Sections of the matrix and eval views.
+function card(title, ...body) {
+  return h("section", { class: "card" }, h("h2", { text: title }), body);
+}
+
+function emptyState(iconName, title, ...text) {
+  return h("div", { class: "empty" },
+    h("div", { class: "big-icon" }, icon(iconName)),
+    h("h2", { text: title }),
+    h("p", {}, ...text));
+}
+
+// A table of numbers: column heads, then rows whose first cell heads the row.
+function dataTable(caption, heads, rows) {
+  return h("table", { class: "data" },
+    h("caption", { class: "sr-only", text: caption }),
+    h("thead", {}, h("tr", {}, heads.map((head) => h("th", { scope: "col", text: head })))),
+    h("tbody", {}, rows.map(([head, ...cells]) => h("tr", {},
+      h("th", { scope: "row" }, head), cells.map((cell) => h("td", {}, cell))))));
+}
+
+function unreadableNote(files) {
+  return files.length > 0 && h("details", { class: "note" },
+    h("summary", { text: `${plural(files.length, "file")} could not be read, and ${files.length === 1 ? "is" : "are"} left out` }),
+    h("ul", {}, files.map((f) => h("li", {}, h("code", { text: f.path }), `: ${f.reason}`))));
+}
+
+// A link that opens an image's detail view, over whatever view shows it.
+function openLink(id, ...children) {
+  return h("a", { href: toURL({ ...state, open: id }), "data-open": id }, ...children);
+}
+
 // -- the duplicates view ---------------------------------------------------------------
 
-let dups = { key: null, items: [], controller: null };
+const dupsBox = answerBox(ui.dupsList, { busy: "Looking for near-duplicates…", failed: "Could not look for duplicates" });
+let dupItems = []; // the tiles shown, in order, for the detail view's arrows
 
-async function showDuplicates() {
+function showDuplicates() {
   const threshold = state.threshold || DEFAULT_THRESHOLD;
   ui.dupsThreshold.value = threshold;
   ui.dupsValue.textContent = threshold.toFixed(3);
   ui.dupsCrops.checked = state.crops;
-  const key = `dups:${threshold}:${state.crops}`;
-  if (dups.key === key) return;
-  dups.controller?.abort();
-  const controller = new AbortController();
-  dups = { key, items: [], controller };
-  ui.dupsList.replaceChildren(h("p", { class: "loading-more" }, h("span", { class: "spinner" }), "Looking for near-duplicates…"));
-  let groups;
-  try {
-    groups = await api(`/api/duplicates?threshold=${threshold}&crops=${state.crops}`, { signal: controller.signal });
-  } catch (err) {
-    if (err.name === "AbortError" || dups.key !== key) return;
-    dups.key = null;
-    ui.dupsList.replaceChildren(errorBox(err, "Could not look for duplicates"));
-    return;
-  }
-  if (dups.key !== key) return;
+  dupsBox.show(`${threshold}:${state.crops}`,
+    (signal) => api(`/api/duplicates?threshold=${threshold}&crops=${state.crops}`, { signal }),
+    (groups) => drawDuplicates(groups, threshold));
+}
+
+function drawDuplicates(groups, threshold) {
+  dupItems = [];
   if (!groups.length) {
-    ui.dupsList.replaceChildren(h("div", { class: "empty" },
-      h("div", { class: "big-icon" }, icon("copies")),
-      h("h2", { text: "No near-duplicates" }),
-      h("p", { text: `No two images are this alike (cosine ≥ ${threshold}). Lower the threshold to see closer calls.` })));
-    return;
+    return emptyState("copies", "No near-duplicates",
+      `No two images are this alike (cosine ≥ ${threshold}). Lower the threshold to see closer calls.`);
   }
   const images = groups.reduce((n, g) => n + g.images.length, 0);
-  let index = 0;
-  ui.dupsList.replaceChildren(
+  return [
     h("p", { class: "dup-summary", text: `${plural(groups.length, "group")}, ${plural(images, "image")}; the best matches first.` }),
     ...groups.map((g, i) => h("section", { class: "dup-group", "aria-label": `Group ${i + 1}` },
       h("h2", {}, `Group ${i + 1}`, h("span", { class: "muted", text: `${g.images.length} images · similarity ${fmtScore(g.score)}` })),
       h("ul", { class: "grid" }, g.images.map((hit) => {
-        dups.items.push(hit);
-        return tile(hit, index++, { showFolder: true });
+        dupItems.push(hit);
+        return tile(hit, dupItems.length - 1, { showFolder: true });
+      })))),
+  ];
+}
+
+// -- the label matrix view -------------------------------------------------------------
+
+const matrixBox = answerBox(ui.matrixResult, { busy: "Comparing the images with the labels…", failed: "Could not draw the matrix" });
+
+function showMatrix() {
+  document.title = "Label matrix · clipsearch";
+  if (ui.matrixLabels.value !== state.labels) ui.matrixLabels.value = state.labels;
+  ui.matrixBack.href = toURL({ ...state, view: "search", ids: [], open: null });
+  if (!state.ids.length || !state.labels) {
+    matrixBox.forget();
+    ui.matrixResult.replaceChildren(state.ids.length
+      ? emptyState("matrix", "Choose a label set",
+        `Type the name of the label set to compare the ${plural(state.ids.length, "image")} with, above: `,
+        h("code", { text: "photos" }), ", ", h("code", { text: "coco" }), ", ", h("code", { text: "imagenet" }), "…")
+      : emptyState("matrix", "No images to compare",
+        "Search first, then choose ", h("strong", { text: "Label matrix" }), " above the results: it compares the first ",
+        `${MATRIX_IMAGES} with the labels of a label set.`));
+    return;
+  }
+  const body = { images: state.ids, labels: state.labels };
+  matrixBox.show(JSON.stringify(body), (signal) => postJSON("/api/matrix", body, { signal }), drawMatrix);
+}
+
+// The CLIP tutorial's picture: images across, labels down, each cell shaded by its
+// cosine on a scale from the matrix's least to its greatest.
+function drawMatrix(m) {
+  const values = m.cosine.flat();
+  const lo = Math.min(...values);
+  const hi = Math.max(...values);
+  const scale = (v) => (hi > lo ? (v - lo) / (hi - lo) : 0.5);
+  const best = m.cosine.map((row) => row.indexOf(Math.max(...row)));
+  const table = h("table", { class: "heat matrix" },
+    h("caption", { class: "sr-only", text: `Cosine similarity of ${plural(m.images.length, "image")} (columns) `
+      + `to the ${plural(m.labels.length, "label")} of ${state.labels} (rows); each image's best label is marked` }),
+    h("thead", {}, h("tr", {}, h("td", { class: "corner" }), m.images.map((img) => h("th", { scope: "col", "data-id": img.id },
+      openLink(img.id, h("img", { src: thumbUrl(img.thumbnail, 128), alt: "", width: 64, height: 64 }),
+        h("span", { class: "name", text: img.name, title: img.name })))))),
+    h("tbody", {}, m.labels.map((label, j) => h("tr", {},
+      h("th", { scope: "row", text: label }),
+      m.images.map((img, i) => {
+        const v = m.cosine[i][j];
+        return h("td", {
+          style: heat(scale(v)), class: best[i] === j ? "best" : null, "data-value": v,
+          title: `${img.name} and “${label}”: ${v.toFixed(4)}${best[i] === j ? ", its best label" : ""}`,
+        }, v.toFixed(2));
       })))));
+  return [
+    h("div", { class: "heat-legend" },
+      h("span", { text: "less alike" }), h("span", { class: "ramp", style: `background: ${heatGradient()}`, "aria-hidden": "true" }),
+      h("span", { text: "more alike" }), h("span", { class: "muted", text: `cosine ${lo.toFixed(2)} to ${hi.toFixed(2)}` })),
+    h("div", { class: "table-scroll" }, table),
+    unreadableNote(m.unreadable),
+  ];
+}
+
+// -- the eval view ---------------------------------------------------------------------
+
+const evalBox = answerBox(ui.evalResult, {
+  busy: "Evaluating… a big folder, or few-shot probes, can take tens of seconds.",
+  failed: "The evaluation failed",
+  onBusy: (on) => {
+    ui.evalRun.disabled = on;
+    ui.evalRun.textContent = on ? "Running…" : "Run";
+  },
+});
+
+function showEval() {
+  document.title = "Evaluate · clipsearch";
+  if (ui.evalFolder.value !== state.folder) ui.evalFolder.value = state.folder;
+  if (ui.evalLabels.value !== state.labels) ui.evalLabels.value = state.labels;
+  ui.evalShots.value = state.shots ?? "";
+  ui.evalCompare.checked = state.compare;
+  if (!state.folder) {
+    evalBox.forget();
+    ui.evalResult.replaceChildren();
+    return;
+  }
+  const body = { folder: state.folder, compare_templates: state.compare };
+  if (state.labels) body.labels = state.labels;
+  if (state.shots) body.few_shot = state.shots;
+  evalBox.show(JSON.stringify(body), (signal) => postJSON("/api/eval", body, { signal }), drawEvaluation);
+}
+
+function drawEvaluation(r) {
+  ui.live.textContent = `Evaluated: top-1 ${fmtPercent(r.top1)} on ${plural(r.images, "image")}.`;
+  const stat = (label, value, extra = {}) => h("div", { class: "stat" }, h("dt", { text: label }), h("dd", extra, value));
+  const beat = r.shots_to_beat_zero_shot;
+  return [
+    h("dl", { class: "stats" },
+      stat("Top-1", fmtPercent(r.top1), { id: "eval-top1", "data-value": r.top1 }),
+      stat("Top-5", fmtPercent(r.top5), { id: "eval-top5", "data-value": r.top5 }),
+      stat("Images", r.images.toLocaleString()),
+      stat("Labels", r.labels.length.toLocaleString()),
+      stat("Classifier", [r.classifier, h("span", { class: "source", text: r.source })])),
+    unreadableNote(r.unreadable),
+    h("div", { class: "cards" },
+      card("Confusion matrix",
+        h("p", { class: "note muted", text: "Rows are the true labels, columns the predicted ones; a cell's shade is its share of the row." }),
+        h("div", { class: "table-scroll" }, confusionTable(r))),
+      card("Per label", dataTable("Precision, recall and support per label", ["Label", "Precision", "Recall", "Images"],
+        r.classes.map((c) => [c.label, fmtPercent(c.precision), fmtPercent(c.recall), c.support.toLocaleString()]))),
+      card("Most confused", r.most_confused.length
+        ? h("ol", { class: "pairs" }, r.most_confused.map((c) => h("li", {},
+          h("strong", { text: c.true }), " taken for ", h("strong", { text: c.predicted }),
+          h("span", { class: "muted", text: plural(c.count, "image") }))))
+        : h("p", { class: "muted", text: "No label was taken for another." })),
+      card(`Misses (${r.misses.length.toLocaleString()})`, r.misses.length
+        ? h("ul", { class: "misses" }, r.misses.map(missItem))
+        : h("p", { class: "muted", text: "Every image was named right." })),
+      r.templates.length > 0 && card("Templates",
+        h("p", { class: "note muted", text: "Zero-shot with each template alone, and all of them together." }),
+        dataTable("Accuracy per template", ["Template", "Top-1", "Top-5"],
+          r.templates.map((t) => [h("code", { text: t.template }), fmtPercent(t.top1), fmtPercent(t.top5)]))),
+      r.few_shot.length > 0 && card("Few-shot probes",
+        h("p", { class: "note muted", text: "Probes trained on K images per label, against zero-shot on the same held-out images (mean of the draws)." }),
+        dataTable("Few-shot probes against zero-shot", ["Shots per label", "Zero-shot", "Few-shot", "Draws", "Held-out images"],
+          r.few_shot.map((f) => [String(f.shots), fmtPercent(f.zero_shot), fmtPercent(f.few_shot), f.draws, f.tested])),
+        h("p", { class: "verdict", id: "eval-verdict", text: beat
+          ? `The probe beats zero-shot from ${plural(beat, "shot")} per label.`
+          : "No probe beat zero-shot: the labels' words already carry what the examples teach." }))),
+  ];
+}
+
+// Rows are true labels, columns predicted ones; each cell is shaded by its share of its row.
+function confusionTable(r) {
+  return h("table", { class: `heat confusion${r.labels.length > 8 ? " many" : ""}` },
+    h("caption", { class: "sr-only", text: "Confusion matrix: true labels down, predicted labels across, image counts in the cells" }),
+    h("thead", {}, h("tr", {},
+      h("td", { class: "corner" }, h("span", { text: "true ↓ predicted →" })),
+      r.labels.map((label) => h("th", { scope: "col" }, h("span", { text: label }))))),
+    h("tbody", {}, r.confusion.map((row, i) => {
+      const total = row.reduce((a, b) => a + b, 0);
+      return h("tr", {}, h("th", { scope: "row", text: r.labels[i] }), row.map((n, j) => h("td", {
+        style: heat(total ? n / total : 0), class: [i === j && "diagonal", n === 0 && "zero"].filter(Boolean).join(" ") || null,
+        title: `${r.labels[i]} predicted as ${r.labels[j]}: ${n} of ${total}`,
+      }, n)));
+    })));
+}
+
+function missItem(m) {
+  const name = basename(m.path);
+  const picture = m.thumbnail
+    ? openLink(m.id, h("img", { src: thumbUrl(m.thumbnail, 128), alt: name, loading: "lazy" }))
+    : h("span", { class: "no-thumb", "aria-hidden": "true" }, icon("image"));
+  return h("li", { title: m.path }, picture,
+    h("span", { class: "miss-text" },
+      h("span", { class: "name", text: name }),
+      h("span", {}, h("strong", { text: m.true }), " → ", h("strong", { text: m.predicted })),
+      h("span", { class: "muted", text: `${fmtPercent(m.probability)} sure` })));
 }
 
 // -- the detail view -------------------------------------------------------------------
 
 let detail = { id: null, gen: 0 };
 
-const detailItems = () => (state.view === "duplicates" ? dups.items : list.items);
+const detailItems = () => (state.view === "duplicates" ? dupItems : list.items);
 
 async function showDetail(id) {
   if (!ui.dialog.open) ui.dialog.showModal();
@@ -630,7 +858,7 @@ function closeDetail() {
   if (ui.dialog.open) ui.dialog.close();
   const id = detail.id;
   detail = { id: null, gen: detail.gen + 1 };
-  const current = id != null && document.querySelector(`.tile[data-id="${id}"]`);
+  const current = id != null && document.querySelector(`.tile[data-id="${id}"], a[data-open="${id}"]`);
   if (current) {
     current.focus({ preventScroll: true });
     current.scrollIntoView({ block: "nearest" });
@@ -690,7 +918,7 @@ ui.dialog.addEventListener("click", (e) => {
 function render({ restore = false, scrollTop = true } = {}) {
   const s = state;
   for (const link of document.querySelectorAll(".views a")) {
-    const current = link.dataset.nav === (s.view === "similar" ? "search" : s.view);
+    const current = link.dataset.nav === (s.view === "similar" || s.view === "matrix" ? "search" : s.view);
     if (current) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
     link.href = toURL({ ...s, view: link.dataset.nav, id: null, open: null });
   }
@@ -703,6 +931,8 @@ function render({ restore = false, scrollTop = true } = {}) {
   ui.searchView.hidden = !listView;
   ui.tagsView.hidden = s.view !== "tags";
   ui.dupsView.hidden = s.view !== "duplicates";
+  ui.matrixView.hidden = s.view !== "matrix";
+  ui.evalView.hidden = s.view !== "eval";
   if (!listView) {
     ui.context.hidden = true;
     ui.message.replaceChildren();
@@ -713,6 +943,8 @@ function render({ restore = false, scrollTop = true } = {}) {
     document.title = "Duplicates · clipsearch";
     showDuplicates();
   }
+  if (s.view === "matrix") showMatrix();
+  if (s.view === "eval") showEval();
   if (listView) {
     document.title = s.view === "similar" ? "Similar images · clipsearch"
       : s.q ? `${s.q} · clipsearch` : "clipsearch";
@@ -781,6 +1013,22 @@ ui.dupsThreshold.addEventListener("input", () => { ui.dupsValue.textContent = Nu
 ui.dupsThreshold.addEventListener("change", () => navigate({ threshold: Number(ui.dupsThreshold.value) }, { push: false }));
 ui.dupsCrops.addEventListener("change", () => navigate({ crops: ui.dupsCrops.checked }, { push: false }));
 
+ui.matrixForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  navigate({ labels: ui.matrixLabels.value.trim() });
+});
+
+// Run always runs, even with the fields as they were: the folder may have changed since.
+ui.evalForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const changes = {
+    view: "eval", folder: ui.evalFolder.value.trim(), labels: ui.evalLabels.value.trim(),
+    compare: ui.evalCompare.checked, shots: Number.parseInt(ui.evalShots.value, 10) || null,
+  };
+  evalBox.forget();
+  navigate(changes, { push: Object.entries(changes).some(([key, value]) => state[key] !== value) });
+});
+
 // Links inside the page (tiles, nav, chips) navigate without a reload; a modified click
 // still opens a new tab, where the URL alone restores the same view.
 document.addEventListener("click", (e) => {
@@ -788,8 +1036,8 @@ document.addEventListener("click", (e) => {
   if (!link || e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
   if (link.target === "_blank" || link.origin !== location.origin || link.pathname !== location.pathname) return;
   e.preventDefault();
-  if (link.classList.contains("tile")) {
-    navigate({ open: Number(link.dataset.id) });
+  if (link.classList.contains("tile") || link.dataset.open) {
+    navigate({ open: Number(link.dataset.id ?? link.dataset.open) });
   } else if (link.dataset.q) {
     navigate({ view: "search", q: link.dataset.q, open: null, id: null });
   } else {

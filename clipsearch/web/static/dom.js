@@ -23,6 +23,7 @@ const ICONS = {
   tag: "M3 12V4a1 1 0 0 1 1-1h8l9 9-9 9zM7.5 7.5h.01",
   copies: "M8 8h11a1 1 0 0 1 1 1v11a1 1 0 0 1-1 1H8a1 1 0 0 1-1-1V9a1 1 0 0 1 1-1zM4 16V5a1 1 0 0 1 1-1h11",
   x: "M6 6l12 12M18 6L6 18",
+  matrix: "M4 4h16v16H4zM4 9.33h16M4 14.67h16M9.33 4v16M14.67 4v16",
 };
 
 export function icon(name) {
@@ -37,7 +38,9 @@ export function icon(name) {
 }
 
 export const fmtScore = (score) => (typeof score === "number" ? score.toFixed(3) : "");
+export const fmtPercent = (x) => (typeof x === "number" ? `${(100 * x).toFixed(1)}%` : "-");
 export const dirname = (path) => path.replace(/[\\/][^\\/]*$/, "") || "/";
+export const basename = (path) => path.replace(/^.*[\\/]/, "");
 
 export function fmtBytes(n) {
   if (n == null) return "";
@@ -56,6 +59,37 @@ export function fmtDate(iso) {
 
 export function thumbUrl(base, size) {
   return `${base}${base.includes("?") ? "&" : "?"}size=${size}`;
+}
+
+// Heat-map colours, cold to hot, for the light and the dark scheme.
+const HEAT = {
+  light: [[246, 246, 252], [199, 210, 254], [129, 140, 248], [79, 70, 229], [49, 46, 129]],
+  dark: [[31, 35, 44], [49, 46, 129], [79, 70, 229], [165, 180, 252], [238, 240, 255]],
+};
+
+function heatColour(t) {
+  const stops = HEAT[matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light"];
+  const x = Math.min(1, Math.max(0, Number.isFinite(t) ? t : 0)) * (stops.length - 1);
+  const i = Math.min(Math.floor(x), stops.length - 2);
+  return stops[i].map((v, k) => Math.round(v + (stops[i + 1][k] - v) * (x - i)));
+}
+
+// The style of a heat-map cell for `t` in 0..1: its colour, and black or white text,
+// whichever contrasts more with it (at least 4.5:1 either way).
+export function heat(t) {
+  const rgb = heatColour(t);
+  const [r, g, b] = rgb.map((v) => {
+    const c = v / 255;
+    return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+  });
+  const luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  const text = (luminance + 0.05) / 0.05 >= 1.05 / (luminance + 0.05) ? "#000" : "#fff";
+  return `background-color: rgb(${rgb.join(" ")}); color: ${text}`;
+}
+
+// The heat scale as a CSS gradient, for a legend.
+export function heatGradient() {
+  return `linear-gradient(to right, ${[0, 0.25, 0.5, 0.75, 1].map((t) => `rgb(${heatColour(t).join(" ")})`).join(", ")})`;
 }
 
 // A path that wraps after its slashes rather than anywhere.
