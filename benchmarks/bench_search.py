@@ -176,6 +176,8 @@ def bench(n: int, args, encoder) -> dict:
                 "with_text": percentiles(timed(lambda s: vi.search(encoder.encode_texts([s])[0], 10), texts[:50])),
             })
 
+        on_disk = measure_on_disk(work, vf, rows, queries, truth, args) if args.on_disk else None
+
         store = metadata_db(work, n)
         hit_ids = [vi.search(q, 100)[1][0].tolist() for q in queries[:50]]
         meta = timed(store.hits, hit_ids)  # what Library.search does with the hits
@@ -183,10 +185,78 @@ def bench(n: int, args, encoder) -> dict:
         return {
             "n": n, "index": plan.factory, "gen_s": gen_s, "build_s": build_s, "index_gb": index_bytes / 1024 ** 3,
             "vector_file_gb": vf.nbytes / 1024 ** 3, "runs": runs, "meta": percentiles(meta),
-            "exact_ms": exact_ms, "exact_how": exact_how,
+            "exact_ms": exact_ms, "exact_how": exact_how, "on_disk": on_disk,
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# Run in a fresh process per index, so that its resident memory is the index's alone:
+# load it as a library would, answer every query, report VmRSS and VmHWM (the peak).
+_SERVE = """
+import json, sys, time
+import numpy as np
+from clipsearch.index import VectorIndex, recall_at
+from clipsearch.vectorstore import VectorFile
+
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+
+work, dim, n, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+queries, truth = np.load(work + "/queries.npy"), np.load(work + "/truth.npy")
+before = rss("VmRSS")
+rows = np.arange(n, dtype=np.int64)
+vi = VectorIndex.load(path, VectorFile(work, 1, dim), rows + 1, rows)
+loaded = rss("VmRSS")
+times = []
+for q in queries:
+    t = time.perf_counter()
+    vi.search(q, 10)
+    times.append(time.perf_counter() - t)
+got = vi.search(queries, 10)[1]
+print(json.dumps({"rss_before_mb": before, "rss_loaded_mb": loaded, "rss_serving_mb": rss("VmRSS"),
+                  "peak_mb": rss("VmHWM"), "p50_ms": float(np.median(times) * 1000),
+                  "recall": recall_at(truth + 1, got)}))
+"""
+
+
+def measure_on_disk(work: Path, vf: VectorFile, rows: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+                    args) -> dict:
+    """The on-disk row: an IVF index built from shards into memory-mapped lists, against
+    the in-memory IVF of the same plan, each served by a fresh process."""
+    import json
+    import subprocess
+
+    from clipsearch.index import ivf_plan
+
+    n = len(rows)
+    np.save(work / "queries.npy", queries)
+    np.save(work / "truth.npy", truth)
+    plan = ivf_plan(n, args.dim, args.memory_budget, on_disk=True)
+    t = time.perf_counter()
+    in_memory = VectorIndex.build(plan, vf, rows + 1, rows, args.memory_budget)
+    memory_build_s = time.perf_counter() - t
+    t = time.perf_counter()
+    on_disk = VectorIndex.build_on_disk(plan, vf, rows + 1, rows, work / "ondisk.1", args.memory_budget)
+    disk_build_s = time.perf_counter() - t
+    target = args.target_recall[-1]
+    on_disk.tune(target)
+    in_memory.tune(target)
+    in_memory.save(work / "memory.faiss")
+    on_disk.save(work / "ondisk.faiss")
+    del in_memory, on_disk
+    out = {"index": plan.factory, "memory_build_s": memory_build_s, "disk_build_s": disk_build_s,
+           "lists_gb": (work / "ondisk.1.ivfdata").stat().st_size / 1024 ** 3}
+    for name in ("memory", "ondisk"):
+        run = subprocess.run([sys.executable, "-c", _SERVE, str(work), str(args.dim), str(n),
+                              str(work / f"{name}.faiss")], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        if run.returncode:
+            raise RuntimeError(run.stderr[-2000:])
+        out[name] = json.loads(run.stdout.strip().splitlines()[-1])
+    return out
 
 
 def main() -> None:
@@ -198,6 +268,9 @@ def main() -> None:
     parser.add_argument("--target-recall", default="0.95", help="one or more, comma-separated: 0.9,0.95")
     parser.add_argument("--workdir", default=None, help="where the vector files go (default: the temp dir)")
     parser.add_argument("--text-model", default="ViT-B-32/random")
+    parser.add_argument("--on-disk", action="store_true",
+                        help="add the on-disk row: IVF lists memory-mapped, against the same IVF in memory, "
+                             "with the resident memory of a process serving each")
     parser.add_argument("--intrinsic-dim", type=int, default=16,
                         help="dimension of each cluster's spread; 0: isotropic, a harder case (see Mixture)")
     args = parser.parse_args()
@@ -225,6 +298,18 @@ def main() -> None:
             print(f"  speed-up        {r['exact_ms'] / run['search'][0]:8.1f} x   exact p50 / index p50")
         print(f"  metadata k=100  {r['meta'][0]:8.2f} / {r['meta'][1]:.2f} ms")
         print(f"  exact search    {r['exact_ms']:8.2f} ms   ({r['exact_how']})", flush=True)
+        if r["on_disk"]:
+            d = r["on_disk"]
+            print(f"  -- on disk: {d['index']}, lists {d['lists_gb']:.3f} GB; built in {d['disk_build_s']:.1f} s "
+                  f"(in memory: {d['memory_build_s']:.1f} s); a fresh process serving {args.queries} queries:")
+            for name, label in (("memory", "in memory"), ("ondisk", "on disk")):
+                m = d[name]
+                print(f"  {label:10} RSS {m['rss_serving_mb'] - m['rss_before_mb']:8.1f} MB above start "
+                      f"(peak {m['peak_mb']:.0f} MB)  p50 {m['p50_ms']:.2f} ms  recall@10 {m['recall']:.3f}")
+            ratio = (d["ondisk"]["rss_serving_mb"] - d["ondisk"]["rss_before_mb"]) / max(
+                1e-9, d["memory"]["rss_serving_mb"] - d["memory"]["rss_before_mb"])
+            print(f"  resident memory on disk / in memory {ratio:.3f}; "
+                  f"latency {d['ondisk']['p50_ms'] / d['memory']['p50_ms']:.2f} x", flush=True)
 
 
 if __name__ == "__main__":

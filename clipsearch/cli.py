@@ -376,6 +376,11 @@ def optimize(
         "--target-recall", min=0.01, max=1.0,
         help="Tune the index until this share of the exact top 10 is found. Default: the last one "
              "given, else 0.95.", show_default=False)] = None,
+    on_disk: Annotated[Optional[bool], typer.Option(
+        "--on-disk/--in-memory",
+        help="Keep the index's IVF lists on disk, memory-mapped, for libraries larger than RAM (from 10,000 "
+             "images); only the quantizer counts against the budget. Default: as last chosen, else in memory.",
+        show_default=False)] = None,
     library: LibraryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -390,7 +395,7 @@ def optimize(
 
     budget = parse_size(memory_budget) if memory_budget else None
     with _open(library, create=False) as lib, _stderr().status("compacting, rebuilding and tuning the index"):
-        report = lib.optimize(budget, target_recall)
+        report = lib.optimize(budget, target_recall, on_disk=on_disk)
     data = report.to_dict()
     _output(json_out, data, [f"{key:15} {value}" for key, value in data.items()])
 

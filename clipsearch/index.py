@@ -22,10 +22,12 @@ a recall target, and saved inside the FAISS file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -56,6 +58,10 @@ RERANK = 10  # PQ candidates fetched per wanted hit, re-scored exactly
 _HNSW_LINK_BYTES = 32 * 2 * 4 + 40  # level-0 links of HNSW32, plus upper levels and bookkeeping
 _PQ_MIN_TRAIN = 10_000  # PQ needs 39 x 256 training vectors per sub-quantizer
 _TIERS = ("Flat", "HNSW32", "HNSW32,SQfp16", "IVF")
+# Rows per shard when building on-disk lists: a shard's codes are held in memory until
+# written (72 MB at 64-byte codes), and shards fill in parallel.
+ON_DISK_SHARD_ROWS = 1_000_000
+_NO_FILTER = faiss.IDSelectorAll()
 
 
 @dataclass(frozen=True)
@@ -91,21 +97,35 @@ def choose_index(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -
         if n < _PQ_MIN_TRAIN:
             return IndexPlan("HNSW32,SQfp16", size, f"chosen for {n:,} vectors: too few to train compressed "
                                                     f"codes, so the smallest index that needs no training")
-    # IVF: about 4 sqrt(n) lists (the low end of FAISS's advice, for build time), found
-    # through an HNSW graph over the centroids.
+    return ivf_plan(n, dim, memory_budget)
+
+
+def ivf_plan(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET, on_disk: bool = False) -> IndexPlan:
+    """OPQ + IVF + PQ for ``n`` vectors: the most bytes per vector that fit the budget.
+    ``on_disk``: the codes live in a memory-mapped file, so only the quantizer, the
+    rotation and the list offsets count against the budget."""
+    if on_disk and n < _PQ_MIN_TRAIN:
+        raise QueryError(f"an on-disk index needs at least {_PQ_MIN_TRAIN:,} vectors to train, not {n:,}",
+                         hint="a library this small searches fast in memory: leave out --on-disk")
+    # About 4 sqrt(n) lists (the low end of FAISS's advice, for build time), found through
+    # an HNSW graph over the centroids.
     nlist = int(min(65536, max(256, 2 ** math.floor(math.log2(4 * math.sqrt(n))))))
-    for m in (256, 128, 64, 32, 16, 8):
-        if dim % m and m < dim:
-            continue
+    # On disk the budget does not hold the codes: a byte per 8 dimensions (64 for 512-d),
+    # FAISS's usual choice at a billion vectors, whose candidates are re-scored exactly.
+    for m in [m for m in (64, 32, 16, 8) if m <= max(8, dim // 8)] if on_disk else (256, 128, 64, 32, 16, 8):
         d_out = min(dim, 4 * m)
-        size = n * (m + 8) + nlist * (dim * 4 + _HNSW_LINK_BYTES) + dim * d_out * 4
+        if m > dim or d_out % m:
+            continue
+        resident = nlist * (dim * 4 + _HNSW_LINK_BYTES + 16) + dim * d_out * 4
+        size = resident + (0 if on_disk else n * (m + 8))
         if size <= memory_budget:
             # "np": no polysemous training, which FAISS does by default and which takes
             # minutes while buying nothing once candidates are re-scored exactly.
-            return IndexPlan(f"OPQ{m}_{d_out},IVF{nlist}_HNSW32,PQ{m}x8np", size,
-                             f"chosen for {n:,} vectors: {m} bytes each fit the {_gib(memory_budget)} budget")
+            where = (f"on disk ({_gib(n * (m + 8))} of lists, memory-mapped), {_gib(size)} resident" if on_disk
+                     else f"{m} bytes each fit the {_gib(memory_budget)} budget")
+            return IndexPlan(f"OPQ{m}_{d_out},IVF{nlist}_HNSW32,PQ{m}x8np", size, f"chosen for {n:,} vectors: {where}")
     raise QueryError(f"no index for {n:,} vectors fits in {_gib(memory_budget)}",
-                     hint="give a larger --memory-budget")
+                     hint="give a larger --memory-budget, or keep the index on disk: optimize --on-disk")
 
 
 def _gib(n: int) -> str:
@@ -138,6 +158,9 @@ class IndexFacts:
     search_param: str = ""  # "efSearch=64", "nprobe=32", or "" for exact
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     target_recall: float = DEFAULT_TARGET_RECALL
+    # On-disk IVF (see VectorIndex.build_on_disk): the stem of its lists
+    # (``<stem>.ivfdata``) and of its trained empty index (``<stem>.trained``).
+    on_disk: str = ""
 
 
 def exact_search(vectors: VectorFile, live: np.ndarray | None, xq: np.ndarray, k: int,
@@ -185,8 +208,13 @@ def _search_params(index: faiss.Index, sel) -> faiss.SearchParameters:
 class VectorIndex:
     """Nearest-neighbour search over the live rows of a vector file, answering image ids."""
 
-    def __init__(self, index: faiss.Index, vectors: VectorFile, facts: IndexFacts):
+    def __init__(self, index: faiss.Index, vectors: VectorFile, facts: IndexFacts,
+                 delta: faiss.Index | None = None):
         self._index = index
+        # An on-disk index's lists are never written after they are built (other processes
+        # map them): rows appended since go into ``_delta``, an in-memory index of the same
+        # trained kind, searched alongside. A rebuild folds them in.
+        self._delta = delta
         self.file = vectors
         self.facts = facts
         self.dim = index.d
@@ -215,16 +243,31 @@ class VectorIndex:
 
     @property
     def dead(self) -> int:
-        return int(self._index.ntotal) - self.ntotal
+        return self._rows_indexed - self.ntotal
+
+    @property
+    def on_disk(self) -> bool:
+        return bool(self.facts.on_disk)
+
+    @property
+    def delta_rows(self) -> int:
+        """Rows an on-disk index holds in memory, added since its lists were written."""
+        return int(self._delta.ntotal) if self._delta is not None else 0
+
+    @property
+    def _rows_indexed(self) -> int:
+        return int(self._index.ntotal) + self.delta_rows
 
     def catch_up(self) -> None:
         """Add rows appended to the vector file since the index last saw it (as dead, until
         :meth:`assign` says whose they are)."""
-        start = int(self._index.ntotal)
-        for _, block in self.file.chunks(start):
-            self._index.add(block)
-        if self._index.ntotal > len(self._labels):
-            self._labels = np.concatenate([self._labels, np.full(self._index.ntotal - len(self._labels), -1)])
+        for start, block in self.file.chunks(self._rows_indexed):
+            if self._delta is not None:
+                self._delta.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
+            else:
+                self._index.add(block)
+        if self._rows_indexed > len(self._labels):
+            self._labels = np.concatenate([self._labels, np.full(self._rows_indexed - len(self._labels), -1)])
             self._live_bits = None
 
     def assign(self, ids, rows) -> None:
@@ -280,8 +323,10 @@ class VectorIndex:
         else:
             sel = self._live_selector()
         fetch = k * RERANK if "PQ" in self.factory else k
-        params = _search_params(self._index, sel) if sel is not None else None
-        D, R = self._index.search(xq, fetch, params=params)
+        D, R = self._index.search(xq, fetch, params=_search_params(self._index, sel) if sel is not None else None)
+        if self.delta_rows:  # on disk: the rows added since, re-scored with the others below
+            _, R_delta = self._delta.search(xq, fetch, params=_search_params(self._delta, sel or _NO_FILTER))
+            R = np.concatenate([R, R_delta], axis=1)
         if fetch != k:
             D, R = self._rescore(xq, R, k)
         if subset is not None and not self.exact and ((R >= 0).sum(axis=1) < min(k, len(rows))).any():
@@ -355,12 +400,11 @@ class VectorIndex:
         name, ladder = ("efSearch", (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)) if ivf is None \
             else ("nprobe", tuple(p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
                                   if p <= ivf.nlist))
-        space = faiss.ParameterSpace()
         recall = 0.0
         for value in ladder:
-            space.set_index_parameter(self._index, name, value)
+            self._set(name, value)
             if ivf is not None and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
-                space.set_index_parameter(self._index, "quantizer_efSearch", max(64, 2 * value))
+                self._set("quantizer_efSearch", max(64, 2 * value))
             _, got = self.search(xq, k)
             recall = recall_at(truth, self._to_rows(got))
             self.facts.search_param = f"{name}={value}"
@@ -368,6 +412,11 @@ class VectorIndex:
                 break
         self.facts.recall_at_10, self.facts.target_recall = round(recall, 4), target_recall
         return recall
+
+    def _set(self, name: str, value: int) -> None:
+        for index in (self._index, self._delta):
+            if index is not None:
+                faiss.ParameterSpace().set_index_parameter(index, name, value)
 
     def _to_rows(self, ids: np.ndarray) -> np.ndarray:
         return np.where(ids >= 0, self._row_of[np.maximum(ids, 0)], -1)
@@ -379,32 +428,50 @@ class VectorIndex:
               memory_budget: int = DEFAULT_MEMORY_BUDGET, seed: int = 0) -> "VectorIndex":
         """A new index of the plan's type over every row of ``vectors``; ``ids``/``rows`` are
         the live ones. Trains on a sample of live rows when the type needs training."""
-        index = faiss.index_factory(vectors.dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
-        ivf = faiss.try_extract_index_ivf(index)
-        for graph in (faiss.downcast_index(index), faiss.downcast_index(ivf.quantizer) if ivf else None):
-            if isinstance(graph, faiss.IndexHNSW):
-                # FAISS's default of 40 leaves clustered data (photos are) poorly linked:
-                # measured on 200k clustered 512-d vectors, recall@10 stalls at 0.978 with
-                # 40 and reaches 0.999 with 80, for a quarter more build time.
-                graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        if isinstance(index, faiss.IndexPreTransform):
-            for i in range(index.chain.size()):
-                opq = faiss.downcast_VectorTransform(index.chain.at(i))
-                if isinstance(opq, faiss.OPQMatrix):
-                    # FAISS's defaults (50 rounds on 65k vectors) take minutes at 512-d on
-                    # two cores; a few rounds give most of the rotation's gain.
-                    opq.niter, opq.max_train_points = 8, 32768
-        if not index.is_trained:
-            size = min(len(rows), max(_PQ_MIN_TRAIN, 30 * plan.nlist), 262_144)
-            sample = np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))
-            index.train(vectors.rows(sample))
-        facts = IndexFacts(plan.factory, _now(), plan.reason, memory_budget=memory_budget)
-        built = cls(index, vectors, facts)
+        built = cls(_trained(plan, vectors, rows, seed), vectors,
+                    IndexFacts(plan.factory, _now(), plan.reason, memory_budget=memory_budget))
+        built.assign(ids, rows)
+        return built
+
+    @classmethod
+    def build_on_disk(cls, plan: IndexPlan, vectors: VectorFile, ids: np.ndarray, rows: np.ndarray, stem: Path,
+                      memory_budget: int = DEFAULT_MEMORY_BUDGET, seed: int = 0,
+                      shard_rows: int = ON_DISK_SHARD_ROWS) -> "VectorIndex":
+        """An IVF index whose inverted lists live in ``<stem>.ivfdata``, memory-mapped, so
+        that a library can serve an index far larger than its RAM. FAISS's recipe: train
+        once on a sample, fill shards of rows in parallel (each a copy of the trained empty
+        index), then merge the shards' lists into one on-disk file."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from faiss.contrib.ondisk import merge_ondisk
+
+        if faiss.try_extract_index_ivf(faiss.index_factory(vectors.dim, plan.factory)) is None:
+            raise ValueError(f"{plan.factory} is not an IVF index")
+        trained = _trained(plan, vectors, rows, seed)
+        faiss.write_index(trained, f"{stem}.trained")
+        n = len(vectors)
+        with tempfile.TemporaryDirectory(prefix=".shards.", dir=stem.parent) as work:
+            def fill(start: int) -> str:
+                shard = faiss.clone_index(trained)
+                for first, block in vectors.chunks(start, min(start + shard_rows, n)):
+                    shard.add_with_ids(block, np.arange(first, first + len(block), dtype=np.int64))
+                path = f"{work}/{start}.faiss"
+                faiss.write_index(shard, path)
+                return path
+
+            with ThreadPoolExecutor(min(os.cpu_count() or 1, max(1, -(-n // shard_rows)))) as pool:
+                shards = list(pool.map(fill, range(0, n, shard_rows)))
+            with _c_stdout_silenced():  # FAISS reports its steps on the C stdout: keep ours clean
+                merge_ondisk(trained, shards, f"{stem}.ivfdata")
+        facts = IndexFacts(plan.factory, _now(), plan.reason, memory_budget=memory_budget, on_disk=stem.name)
+        built = cls(trained, vectors, facts, delta=faiss.read_index(f"{stem}.trained"))
         built.assign(ids, rows)
         return built
 
     def save(self, path: Path) -> None:
-        """Write the FAISS file and its facts, each atomically."""
+        """Write the FAISS file and its facts, each atomically. An on-disk index's file holds
+        its quantizer and list offsets, and names its lists file; the delta is not saved:
+        loading adds those rows again from the vector file."""
         path = Path(path)
         _write_atomic(path, faiss.serialize_index(self._index).tobytes())
         _write_atomic(path.with_suffix(".json"), json.dumps(asdict(self.facts), indent=1).encode())
@@ -413,16 +480,69 @@ class VectorIndex:
     def load(cls, path: Path, vectors: VectorFile, ids: np.ndarray, rows: np.ndarray) -> "VectorIndex":
         """Load a saved index; rows appended since it was saved are added now."""
         path = Path(path)
-        index = faiss.read_index(str(path))  # straight from the file: half the time of a copy via numpy
-        if index.d != vectors.dim or index.ntotal > len(vectors):
-            raise ValueError(f"{path} does not belong to {vectors.path}")
         try:
             facts = IndexFacts(**json.loads(path.with_suffix(".json").read_text()))
         except (OSError, ValueError, TypeError):
-            facts = IndexFacts(_factory_of(index), _now())
-        loaded = cls(index, vectors, facts)
+            facts = None
+        delta = None
+        if facts is not None and facts.on_disk:
+            # The lists file is found beside the index file, wherever the library now is,
+            # and mapped read-only: this process never writes it.
+            with _c_stdout_silenced():
+                index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+            delta = faiss.read_index(str(path.parent / f"{facts.on_disk}.trained"))
+        else:
+            index = faiss.read_index(str(path))  # straight from the file: half the time of a copy via numpy
+        if index.d != vectors.dim or index.ntotal > len(vectors):
+            raise ValueError(f"{path} does not belong to {vectors.path}")
+        loaded = cls(index, vectors, facts or IndexFacts(_factory_of(index), _now()), delta=delta)
+        if delta is not None:  # the search settings tuned for the lists, for the delta too
+            ivf = faiss.extract_index_ivf(index)
+            loaded._set("nprobe", ivf.nprobe)
+            quantizer = faiss.downcast_index(ivf.quantizer)
+            if isinstance(quantizer, faiss.IndexHNSW):
+                loaded._set("quantizer_efSearch", quantizer.hnsw.efSearch)
         loaded.assign(ids, rows)
         return loaded
+
+
+def _trained(plan: IndexPlan, vectors: VectorFile, rows: np.ndarray, seed: int) -> faiss.Index:
+    """An empty index of the plan's type, trained on a sample of ``rows`` if it needs it."""
+    index = faiss.index_factory(vectors.dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.try_extract_index_ivf(index)
+    for graph in (faiss.downcast_index(index), faiss.downcast_index(ivf.quantizer) if ivf else None):
+        if isinstance(graph, faiss.IndexHNSW):
+            # FAISS's default of 40 leaves clustered data (photos are) poorly linked:
+            # measured on 200k clustered 512-d vectors, recall@10 stalls at 0.978 with
+            # 40 and reaches 0.999 with 80, for a quarter more build time.
+            graph.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    if isinstance(index, faiss.IndexPreTransform):
+        for i in range(index.chain.size()):
+            opq = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(opq, faiss.OPQMatrix):
+                # FAISS's defaults (50 rounds on 65k vectors) take minutes at 512-d on
+                # two cores; a few rounds give most of the rotation's gain.
+                opq.niter, opq.max_train_points = 8, 32768
+    if not index.is_trained:
+        size = min(len(rows), max(_PQ_MIN_TRAIN, 30 * plan.nlist), 262_144)
+        sample = np.sort(np.random.default_rng(seed).choice(rows, size, replace=False))
+        index.train(vectors.rows(sample))
+    return index
+
+
+@contextlib.contextmanager
+def _c_stdout_silenced():
+    """FAISS's C++ code prints progress on file descriptor 1, under Python's feet: point it
+    at /dev/null for the duration, so `--json` output stays JSON."""
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
 
 
 def recall_at(truth: np.ndarray, got: np.ndarray) -> float:

@@ -39,7 +39,7 @@ from .errors import (
 from .classifier import FEW_SHOT, Head, example_folders, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
 from .index import (
-    DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, IndexPlan, VectorIndex, choose_index,
+    DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, IndexPlan, VectorIndex, choose_index, ivf_plan,
 )
 from .indexer import Indexer, IndexProgress
 from .labels import DEFAULT_TEMPLATES, Label, LabelSet, resolve_templates
@@ -66,7 +66,12 @@ CROP_CANDIDATE = 0.9
 ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # the CLI names it too, without importing this module
 ENV_TEXT_ONNX = "CLIPSEARCH_TEXT_ONNX"  # "0": never export the text tower (it is 254 MB for ViT-B-32)
 DB_NAME = "library.db"
-_INDEX_FILE = re.compile(r"^index\.v?\d+\.(faiss|json)$")  # index.v<N>.faiss: before vector files
+# index.<G>.faiss and .json; index.<G>.<stamp>.ivfdata and .trained for an on-disk index;
+# index.v<N>.faiss from before vector files.
+_INDEX_FILE = re.compile(r"^index\.v?\d+(\.\d+)?\.(faiss|json|ivfdata|trained)$")
+# An on-disk index is rebuilt once the rows added since its lists were written (held in
+# memory) reach this share of them.
+_DELTA_SHARE = 0.2
 # Dead vectors (of deleted or changed images) are compacted away after an index run
 # once they are this share of the vector file, and at least this many.
 _COMPACT_SHARE, _COMPACT_MIN = 0.25, 10_000
@@ -198,20 +203,34 @@ class Library:
         return (int(budget) if budget else DEFAULT_MEMORY_BUDGET,
                 float(target) if target else DEFAULT_TARGET_RECALL)
 
+    def _on_disk(self) -> bool:
+        """Whether ``optimize --on-disk`` asked for the index's lists to live on disk."""
+        return self.store.get_meta("on_disk") == "1"
+
     def _plan(self, n: int) -> IndexPlan:
-        return choose_index(n, self.store.vector_file().dim, self._settings()[0])
+        dim, budget = self.store.vector_file().dim, self._settings()[0]
+        return ivf_plan(n, dim, budget, on_disk=True) if self._on_disk() else choose_index(n, dim, budget)
 
     def _build(self, ids: np.ndarray, rows: np.ndarray, plan: IndexPlan | None = None) -> VectorIndex:
         budget, target = self._settings()
-        built = VectorIndex.build(plan or self._plan(len(ids)), self.store.vector_file(), ids, rows, budget)
+        plan = plan or self._plan(len(ids))
+        if self._on_disk():
+            # A fresh stem per build: other processes may still map the lists it replaces.
+            stem = self.root / f"index.{self.store.generation()}.{time.time_ns()}"
+            built = VectorIndex.build_on_disk(plan, self.store.vector_file(), ids, rows, stem, budget)
+        else:
+            built = VectorIndex.build(plan, self.store.vector_file(), ids, rows, budget)
         built.tune(target)
         return built
 
     def _save_vectors(self) -> None:
         path = self._index_path()
         self.vectors.save(path)
+        keep = {path.name, path.with_suffix(".json").name}
+        if self.vectors.on_disk:
+            keep |= {f"{self.vectors.facts.on_disk}.ivfdata", f"{self.vectors.facts.on_disk}.trained"}
         for p in self.root.iterdir():
-            if _INDEX_FILE.match(p.name) and p.stem != path.stem:
+            if _INDEX_FILE.match(p.name) and p.name not in keep:
                 p.unlink(missing_ok=True)
 
     def _maintain(self, progress: IndexProgress | None) -> bool:
@@ -224,7 +243,8 @@ class Library:
         plan = self._plan(current.ntotal)
         have = IndexPlan(current.factory, 0, "")
         compact = dead >= max(_COMPACT_MIN, _COMPACT_SHARE * rows)
-        grow = plan.tier > have.tier or (plan.nlist and plan.nlist >= 2 * max(have.nlist, 1))
+        grow = plan.tier > have.tier or (plan.nlist and plan.nlist >= 2 * max(have.nlist, 1)) or \
+            current.delta_rows > _DELTA_SHARE * (rows - current.delta_rows)
         if not (compact or grow):
             return False
         if grow and progress is not None:
@@ -949,12 +969,15 @@ class Library:
 
     # -- reporting --------------------------------------------------------------------
 
-    def optimize(self, memory_budget: int | None = None, target_recall: float | None = None) -> OptimizeReport:
+    def optimize(self, memory_budget: int | None = None, target_recall: float | None = None,
+                 on_disk: bool | None = None) -> OptimizeReport:
         """Compact the vector file and rebuild the index for the library's size.
 
         The index type follows :func:`choose_index` within ``memory_budget`` bytes, and its
         search parameter is tuned until recall@10 against exact search reaches
-        ``target_recall``. Both are remembered for the automatic rebuilds of later runs.
+        ``target_recall``. ``on_disk`` builds an IVF index whose lists are memory-mapped
+        from the library folder, for libraries larger than RAM (``index.py``). All three are
+        remembered for the automatic rebuilds of later runs.
         """
         if target_recall is not None and not 0 < target_recall <= 1:
             raise QueryError(f"the recall target is a fraction in (0, 1], not {target_recall}")
@@ -966,9 +989,13 @@ class Library:
             budget, target = self._settings()
             budget, target = memory_budget or budget, target_recall or target
             current = self.vectors
-            plan = choose_index(current.ntotal, current.dim, budget)  # fails before anything changes
+            on_disk = self._on_disk() if on_disk is None else on_disk
+            # Fails before anything changes:
+            plan = ivf_plan(current.ntotal, current.dim, budget, on_disk=True) if on_disk else \
+                choose_index(current.ntotal, current.dim, budget)
             self.store.set_meta("memory_budget", str(budget))
             self.store.set_meta("target_recall", str(target))
+            self.store.set_meta("on_disk", "1" if on_disk else "0")
             dropped = current.dead
             self._writing = True
             try:
@@ -976,9 +1003,10 @@ class Library:
             finally:
                 self._writing = False
             built = self.vectors
+        files = [self._index_path()] + ([self.root / f"{built.facts.on_disk}.ivfdata"] if built.on_disk else [])
         return OptimizeReport(built.factory, built.facts.reason, built.ntotal, dropped, built.facts.recall_at_10,
-                              built.facts.search_param, budget, target, self._index_path().stat().st_size,
-                              time.perf_counter() - started)
+                              built.facts.search_param, budget, target, sum(f.stat().st_size for f in files),
+                              time.perf_counter() - started, built.on_disk)
 
     def info(self) -> LibraryInfo:
         counts = self.store.counts()
@@ -1002,6 +1030,7 @@ class Library:
             index_search_param=(vectors.facts.search_param or None) if vectors else None,
             index_recall_at_10=vectors.facts.recall_at_10 if vectors else None,
             dead_vectors=vectors.dead if vectors else 0,
+            index_on_disk=vectors.on_disk if vectors else False,
             roots=self.store.roots(),
         )
 

@@ -91,6 +91,7 @@ class LibraryInfo(_Record):
     index_search_param: str | None = None  # efSearch=N or nprobe=N, tuned for the recall target
     index_recall_at_10: float | None = None  # measured against exact search when it was built
     dead_vectors: int = 0  # of deleted or changed images, until compacted
+    index_on_disk: bool = False  # IVF lists memory-mapped from the library folder (optimize --on-disk)
     roots: list[str] = field(default_factory=list)  # the folders and files given to index
 
 
@@ -106,8 +107,9 @@ class OptimizeReport(_Record):
     search_param: str
     memory_budget: int
     target_recall: float
-    index_bytes: int
+    index_bytes: int  # the index file, and its lists file when they are on disk
     seconds: float
+    on_disk: bool = False  # the lists are memory-mapped from the library folder
 
 
 @dataclass(frozen=True)
