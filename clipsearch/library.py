@@ -214,8 +214,10 @@ class Library:
     def _build(self, ids: np.ndarray, rows: np.ndarray, plan: IndexPlan | None = None) -> VectorIndex:
         budget, target = self._settings()
         plan = plan or self._plan(len(ids))
-        if self._on_disk():
+        if self._on_disk() and self._writing:
             # A fresh stem per build: other processes may still map the lists it replaces.
+            # (Only a writer makes files: a reader that finds the index damaged rebuilds it
+            # in memory for itself, as for every index type.)
             stem = self.root / f"index.{self.store.generation()}.{time.time_ns()}"
             built = VectorIndex.build_on_disk(plan, self.store.vector_file(), ids, rows, stem, budget)
         else:
