@@ -9,7 +9,7 @@ int8   onnxruntime with int8 weights (``imageonnx.py``), CPU: ~1.7x fp32 on that
 =====  ==============================================================================
 
 ``auto`` settles once per library. On CUDA it is fp16, on Apple's MPS fp32, and on a CPU
-int8 when the library's int8 tower passed its faithfulness check *and* ran faster than
+int8 when the library's int8 tower passed its faithfulness check *and* ran at least 1.2x
 torch fp32 on this machine (old CPUs without integer dot-product instructions may not),
 else fp32. The first index run records what it used: vectors made at different
 precisions must not meet in one index unnoticed, so later runs with ``auto`` keep the
@@ -30,6 +30,10 @@ from .errors import InputError, PrecisionMismatchError
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 ENV_PRECISION = "CLIPSEARCH_PRECISION"  # the default for ``--precision``
 _INTERCHANGEABLE = frozenset({"fp32", "fp16"})
+# How much faster int8 must have run for ``auto`` to take it: the check times one batch
+# on a machine that may be busy, and a near tie (the demo model measured 2,052 against
+# 2,097 images/s one time and the reverse another) is not worth approximate vectors.
+INT8_MIN_SPEEDUP = 1.2
 
 
 def requested(value: str | None) -> str:
@@ -92,7 +96,8 @@ def auto_choice(device: str, int8_meta: dict | None) -> str:
     int8 tower's meta (``imageonnx.export``), or None when there is none."""
     if device == "cuda":
         return "fp16"
-    if device == "cpu" and int8_meta and int8_meta["int8_images_per_s"] > int8_meta["fp32_images_per_s"]:
+    if device == "cpu" and int8_meta and \
+            int8_meta["int8_images_per_s"] >= INT8_MIN_SPEEDUP * int8_meta["fp32_images_per_s"]:
         return "int8"
     return "fp32"
 

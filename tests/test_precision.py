@@ -67,8 +67,10 @@ def test_auto_keeps_what_the_library_recorded_and_other_choices_are_refused():
 def test_auto_takes_int8_only_where_it_was_measured_faster():
     faster = {"fp32_images_per_s": 28.0, "int8_images_per_s": 50.0}
     slower = {"fp32_images_per_s": 2000.0, "int8_images_per_s": 1400.0}
+    a_tie = {"fp32_images_per_s": 2052.0, "int8_images_per_s": 2097.0}  # noise, not a gain
     assert precision.auto_choice("cpu", faster) == "int8"
     assert precision.auto_choice("cpu", slower) == "fp32"
+    assert precision.auto_choice("cpu", a_tie) == "fp32"
     assert precision.auto_choice("cpu", None) == "fp32"
     assert precision.auto_choice("cuda", faster) == "fp16"
     assert precision.auto_choice("mps", faster) == "fp32"
