@@ -53,6 +53,11 @@ def _stderr():
     return Console(stderr=True, highlight=False)
 
 
+def _skipping(path: str, reason: str) -> None:
+    """A file a command could not use, on stderr: the path as given, never read as markup."""
+    _stderr().print(f"skipping {path}: {reason}", markup=False, highlight=False)
+
+
 def _fail(exc: ClipSearchError) -> None:
     from rich.markup import escape
 
@@ -524,7 +529,7 @@ def classify(
     lines = []
     for r in results:
         if r.error:
-            _stderr().print(f"skipping {r.path}: {r.error}", markup=False, highlight=False)
+            _skipping(r.path, r.error)
             continue
         lines.append(r.path)
         lines += [f"  {p.probability:.4f}\t{p.cosine:.4f}\t{p.label}" for p in r.labels]
@@ -575,7 +580,7 @@ def eval(  # noqa: A001 - the command's name
 
         confusion_figure(result, plot)
     for e in result.unreadable:
-        _stderr().print(f"skipping {e.path}: {e.reason}", markup=False, highlight=False)
+        _skipping(e.path, e.reason)
     width = max(len(c.label) for c in result.classes)
     lines = [f"{result.classifier} ({result.source}) on {result.images} images: "
              f"top-1 {result.top1:.3f}, top-5 {result.top5:.3f}", "",
@@ -628,7 +633,7 @@ def matrix(
 
         similarity_figure(result, plot)
     for e in result.unreadable:
-        _stderr().print(f"skipping {e.path}: {e.reason}", markup=False, highlight=False)
+        _skipping(e.path, e.reason)
     lines = ["\t".join(["image", *result.labels])]
     lines += ["\t".join([path, *(f"{c:.4f}" for c in row)]) for path, row in zip(result.paths, result.cosine)]
     _output(json_out, result.to_dict(), lines)
@@ -768,7 +773,7 @@ def tag_export(
             output.write_text(text, encoding="utf-8")
         return
     for e in report.errors:
-        _stderr().print(f"skipping {e.path}: {e.reason}", markup=False, highlight=False)
+        _skipping(e.path, e.reason)
     verb = "would write" if dry_run else "wrote"
     _output(json_out, report.to_dict(), [
         f"{verb} {report.keywords} keywords: {report.created} new sidecars, {report.updated} updated, "

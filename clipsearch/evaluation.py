@@ -31,7 +31,7 @@ def evaluate(head: Head, x: np.ndarray, y: np.ndarray, paths: list[str]) -> Eval
     n = len(labels)
     probabilities = head.probabilities(x)
     predicted = probabilities.argmax(1)
-    top1, top5 = accuracy(head, x, y)
+    top1, top5 = _top_accuracy(probabilities, y)  # the softmax keeps the logits' order
     confusion = np.zeros((n, n), np.int64)
     np.add.at(confusion, (y, predicted), 1)
     classes = []
@@ -50,8 +50,12 @@ def evaluate(head: Head, x: np.ndarray, y: np.ndarray, paths: list[str]) -> Eval
 
 
 def accuracy(head: Head, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (top-5 is top-1 for five labels or fewer... and so on)."""
-    z = head.logits(x)
+    """Top-1 and top-5 accuracy of ``head`` (with five labels or fewer, top-5 is 1)."""
+    return _top_accuracy(head.logits(x), y)
+
+
+def _top_accuracy(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy from per-label scores ``z``, highest best."""
     k = min(5, z.shape[1])
     top = np.argpartition(-z, k - 1, axis=1)[:, :k]
     top1 = float((z.argmax(1) == y).mean())

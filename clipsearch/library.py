@@ -207,9 +207,11 @@ class Library:
         """Whether ``optimize --on-disk`` asked for the index's lists to live on disk."""
         return self.store.get_meta("on_disk") == "1"
 
-    def _plan(self, n: int) -> IndexPlan:
-        dim, budget = self.store.vector_file().dim, self._settings()[0]
-        return ivf_plan(n, dim, budget, on_disk=True) if self._on_disk() else choose_index(n, dim, budget)
+    def _plan(self, n: int, budget: int | None = None, on_disk: bool | None = None) -> IndexPlan:
+        """The index for ``n`` vectors: the budget and on-disk choice given, else the library's."""
+        dim, budget = self.store.vector_file().dim, budget or self._settings()[0]
+        on_disk = self._on_disk() if on_disk is None else on_disk
+        return ivf_plan(n, dim, budget, on_disk=True) if on_disk else choose_index(n, dim, budget)
 
     def _build(self, ids: np.ndarray, rows: np.ndarray, plan: IndexPlan | None = None) -> VectorIndex:
         budget, target = self._settings()
@@ -611,7 +613,7 @@ class Library:
                 self._unreadable(n, paths[n], exc, unreadable)
         hashes = {n: hash_bytes(data) for n, data in contents.items()}
         model = str(self._model_or_fail())
-        known = self.store.cached_images(model, list(set(hashes.values())))
+        known = self.store.cached_images(model, list(set(hashes.values()))) if hashes else {}
         for h in set(hashes.values()) - known.keys():
             source = self.store.find_by_hash(h)
             if source is not None:
@@ -892,12 +894,10 @@ class Library:
         position = {label: n for n, label in enumerate(head.labels)}
         files = [f for fs in classes.values() for f in fs]
         truth = np.array([position[c] for c, fs in classes.items() for _ in fs], np.int64)
-        unreadable: dict[int, str] = {}
-        x, _, paths = self._image_vectors(files, unreadable)
-        keep = np.array([n not in unreadable for n in range(len(files))], bool)
-        x, truth, kept_paths = x[keep], truth[keep], [p for p, k in zip(paths, keep) if k]
-        result = evaluation.evaluate(head, x, truth, kept_paths)
-        result.unreadable = [FileError(paths[n], reason) for n, reason in sorted(unreadable.items())]
+        x, paths, kept, unreadable = self._readable_vectors(files)
+        truth = truth[kept]
+        result = evaluation.evaluate(head, x, truth, paths)
+        result.unreadable = unreadable
         if compare_templates:
             alone = [(t, self.head(label_set, templates=(t,), progress=progress)) for t in chosen]
             result.templates = evaluation.template_scores(
@@ -912,12 +912,19 @@ class Library:
         """The cosine similarity of each image (path or id) to each label's text embedding, as
         in the CLIP tutorial's image x text matrix. Unreadable files are left out and listed."""
         head = self.head(labels, templates=templates)
+        x, paths, _, unreadable = self._readable_vectors(images)
+        cosine = x @ (head.weights / np.linalg.norm(head.weights, axis=1, keepdims=True)).T
+        return SimilarityMatrix(paths, list(head.labels), np.round(cosine, 6).tolist(), unreadable)
+
+    def _readable_vectors(self, images: Iterable[str | os.PathLike | int],
+                          ) -> tuple[np.ndarray, list[str], np.ndarray, list[FileError]]:
+        """The vectors and paths of those ``images`` that could be read, their positions among
+        ``images``, and the files that could not be, with the reason."""
         unreadable: dict[int, str] = {}
         x, _, paths = self._image_vectors(images, unreadable)
-        keep = [n for n in range(len(paths)) if n not in unreadable]
-        cosine = x[keep] @ (head.weights / np.linalg.norm(head.weights, axis=1, keepdims=True)).T
-        return SimilarityMatrix([paths[n] for n in keep], list(head.labels), np.round(cosine, 6).tolist(),
-                                [FileError(paths[n], reason) for n, reason in sorted(unreadable.items())])
+        kept = np.array([n for n in range(len(paths)) if n not in unreadable], np.int64)
+        return (x[kept], [paths[n] for n in kept], kept,
+                [FileError(paths[n], reason) for n, reason in sorted(unreadable.items())])
 
     def classifiers(self) -> list[ClassifierReport]:
         """The few-shot classifiers trained in this library."""
@@ -992,9 +999,7 @@ class Library:
             budget, target = memory_budget or budget, target_recall or target
             current = self.vectors
             on_disk = self._on_disk() if on_disk is None else on_disk
-            # Fails before anything changes:
-            plan = ivf_plan(current.ntotal, current.dim, budget, on_disk=True) if on_disk else \
-                choose_index(current.ntotal, current.dim, budget)
+            plan = self._plan(current.ntotal, budget, on_disk)  # fails before anything changes
             self.store.set_meta("memory_budget", str(budget))
             self.store.set_meta("target_recall", str(target))
             self.store.set_meta("on_disk", "1" if on_disk else "0")
@@ -1005,16 +1010,20 @@ class Library:
             finally:
                 self._writing = False
             built = self.vectors
-        files = [self._index_path()] + ([self.root / f"{built.facts.on_disk}.ivfdata"] if built.on_disk else [])
         return OptimizeReport(built.factory, built.facts.reason, built.ntotal, dropped, built.facts.recall_at_10,
-                              built.facts.search_param, budget, target, sum(f.stat().st_size for f in files),
+                              built.facts.search_param, budget, target, self._index_bytes(built),
                               time.perf_counter() - started, built.on_disk)
+
+    def _index_bytes(self, vectors: VectorIndex | None) -> int:
+        """The saved index's size on disk: its file, and its lists file when they are on disk."""
+        files = [self._index_path()] + ([self.root / f"{vectors.facts.on_disk}.ivfdata"]
+                                        if vectors is not None and vectors.on_disk else [])
+        return sum(f.stat().st_size for f in files if f.exists())
 
     def info(self) -> LibraryInfo:
         counts = self.store.counts()
         identity = self.store.model_identity()
         vectors = self.vectors if identity else None
-        index_path = self._index_path()
         return LibraryInfo(
             library=str(self.root),
             images=counts["indexed"],
@@ -1025,7 +1034,7 @@ class Library:
             dim=identity.dim if identity else None,
             precision=",".join(self._precisions()) or None,
             database_bytes=sum(p.stat().st_size for p in self.root.glob(DB_NAME + "*")),
-            index_bytes=index_path.stat().st_size if index_path.exists() else 0,
+            index_bytes=self._index_bytes(vectors),
             vector_file_bytes=vectors.file.nbytes if vectors else 0,
             index_type=vectors.factory if vectors else None,
             index_reason=vectors.facts.reason if vectors else None,
