@@ -445,7 +445,7 @@ class VectorIndex:
 
         from faiss.contrib.ondisk import merge_ondisk
 
-        if faiss.try_extract_index_ivf(faiss.index_factory(vectors.dim, plan.factory)) is None:
+        if not plan.nlist:
             raise ValueError(f"{plan.factory} is not an IVF index")
         trained = _trained(plan, vectors, rows, seed)
         faiss.write_index(trained, f"{stem}.trained")
