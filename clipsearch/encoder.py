@@ -252,8 +252,9 @@ class Encoder:
 
         self._mean = torch.tensor(spec.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
+        with torch.inference_mode():  # not through encode_texts: it would settle first
+            self._dim = int(model.encode_text(tokenizer([""]).to(self.device)).shape[1])
         self._model, self._pixel_spec, self._tokenizer = model, spec, tokenizer
-        self._dim = int(self.encode_texts([""]).shape[1])
         self._settle(notice)
         return self
 
