@@ -100,7 +100,7 @@ def write_vectors(folder: Path, n: int, mixture: Mixture) -> VectorFile:
 
 def metadata_db(folder: Path, n: int) -> Store:
     """A library database with ``n`` indexed rows, written directly for speed."""
-    store = Store(folder / "library.db")
+    store = Store(folder)
     store.set_model_identity(ModelIdentity("bench", None, 512))
     con = sqlite3.connect(folder / "library.db")
     rows = ((i + 1, f"/photos/{i // 1000:05}/IMG_{i:08}.jpg", 3_000_000, 1_700_000_000_000_000_000 + i,

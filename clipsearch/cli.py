@@ -8,10 +8,12 @@ and exit code 1; usage errors exit with 2.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import sys
 import warnings
+from contextvars import ContextVar
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
@@ -22,6 +24,7 @@ import typer
 from .errors import ClipSearchError
 
 ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # also read by library.default_library_dir
+ENV_DB_URL = "CLIPSEARCH_DB_URL"  # also read by Library.open
 
 app = typer.Typer(
     help="Search a folder of images by meaning, with CLIP.",
@@ -35,6 +38,12 @@ app = typer.Typer(
 LibraryOpt = Annotated[Optional[Path], typer.Option(
     "--library", "-L", envvar=ENV_LIBRARY, show_envvar=True,
     help="Library folder. Default: $CLIPSEARCH_LIBRARY, else a per-user data folder.")]
+# Added by `command` to every command that takes --library (see _with_db_url).
+DbUrlOpt = Annotated[Optional[str], typer.Option(
+    "--db-url", envvar=ENV_DB_URL, show_envvar=True, show_default=False,
+    help="Keep the library's metadata in this PostgreSQL database, postgresql://USER@HOST:PORT/DBNAME "
+         "(the password from PGPASSWORD or ~/.pgpass), not in the folder's own SQLite file. Needed once: "
+         "the folder remembers it.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 FolderOpt = Annotated[Optional[list[Path]], typer.Option(
     "--in", help="Only images inside this folder. Repeatable.", show_default=False)]
@@ -87,17 +96,42 @@ def _guarded(fn):
 
 
 def command(fn=None, *, group: typer.Typer = app, name: str | None = None):
-    """Register a command (on ``group``, default the top level); see :func:`_guarded`."""
+    """Register a command (on ``group``, default the top level); see :func:`_guarded`. A
+    command that takes ``--library`` gets ``--db-url`` too (:func:`_with_db_url`)."""
     if fn is None:
         return lambda f: command(f, group=group, name=name)
+    if "library" in inspect.signature(fn).parameters:
+        fn = _with_db_url(fn)
     return group.command(name)(_guarded(fn))
+
+
+_db_url: ContextVar[str | None] = ContextVar("db_url", default=None)
+
+
+def _with_db_url(fn):
+    """``fn`` with a ``--db-url`` option, which :func:`_open` reads: one option beside every
+    ``--library``, without a parameter for it in every command."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, db_url: str | None = None, **kwargs):
+        token = _db_url.set(db_url)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _db_url.reset(token)
+
+    sig = inspect.signature(fn, eval_str=True)
+    option = inspect.Parameter("db_url", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=DbUrlOpt)
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), option])
+    wrapper.__annotations__ = {**fn.__annotations__, "db_url": DbUrlOpt}
+    return wrapper
 
 
 def _open(library: Path | None, **kwargs):
     # Imported here, not at the top: `clipsearch --help` must not pay for SQLAlchemy and FAISS.
     from .library import Library
 
-    return Library.open(library, **kwargs)
+    return Library.open(library, db_url=_db_url.get(), **kwargs)
 
 
 def _output(json_out: bool, data, lines: list[str], empty: str | None = None) -> None:

@@ -75,6 +75,7 @@ class _Silent:
 class _Job:
     file: FoundFile
     old_id: int | None  # the row this path had before, if it changed
+    new_id: int | None = None  # else the id it takes, numbered in scan order (Store.next_image_id)
 
 
 class Indexer:
@@ -141,10 +142,12 @@ class Indexer:
             raise NoImagesError(f"no image files found under {', '.join(map(str, roots))}",
                                 hint="clipsearch indexes .jpg, .png, .webp, .gif, .tif and similar files")
         jobs: list[_Job] = []
+        next_id = self.store.next_image_id()
         for f in found:
             old = known.pop(f.path, None)
             if old is None:
-                jobs.append(_Job(f, None))
+                jobs.append(_Job(f, None, next_id))
+                next_id += 1
             elif (old.size, old.mtime_ns) == (f.size, f.mtime_ns) and not (retry_errors and old.status == "error"):
                 report.unchanged += 1
             else:
@@ -199,12 +202,13 @@ class Indexer:
                 vector, width, height, taken = self.store.vector_of(source), src.width, src.height, src.taken_ns
             else:
                 vector, width, height, taken = vectors[d.content_hash]
-            indexed.append(IndexedImage(f.path, f.size, f.mtime_ns, d.content_hash, width, height, vector, taken))
+            indexed.append(IndexedImage(f.path, f.size, f.mtime_ns, d.content_hash, width, height, vector, taken,
+                                        job.new_id))
             if job.old_id is None:
                 report.added += 1
             else:
                 report.updated += 1
-        failed = [FailedImage(job.file.path, job.file.size, job.file.mtime_ns, d.error) for job, d in bad]
+        failed = [FailedImage(job.file.path, job.file.size, job.file.mtime_ns, d.error, job.new_id) for job, d in bad]
 
         ids, rows = self.store.commit_batch(indexed, failed, moved=moved)
         # A changed file that now fails to decode must not keep its old vector. (A batch of

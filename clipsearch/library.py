@@ -12,7 +12,9 @@ settings), ``vectors.<G>.f16`` (the exact vectors, append-only; ``vectorstore.py
 ``index.<G>.faiss`` (the search index over them; ``index.py``), ``G`` being the vector
 file's generation. An index saved before the last rows were written (a crash between a
 commit and a save, say) adds them when loaded; a missing or damaged one is rebuilt from
-the vector file without re-encoding anything.
+the vector file without re-encoding anything. With ``db_url`` (or ``$CLIPSEARCH_DB_URL``)
+the metadata lives in PostgreSQL instead, and ``database.json`` in the folder names that
+database (``database.py``).
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ DUPLICATE_THRESHOLD = 0.995
 # 5-10% crops 0.93-0.98, inside this band.
 CROP_CANDIDATE = 0.9
 ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # the CLI names it too, without importing this module
+ENV_DB_URL = "CLIPSEARCH_DB_URL"  # the PostgreSQL database for a library's metadata; the CLI names it too
 ENV_TEXT_ONNX = "CLIPSEARCH_TEXT_ONNX"  # "0": never export the text tower (it is 254 MB for ViT-B-32)
-DB_NAME = "library.db"
 # index.<G>.faiss and .json; index.<G>.<stamp>.ivfdata and .trained for an on-disk index;
 # index.v<N>.faiss from before vector files.
 _INDEX_FILE = re.compile(r"^index\.v?\d+(\.\d+)?\.(faiss|json|ivfdata|trained)$")
@@ -112,19 +114,19 @@ class Library:
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, model: str | None = None, *,
-             device: str = "auto", create: bool = True, encoder: Encoder | None = None) -> "Library":
-        """Open the library at ``path`` (default: see :func:`default_library_dir`)."""
+             device: str = "auto", create: bool = True, encoder: Encoder | None = None,
+             db_url: str | None = None) -> "Library":
+        """Open the library at ``path`` (default: see :func:`default_library_dir`), its metadata
+        in the PostgreSQL database at ``db_url`` (default: ``$CLIPSEARCH_DB_URL``, else the one
+        the folder was made with, else the folder's own SQLite file)."""
         root = Path(path).expanduser() if path else default_library_dir()
         root = root.absolute()
-        db = root / DB_NAME
-        if not db.exists():
-            if not create:
-                raise LibraryEmptyError(f"no library at {root}",
-                                        hint="index some images first: clipsearch index PATH")
-            if root.exists() and not root.is_dir():
-                raise LibraryError(f"{root} is a file, not a library folder")
-            root.mkdir(parents=True, exist_ok=True)
-        return cls(root, Store(db), model=model, device=device, encoder=encoder)
+        store = Store.open(root, db_url or os.environ.get(ENV_DB_URL) or None, create=create)
+        try:
+            return cls(root, store, model=model, device=device, encoder=encoder)
+        except BaseException:
+            store.close()
+            raise
 
     def __enter__(self) -> "Library":
         return self
@@ -1033,7 +1035,8 @@ class Library:
             pretrained=identity.pretrained if identity else None,
             dim=identity.dim if identity else None,
             precision=",".join(self._precisions()) or None,
-            database_bytes=sum(p.stat().st_size for p in self.root.glob(DB_NAME + "*")),
+            database=self.store.where,
+            database_bytes=self.store.database_bytes(),
             index_bytes=self._index_bytes(vectors),
             vector_file_bytes=vectors.file.nbytes if vectors else 0,
             index_type=vectors.factory if vectors else None,

@@ -83,6 +83,7 @@ class LibraryInfo(_Record):
     pretrained: str | None
     dim: int | None
     precision: str | None  # how its vectors were made: fp32, fp16, bf16 or int8 (a list if mixed)
+    database: str  # the metadata's database: a URL (never with a password), sqlite:///... by default
     database_bytes: int
     index_bytes: int
     vector_file_bytes: int = 0

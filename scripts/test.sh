@@ -20,4 +20,12 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" =
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null \
     || echo "could not install chromium: the browser tests will be skipped" >&2
 fi
+# The storage tests run on SQLite and on a throwaway PostgreSQL server that the test
+# fixtures start on loopback (tests/conftest.py), from Debian's packaged binaries; without
+# them the PostgreSQL tests are skipped with their reason.
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "installing Debian's postgresql for the PostgreSQL tests" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } >/dev/null \
+    || echo "could not install postgresql: the PostgreSQL tests will be skipped" >&2
+fi
 exec .venv/bin/python -m pytest "$@"

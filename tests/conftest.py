@@ -1,12 +1,18 @@
-"""Shared fixtures: demo-world images, a library built with the real demo model, a fake encoder."""
+"""Shared fixtures: demo-world images, a library built with the real demo model, a fake encoder,
+and a throwaway PostgreSQL server with a fresh database per test."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
+import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -136,3 +142,115 @@ class FakeEncoder:
 @pytest.fixture
 def fake_encoder() -> FakeEncoder:
     return FakeEncoder()
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of its own in a temporary folder, on loopback and a free port.
+
+    PostgreSQL refuses to run as root, so as root (CI) its programs run as the ``postgres``
+    user. Its default collation is ICU's en-US, not C, as on most real servers: ordering
+    and range queries on paths must not depend on byte order by luck.
+    """
+
+    def __init__(self):
+        self.bin = _postgres_bin()
+        self.as_owner: list[str] = []
+        if os.geteuid() == 0:
+            runuser = shutil.which("runuser")
+            if not runuser:
+                raise RuntimeError("running as root and runuser is missing: PostgreSQL will not run as root")
+            self.as_owner = [runuser, "-u", "postgres", "--"]
+        self.home = Path(tempfile.mkdtemp(prefix="clipsearch-pg-"))
+        self.data = self.home / "data"
+        self.port = 0
+        if self.as_owner:
+            shutil.chown(self.home, "postgres", "postgres")
+        self._names = itertools.count(1)
+
+    def _run(self, program: str, *args: str) -> str:
+        out = subprocess.run([*self.as_owner, str(self.bin / program), *args], capture_output=True, text=True,
+                             timeout=120)
+        if out.returncode:
+            log = self.home / "log"
+            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+            raise RuntimeError(f"{program} failed: {(out.stderr or out.stdout).strip()[-1500:]} {tail}".strip())
+        return out.stdout
+
+    def start(self) -> "PostgresServer":
+        version = int(re.search(r"(\d+)", self._run("initdb", "--version")).group(1))
+        icu = ["--locale-provider=icu", "--icu-locale=en-US"] if version >= 15 else []  # before 15: libc's
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+                  "--locale=C.UTF-8", *icu, "--no-sync")
+        with socket.socket() as s:  # a free port; another process taking it first fails the start
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        # Durability settings off: a test server that loses its data on a crash loses nothing.
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.home} "
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "log"), "-w", "-t", "60", "-o", options,
+                  "start")
+        return self
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            with contextlib.suppress(Exception):
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; its URL."""
+        import psycopg
+
+        name = f"test_{os.getpid()}_{next(self._names)}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+def _postgres_bin() -> Path:
+    """The newest PostgreSQL's programs: Debian keeps each version in /usr/lib/postgresql/N/bin."""
+    versions = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")]
+    if versions:
+        return max(versions, key=lambda b: int(re.sub(r"\D", "", b.parent.name) or 0))
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).parent
+    raise RuntimeError("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl, no pg_ctl on PATH); "
+                       "on Debian: apt-get install postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session; the tests that need it are skipped, with the
+    reason, where it cannot start."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: pip install 'clipsearch[postgres]'")
+    try:
+        server = PostgresServer()
+    except RuntimeError as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    try:
+        server.start()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        server.stop()
+        pytest.skip(f"PostgreSQL could not start: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:
+    """The URL of a fresh PostgreSQL database for this test."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    """Each backend in turn: None for a library's own SQLite file, or a fresh PostgreSQL URL."""
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None

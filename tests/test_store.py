@@ -1,76 +1,104 @@
-"""The SQLite store: migrations, change detection by path prefix, batch commits, versions."""
+"""The metadata store on SQLite and on PostgreSQL: migrations up and down, change detection
+by path prefix, batch commits, versions, caches and tags.
+
+``backend`` (conftest.py) runs each test on the library's own SQLite file (None) and on a
+fresh database of a throwaway PostgreSQL server (its URL). The tests about SQLite files
+themselves (WAL, a file that is not a database, libraries from before the vector file)
+run on SQLite only.
+"""
 
 import sqlite3
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import create_engine, inspect, text, update
 
 from clipsearch.errors import LibraryError, SchemaTooNewError
 from clipsearch.results import ModelIdentity
-from clipsearch.store import FailedImage, IndexedImage, Store
+from clipsearch.store import FailedImage, IndexedImage, MovedImage, Store, TextCacheRow
+
+HEAD = "0006"
 
 
 def item(path, vec=(1.0, 0.0), size=10, mtime=1):
     return IndexedImage(path, size, mtime, "h" + path, 4, 3, np.array(vec, np.float32))
 
 
-def test_migrations_create_the_schema_and_are_idempotent(tmp_path):
-    db = tmp_path / "library.db"
-    Store(db).close()
-    Store(db).close()
-    con = sqlite3.connect(db)
-    tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
-    assert {"images", "text_cache", "meta", "tags", "classifiers", "alembic_version"} <= tables
-    assert "embeddings" not in tables
-    assert con.execute("select version_num from alembic_version").fetchone()[0] == "0005"
-    assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
-
-
-def test_newer_schema_is_refused_with_a_clear_error(tmp_path):
-    db = tmp_path / "library.db"
-    Store(db).close()
-    con = sqlite3.connect(db)
-    con.execute("update alembic_version set version_num='9999_future'")
-    con.commit()
-    con.close()
-    with pytest.raises(SchemaTooNewError, match="newer clipsearch"):
-        Store(db)
-
-
-def test_a_file_that_is_not_a_database_is_a_library_error(tmp_path):
-    db = tmp_path / "library.db"
-    db.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(LibraryError):
-        Store(db)
-
-
-def test_model_identity_round_trip(tmp_path):
-    s = Store(tmp_path / "library.db")
-    assert s.model_identity() is None
-    s.set_model_identity(ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", 512))
-    assert s.model_identity() == ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", 512)
-
-
-def store(tmp_path, dim=2) -> Store:
-    s = Store(tmp_path / "library.db")
+def store(tmp_path, backend, dim=2) -> Store:
+    s = Store(tmp_path, backend)
     s.set_model_identity(ModelIdentity("m", None, dim))
     return s
 
 
-def test_known_files_matches_whole_folder_names_and_odd_characters(tmp_path):
-    s = store(tmp_path)
-    paths = ["/p/photos/a.jpg", "/p/photos/sub/b.jpg", "/p/photos2/c.jpg", "/p/photos_x/d.jpg",
-             "/p/100%/e.jpg", "/p/single.jpg"]
-    s.commit_batch([item(p) for p in paths])
-    assert set(s.known_files([Path("/p/photos")])) == {"/p/photos/a.jpg", "/p/photos/sub/b.jpg"}
+def test_migrations_create_the_schema_and_are_idempotent(tmp_path, backend):
+    Store(tmp_path, backend).close()
+    s = Store(tmp_path, backend)
+    tables = set(inspect(s.engine).get_table_names())
+    assert {"images", "text_cache", "image_cache", "meta", "tags", "classifiers", "alembic_version"} <= tables
+    assert "embeddings" not in tables
+    with s.engine.connect() as conn:
+        assert conn.scalar(text("select version_num from alembic_version")) == HEAD
+    s.close()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path):
+    Store(tmp_path).close()
+    assert sqlite3.connect(tmp_path / "library.db").execute("pragma journal_mode").fetchone()[0] == "wal"
+
+
+def test_newer_schema_is_refused_with_a_clear_error(tmp_path, backend):
+    s = Store(tmp_path, backend)
+    with s.engine.begin() as conn:
+        conn.execute(text("update alembic_version set version_num='9999_future'"))
+    s.close()
+    with pytest.raises(SchemaTooNewError, match="newer clipsearch"):
+        Store(tmp_path, backend)
+
+
+def test_a_file_that_is_not_a_database_is_a_library_error(tmp_path):
+    (tmp_path / "library.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(LibraryError):
+        Store(tmp_path)
+
+
+def test_model_identity_round_trip(tmp_path, backend):
+    s = Store(tmp_path, backend)
+    assert s.model_identity() is None
+    s.set_model_identity(ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", 512))
+    assert s.model_identity() == ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", 512)
+    s.close()
+
+
+def test_known_files_matches_whole_folder_names_and_odd_characters(tmp_path, backend):
+    # Byte order, whatever the server's collation: ICU's en-US on the test server puts
+    # '/p/Photos/...' and '/p/photos/...' side by side, and would find one under the other.
+    s = store(tmp_path, backend)
+    inside = ["/p/photos/a.jpg", "/p/photos/sub/b.jpg", "/p/photos/é.jpg", "/p/photos/Z.JPG"]
+    outside = ["/p/photos2/c.jpg", "/p/photos_x/d.jpg", "/p/Photos/f.jpg", "/p/photös/g.jpg", "/p/photos-x/h.jpg",
+               "/p/photos0/i.jpg", "/p/PHOTOS/j.jpg"]
+    odd = ["/p/100%/e.jpg", "/p/a_b/k.jpg", "/p/single.jpg", "/p/日本/l.jpg"]
+    s.commit_batch([item(p) for p in inside + outside + odd])
+    assert set(s.known_files([Path("/p/photos")])) == set(inside)
+    assert set(s.known_files([Path("/p/photos/")])) == set(inside)
     assert set(s.known_files([Path("/p/100%")])) == {"/p/100%/e.jpg"}
+    assert set(s.known_files([Path("/p/a_b")])) == {"/p/a_b/k.jpg"}
+    assert set(s.known_files([Path("/p/日本")])) == {"/p/日本/l.jpg"}
+    assert set(s.known_files([Path("/p/Photos")])) == {"/p/Photos/f.jpg"}
     assert set(s.known_files([Path("/p/single.jpg")])) == {"/p/single.jpg"}
-    assert len(s.known_files([Path("/p")])) == 6
+    assert len(s.known_files([Path("/p")])) == len(inside + outside + odd)
+    by_path = {r.path: r.id for r in s.known_files([Path("/p")]).values()}
+    assert {by_path[p] for p in inside} == set(s.ids_matching(folders=["/p/photos"]).tolist())
+    # Extensions match whatever their case, on both backends.
+    jpg = s.ids_matching(folders=["/p/photos"], extensions=["jpg"])
+    assert sorted(jpg.tolist()) == sorted(by_path[p] for p in inside)
+    assert s.ids_matching(extensions=["JPG"]).size == len(inside + outside + odd)
+    s.close()
 
 
-def test_batches_bump_the_vector_version_and_append_vectors(tmp_path):
-    s = store(tmp_path)
+def test_batches_bump_the_vector_version_and_append_vectors(tmp_path, backend):
+    s = store(tmp_path, backend)
     assert s.vectors_version() == 0
     ids, rows = s.commit_batch([item("/a.jpg", (1, 0)), item("/b.jpg", (0, 1))])
     assert s.vectors_version() == 1 and rows.tolist() == [0, 1]
@@ -84,10 +112,15 @@ def test_batches_bump_the_vector_version_and_append_vectors(tmp_path):
     assert s.vectors_version() == 3 and got_ids.tolist() == [ids[0]]
     assert np.allclose(matrix[0], [0.6, 0.8], atol=1e-3)
     assert len(s.vector_file()) == 3  # append-only: dead rows stay until compaction
+    s.commit_batch(moved=[MovedImage(int(ids[0]), "/c.jpg", 10, 3)])
+    assert s.vector_state() == (4, 1) and s.locate([ids[0]]) == {ids[0]: ("/c.jpg", 2)}
+    [(path, width, height, when)] = s.hits([ids[0]]).values()
+    assert (path, width, height, when) == ("/c.jpg", 4, 3, 3)
+    s.close()
 
 
-def test_compaction_keeps_live_vectors_and_drops_dead_rows(tmp_path):
-    s = store(tmp_path)
+def test_compaction_keeps_live_vectors_and_drops_dead_rows(tmp_path, backend):
+    s = store(tmp_path, backend)
     ids, _ = s.commit_batch([item(f"/{n}.jpg", (np.cos(n), np.sin(n))) for n in range(10)])
     s.commit_batch(removed=ids[:4].tolist())
     s.commit_batch([item("/9.jpg", (1, 0), mtime=5)])
@@ -97,11 +130,12 @@ def test_compaction_keeps_live_vectors_and_drops_dead_rows(tmp_path):
     assert new.generation == 2 and len(new) == 6 and not old_path.exists()
     after = dict(zip(*s.vectors()))
     assert before.keys() == after.keys() and all(np.allclose(before[i], after[i]) for i in before)
-    assert Store(tmp_path / "library.db").generation() == 2
+    s.close()
+    assert Store(tmp_path, backend).generation() == 2
 
 
-def test_a_failed_file_is_recorded_with_its_reason_and_loses_its_vector(tmp_path):
-    s = store(tmp_path)
+def test_a_failed_file_is_recorded_with_its_reason_and_loses_its_vector(tmp_path, backend):
+    s = store(tmp_path, backend)
     s.commit_batch([item("/a.jpg")])
     s.commit_batch(failed=[FailedImage("/a.jpg", 5, 9, "broken image: truncated")])
     assert [(e.path, e.reason) for e in s.errors()] == [("/a.jpg", "broken image: truncated")]
@@ -109,81 +143,148 @@ def test_a_failed_file_is_recorded_with_its_reason_and_loses_its_vector(tmp_path
     assert len(s.vectors()[0]) == 0
     with pytest.raises(KeyError):
         s.vector_of(1)
+    s.close()
 
 
-def test_the_text_cache_keeps_the_most_recently_used(tmp_path):
-    s = store(tmp_path)
+def test_the_text_cache_keeps_the_most_recently_used(tmp_path, backend):
+    s = store(tmp_path, backend)
     s.cache_texts("m", {"a dog": np.array([1, 0], np.float32), "a cat": np.array([0, 1], np.float32)})
     two_hours = 2 * 3600 * 10**9  # uses are recorded to the hour: make both entries old
-    with sqlite3.connect(tmp_path / "library.db") as con:
-        con.execute("update text_cache set used_at = used_at - ?", (two_hours,))
+    with s.engine.begin() as conn:
+        conn.execute(update(TextCacheRow).values(used_at=TextCacheRow.used_at - two_hours))
     assert s.cached_texts("m", ["a dog", "a bird"]).keys() == {"a dog"}  # and marks it used
     assert s.cached_texts("other model", ["a dog"]) == {}
     s.cache_texts("m", {"a bird": np.array([1, 1], np.float32)}, keep=2)
     assert s.cached_texts("m", ["a dog", "a cat", "a bird"]).keys() == {"a dog", "a bird"}
+    s.cache_texts("m", {"a bird": np.array([1, 1], np.float32)})  # again: no harm
+    s.cache_images("m", {"f" * 32: np.array([0.5, 0.5], np.float32)})
+    assert np.allclose(s.cached_images("m", ["f" * 32, "0" * 32])["f" * 32], [0.5, 0.5])
+    s.close()
 
 
-def _alembic(db: Path):
+def test_tags_are_replaced_per_label_set_and_manual_ones_win(tmp_path, backend):
+    s = store(tmp_path, backend)
+    ids, _ = s.commit_batch([item(f"/p/{n}.jpg") for n in range(3)])
+    a, b, c = ids.tolist()
+    before = datetime.utcnow() - timedelta(seconds=5)
+    assert s.replace_tags("zero-shot", "colours", [(np.array([a, a, b]), ["red", "round", "blue"],
+                                                     np.array([0.9, 0.4, 0.8], np.float32))]) == 3
+    s.replace_tags("zero-shot", "shapes", [(np.array([c]), ["round"], np.array([0.7], np.float32))])
+    s.set_manual_tag(b, "blue", removed=True)  # taken off by hand: hides the automatic tag
+    s.set_manual_tag(c, "cat", removed=False)
+    counts = {t.label: (t.images, t.sources) for t in s.tag_counts()}
+    assert counts == {"red": (1, ["zero-shot"]), "round": (2, ["zero-shot"]), "cat": (1, ["manual"])}
+    tags = s.tags_of()
+    assert {i: [t.label for t in ts] for i, ts in tags.items()} == {a: ["red", "round"], c: ["cat", "round"]}
+    created = tags[a][0].created_at
+    assert created.tzinfo is None and before < created < datetime.utcnow() + timedelta(seconds=5)  # naive UTC
+    assert sorted(s.ids_matching(tags=["round"]).tolist()) == [a, c]
+    assert s.ids_matching(tags=["round"], no_tags=["cat"]).tolist() == [a]
+    # A new run of one label set replaces that set's tags only, under the given folders.
+    s.replace_tags("zero-shot", "colours", [(np.array([b]), ["green"], np.array([0.6], np.float32))])
+    assert {t.label for t in s.tag_counts()} == {"green", "round", "cat"}
+    s.close()
+
+
+def _alembic(folder: Path):
     from alembic.config import Config
 
     from clipsearch.resources import migrations_dir
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
-    cfg.attributes["connection"] = None
+    cfg.attributes["folder"] = str(folder)
     return cfg
 
 
-def test_an_old_library_is_upgraded_on_open_and_keeps_its_rows(tmp_path):
-    from alembic import command
-    from sqlalchemy import create_engine
+def _engine(folder: Path, backend: str | None):
+    return create_engine(backend or f"sqlite:///{folder / 'library.db'}")
 
-    db = tmp_path / "library.db"
-    cfg = _alembic(db)
-    engine = create_engine(f"sqlite:///{db}")
+
+def _migrate(folder: Path, backend: str | None, *steps: tuple[str, str]) -> None:
+    """Run Alembic ``(upgrade|downgrade, revision)`` steps on a connection, as clipsearch does."""
+    from alembic import command
+
+    cfg = _alembic(folder)
+    engine = _engine(folder, backend)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
-        conn.exec_driver_sql("insert into images (path, size, mtime_ns, status, indexed_at) "
-                             "values ('/old.jpg', 5, 7, 'indexed', '2026-01-01 00:00:00')")
+        for action, revision in steps:
+            getattr(command, action)(cfg, revision)
     engine.dispose()
-    store = Store(db)  # upgrades to head
-    [row] = store.images([1]).values()
+
+
+def _schema(folder: Path, backend: str | None) -> tuple[set[str], str | None, str | None]:
+    """The tables, the revision, and on PostgreSQL the collation of images.path."""
+    engine = _engine(folder, backend)
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        revision = conn.scalar(text("select version_num from alembic_version")) if "alembic_version" in tables else None
+        collation = None
+        if backend and "images" in tables:
+            collation = conn.scalar(text("select collation_name from information_schema.columns "
+                                         "where table_name = 'images' and column_name = 'path'"))
+    engine.dispose()
+    return tables - {"alembic_version"}, revision, collation
+
+
+def test_migrations_go_up_to_head_down_to_base_and_up_again(tmp_path, backend):
+    _migrate(tmp_path, backend, ("upgrade", "head"))
+    tables, revision, collation = _schema(tmp_path, backend)
+    assert revision == HEAD and {"images", "meta", "tags", "classifiers", "text_cache", "image_cache"} == tables
+    assert collation == ("C" if backend else None)
+    _migrate(tmp_path, backend, ("downgrade", "0005"))
+    assert _schema(tmp_path, backend)[2] is None  # the database's default again
+    _migrate(tmp_path, backend, ("downgrade", "base"))
+    assert _schema(tmp_path, backend)[:2] == (set(), None)
+    _migrate(tmp_path, backend, ("upgrade", "head"))
+    assert _schema(tmp_path, backend) == (tables, HEAD, collation)
+    s = store(tmp_path, backend)  # and the store takes it as it is
+    s.commit_batch([item("/a.jpg")])
+    assert s.counts()["indexed"] == 1
+    s.close()
+
+
+def test_an_old_library_is_upgraded_on_open_and_keeps_its_rows(tmp_path, backend):
+    _migrate(tmp_path, backend, ("upgrade", "0001"))
+    engine = _engine(tmp_path, backend)
+    with engine.begin() as conn:
+        conn.execute(text("insert into images (path, size, mtime_ns, status, indexed_at) "
+                          "values ('/old.jpg', 5, 7, 'indexed', '2026-01-01 00:00:00')"))
+    engine.dispose()
+    s = Store(tmp_path, backend)  # upgrades to head
+    [row] = s.images([1]).values()
     assert (row.path, row.taken_ns, row.when_ns) == ("/old.jpg", None, 7)
-    store.close()
-    engine = create_engine(f"sqlite:///{db}")
-    with engine.begin() as conn:  # and the new migration can be undone
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0001")
-        cols = [r[1] for r in conn.exec_driver_sql("pragma table_info(images)")]
+    s.close()
+    _migrate(tmp_path, backend, ("downgrade", "0001"))  # and the new migrations can be undone
+    engine = _engine(tmp_path, backend)
+    with engine.connect() as conn:
+        cols = {c["name"] for c in inspect(conn).get_columns("images")}
+        assert conn.scalar(text("select path from images")) == "/old.jpg"
+    engine.dispose()
     assert "taken_ns" not in cols and "path" in cols
 
 
 def test_vectors_in_sqlite_move_to_the_vector_file_on_upgrade(tmp_path):
-    from alembic import command
-    from sqlalchemy import create_engine
-
     db = tmp_path / "library.db"
-    cfg = _alembic(db)
-    engine = create_engine(f"sqlite:///{db}")
+    _migrate(tmp_path, None, ("upgrade", "0002"))
     vectors = {1: np.array([0.6, 0.8], np.float32), 2: np.array([1.0, 0.0], np.float32)}
+    engine = create_engine(f"sqlite:///{db}")
     with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0002")
         conn.exec_driver_sql("insert into meta (key, value) values ('model', 'm'), ('dim', '2')")
         for i, v in vectors.items():
             conn.exec_driver_sql("insert into images (id, path, size, mtime_ns, status, indexed_at) values "
                                  f"({i}, '/{i}.jpg', 5, 7, 'indexed', '2026-01-01 00:00:00')")
             conn.exec_driver_sql("insert into embeddings (image_id, vector) values (?, ?)", (i, v.tobytes()))
     engine.dispose()
-    s = Store(db)
+    s = Store(tmp_path)
     ids, matrix = s.vectors()
     assert ids.tolist() == [1, 2] and np.allclose(matrix, [vectors[1], vectors[2]], atol=1e-3)
     assert (tmp_path / "vectors.1.f16").stat().st_size == 2 * 2 * 2
     s.close()
+    _migrate(tmp_path, None, ("downgrade", "0002"))  # and back
     engine = create_engine(f"sqlite:///{db}")
-    with engine.begin() as conn:  # and back
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0002")
+    with engine.connect() as conn:
         blobs = dict(conn.exec_driver_sql("select image_id, vector from embeddings").fetchall())
+    engine.dispose()
     assert np.allclose(np.frombuffer(blobs[1], np.float32), vectors[1], atol=1e-3)

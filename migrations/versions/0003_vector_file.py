@@ -4,7 +4,7 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-22
 
-Each image gets ``row``: its row in ``vectors.<generation>.f16`` beside the database
+Each image gets ``row``: its row in ``vectors.<generation>.f16`` in the library folder
 (see ``clipsearch/vectorstore.py``). The float32 blobs of ``embeddings`` are written
 there, rounded to float16, and the table is dropped. The file format is written out
 here rather than imported, so that this migration keeps working whatever the package
@@ -14,12 +14,23 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
+
+
+def _folder(conn) -> Path:
+    """The library folder: given by clipsearch (or ``alembic -x folder=``), else the SQLite
+    file's own (a PostgreSQL URL names no folder)."""
+    folder = context.config.attributes.get("folder")
+    if folder:
+        return Path(folder)
+    if conn.dialect.name != "sqlite":
+        raise RuntimeError("pass the library folder: alembic -x url=... -x folder=PATH ...")
+    return Path(conn.engine.url.database).parent
 
 
 def upgrade() -> None:
@@ -35,7 +46,7 @@ def upgrade() -> None:
     conn = op.get_bind()
     rows = conn.execute(sa.text("SELECT image_id, vector FROM embeddings ORDER BY image_id")).all()
     if rows:
-        folder = Path(conn.engine.url.database).parent
+        folder = _folder(conn)
         ids = np.array([r[0] for r in rows], np.int64)
         matrix = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
         with open(folder / "vectors.1.f16", "wb") as f:
@@ -52,11 +63,10 @@ def downgrade() -> None:
         sa.Column("vector", sa.LargeBinary, nullable=False),
     )
     conn = op.get_bind()
-    folder = Path(conn.engine.url.database).parent
     generation = conn.execute(sa.text("SELECT value FROM meta WHERE key = 'vectors_generation'")).scalar() or 1
-    data = folder / f"vectors.{generation}.f16"
     dim = conn.execute(sa.text("SELECT value FROM meta WHERE key = 'dim'")).scalar()
-    if dim and data.exists():
+    data = _folder(conn) / f"vectors.{generation}.f16" if dim else None
+    if data is not None and data.exists():
         matrix = np.fromfile(data, np.float16).reshape(-1, int(dim))
         for image_id, row in conn.execute(sa.text("SELECT id, row FROM images WHERE row IS NOT NULL")).all():
             conn.execute(sa.text("INSERT INTO embeddings (image_id, vector) VALUES (:i, :v)"),

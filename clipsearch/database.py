@@ -1,0 +1,235 @@
+"""Where a library's metadata lives: the folder's own SQLite file, or a PostgreSQL database.
+
+A library folder always holds the vectors and the indexes (``vectorstore.py``,
+``index.py``). The metadata (``store.py``) is ``library.db`` in that folder by default.
+Given a URL (``--db-url`` or ``$CLIPSEARCH_DB_URL``) it lives in PostgreSQL instead, and
+the folder remembers which database in ``database.json``: the URL without its password
+(psycopg takes that from ``PGPASSWORD`` or ``~/.pgpass``; none is ever written to disk)
+and the library's id, which the database keeps too, in ``meta``. A folder is never paired
+with another library's database: its vector rows mean nothing there.
+
+Both backends use the same models and run the same Alembic migrations (``migrations/``)
+when a library is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import URL, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import ArgumentError
+
+from .errors import LibraryEmptyError, LibraryError, SchemaTooNewError
+
+DB_FILE = "library.db"
+LINK_FILE = "database.json"
+_LOCK_KEY = 0x636C6970_73656172  # "clipsear": the advisory lock clipsearch takes to create a schema or a library
+_POSTGRES_HINT = ("check that the server runs, the database exists (createdb DBNAME) and the URL is right, "
+                  "postgresql://USER@HOST:PORT/DBNAME; a password comes from PGPASSWORD or ~/.pgpass")
+
+
+@dataclass(frozen=True)
+class Link:
+    """``database.json``: the database a library folder's metadata is in."""
+
+    url: str  # without a password
+    library_id: str
+
+
+def sqlite_url(folder: Path) -> URL:
+    return URL.create("sqlite", database=str(folder / DB_FILE))
+
+
+def parse_url(url: str) -> URL:
+    """A PostgreSQL URL, for the psycopg (3) driver: ``postgresql://`` and ``postgres://`` mean it too."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # Not echoed: it may hold a password.
+        raise LibraryError("the database URL cannot be read",
+                           hint="write it as postgresql+psycopg://USER@HOST:PORT/DBNAME") from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    raise LibraryError(f"clipsearch cannot keep a library's metadata in {display(parsed)}",
+                       hint="give a PostgreSQL URL, postgresql+psycopg://USER@HOST:PORT/DBNAME, or none for "
+                            "the library folder's own SQLite file")
+
+
+def display(url: URL) -> str:
+    """``url`` without its password: safe to show and to write down."""
+    return url._replace(password=None).render_as_string(hide_password=False)  # set() cannot unset it
+
+
+def is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def engine(url: URL) -> Engine:
+    if is_sqlite(url):
+        eng = create_engine(url)
+        event.listen(eng, "connect", _sqlite_pragmas)
+        return eng
+    # A dead server fails in seconds, not after the system's TCP timeout; the URL may say otherwise.
+    args = {k: v for k, v in (("connect_timeout", 10), ("application_name", "clipsearch")) if k not in url.query}
+    try:
+        # Repeatable read: every transaction reads one snapshot, as SQLite's WAL gives, so a
+        # reader's version check and the rows it then reads agree while an index run commits.
+        return create_engine(url, isolation_level="REPEATABLE READ", pool_pre_ping=True, connect_args=args)
+    except ImportError as exc:
+        raise LibraryError("a PostgreSQL database needs the psycopg driver, which is not installed",
+                           hint="pip install 'clipsearch[postgres]'") from exc
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets searches read a consistent snapshot while an index run writes.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    # Up to 64 MB of page cache (the default is 2 MB): writing a million tags, or looking up
+    # a large library's rows, stays in memory instead of re-reading B-tree pages.
+    cur.execute("PRAGMA cache_size=-65536")
+    cur.close()
+
+
+def unusable(url: URL, exc: Exception) -> LibraryError:
+    """The error for a database that cannot be opened or reached."""
+    if is_sqlite(url):
+        return LibraryError(f"cannot open the database {url.database}: {exc}",
+                            hint="is this a clipsearch library folder?")
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return LibraryError(f"cannot use the PostgreSQL database {display(url)}: {reason}", hint=_POSTGRES_HINT)
+
+
+# -- the folder's link ------------------------------------------------------------------
+
+
+def locate(folder: Path, url: str | None, create: bool) -> URL:
+    """The database of the library in ``folder``: at ``url``, else the one the folder names,
+    else the folder's own SQLite file. Only the checks that need no connection; the folder
+    is made when ``create`` and missing."""
+    link = read_link(folder)
+    if url is None and link is None:
+        if not (folder / DB_FILE).exists():
+            _new_folder(folder, create)
+        return sqlite_url(folder)
+    parsed = parse_url(url if url is not None else link.url)
+    if (folder / DB_FILE).exists():
+        # Not a fresh, empty database beside it: the folder's vectors belong to its SQLite file.
+        raise LibraryError(f"the library at {folder} keeps its metadata in its own {DB_FILE}, "
+                           f"not in {display(parsed)}",
+                           hint="leave out --db-url and unset $CLIPSEARCH_DB_URL to open it, "
+                                "or pick another --library folder for this database")
+    if link is None:
+        _new_folder(folder, create)
+    return parsed
+
+
+def _new_folder(folder: Path, create: bool) -> None:
+    if not create:
+        raise LibraryEmptyError(f"no library at {folder}", hint="index some images first: clipsearch index PATH")
+    if folder.exists() and not folder.is_dir():
+        raise LibraryError(f"{folder} is a file, not a library folder")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def read_link(folder: Path) -> Link | None:
+    path = folder / LINK_FILE
+    try:
+        data = json.loads(path.read_text())
+        return Link(str(data["url"]), str(data["library_id"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LibraryError(f"cannot read {path}: {exc}",
+                           hint='it names the database of this library: {"url": ..., "library_id": ...}') from exc
+
+
+def write_link(folder: Path, url: URL, library_id: str) -> None:
+    path = folder / LINK_FILE
+    tmp = path.with_name(f".{LINK_FILE}.{os.getpid()}")
+    tmp.write_text(json.dumps({"url": display(url), "library_id": library_id}, indent=2) + "\n")
+    os.replace(tmp, path)  # whole or not at all
+
+
+# -- schema and creation ----------------------------------------------------------------
+
+
+@contextmanager
+def serialized(eng: Engine, folder: Path):
+    """A transaction that no other clipsearch process runs at the same time on this
+    database: two processes opening a new library at once create its schema, and pair it
+    with its folder, once. PostgreSQL takes an advisory lock in the database rather than
+    a file lock, as the folder may sit on shared storage where flock is unreliable."""
+    if is_sqlite(eng.url):
+        with _exclusive(folder / (DB_FILE + ".migrate.lock")), eng.begin() as conn:
+            yield conn
+        return
+    with eng.connect() as conn:
+        # Read committed: once the lock is ours, see what its last holder committed.
+        conn = conn.execution_options(isolation_level="READ COMMITTED")
+        with conn.begin():
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+            yield conn
+
+
+@contextmanager
+def _exclusive(lock_path: Path):
+    """A blocking, process-wide exclusive lock on a file (no-op where flock is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(lock_path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def migrate(eng: Engine, folder: Path) -> None:
+    """Bring the schema up to the newest revision: one query when it is there already."""
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from .resources import migrations_dir
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["folder"] = str(folder)  # where the vector files are: 0003 writes one
+    script = ScriptDirectory.from_config(cfg)
+    head = script.get_current_head()
+    try:
+        with eng.connect() as conn:
+            if MigrationContext.configure(conn).get_current_revision() == head:
+                return  # the usual case: no lock needed
+        with serialized(eng, folder) as conn:
+            _upgrade(conn, cfg, script, head, folder)
+    except LibraryError:
+        raise
+    except Exception as exc:  # not a usable database, or not reachable
+        raise unusable(eng.url, exc) from exc
+
+
+def _upgrade(conn, cfg, script, head: str, folder: Path) -> None:
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current == head:
+        return  # another process got here first
+    known = {rev.revision for rev in script.walk_revisions()}
+    if current is not None and current not in known:
+        raise SchemaTooNewError(f"the library at {folder} was written by a newer clipsearch (schema {current})",
+                                hint="upgrade clipsearch: pip install -U clipsearch")
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "head")
