@@ -214,6 +214,11 @@ class _ProgressBar:
             self._progress.stop()
 
 
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 @command
 def index(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders, searched recursively.",
@@ -243,6 +248,22 @@ def index(
                             "Default: $CLIPSEARCH_PRECISION, else auto.", show_default=False)] = None,
     retry_errors: Annotated[bool, typer.Option(
         "--retry-errors", help="Try files that failed before again, even if they did not change.")] = False,
+    engine: Annotated[Engine, typer.Option(
+        "--engine", help="Where images are decoded and embedded: here, or on a Ray cluster's actor pool "
+                         "(needs clipsearch[ray]); this process still scans and commits.")] = Engine.local,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="With --engine ray: `auto` (the cluster this machine belongs to) or "
+                              "ray://HOST:PORT. Default: a Ray started on this machine for the run.",
+        show_default=False)] = None,
+    gpus_per_worker: Annotated[float, typer.Option(
+        "--gpus-per-worker", min=0, help="With --engine ray: GPUs per model actor; 0 runs them on CPUs.")] = 0,
+    ray_workers: Annotated[Optional[int], typer.Option(
+        "--ray-workers", min=1, help="With --engine ray: model actors. Default: as many as the cluster's "
+                                     "GPUs allow (one per 4 CPUs without GPUs).", show_default=False)] = None,
+    ray_shards: Annotated[Optional[bool], typer.Option(
+        "--ray-shards/--no-ray-shards", help="With --engine ray: actors write vectors to shard files in the "
+                                             "library folder (shared storage) instead of sending them back. "
+                                             "Default: from 1M files to embed.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or skipped-file lines.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -253,6 +274,7 @@ def index(
 
     Example: `clipsearch index ~/Photos --model demo`
     """
+    from .cluster import RayOptions
     from .decodepool import DecodeLimits
 
     bar = _ProgressBar(quiet or json_out)
@@ -264,7 +286,11 @@ def index(
             report = lib.index(paths, batch_size=batch_size, progress=bar, retry_errors=retry_errors,
                                exclude=exclude or (), include_hidden=include_hidden,
                                follow_symlinks=follow_symlinks, workers=workers, precision=precision,
-                               limits=DecodeLimits(timeout_s=decode_timeout, max_megapixels=max_megapixels))
+                               limits=DecodeLimits(timeout_s=decode_timeout, max_megapixels=max_megapixels),
+                               engine=engine.value,
+                               ray=RayOptions(ray_address, gpus_per_worker, ray_workers,
+                                              **({"batch_size": batch_size} if batch_size else {}),
+                                              shards=ray_shards))
         finally:
             bar.stop()
     if json_out:

@@ -58,7 +58,8 @@ def default_workers() -> int:
 
 @dataclass
 class Decoded:
-    """What became of one file: an error, known content (``same_content``), or pixels."""
+    """What became of one file: an error, known content (``same_content``), pixels, or
+    (from a cluster) its vector."""
 
     key: Any
     content_hash: str | None = None
@@ -68,6 +69,7 @@ class Decoded:
     height: int = 0
     taken_ns: int | None = None
     pixels: Any = None  # uint8 (size, size, 3)
+    vector: Any = None  # float32 (dim,), where the file was embedded elsewhere (cluster.py)
 
 
 # One thread each for the math libraries of a worker. They must be in the worker's
@@ -141,13 +143,14 @@ def _worker_main(conn: Connection, limits: DecodeLimits, niceness: int = 0) -> N
 
 
 @contextmanager
-def _main_file_hidden_if_not_a_file():
-    # A spawned child re-imports the parent's __main__ from its __file__; for a script fed
-    # on stdin that is "<stdin>", which cannot be re-imported. Workers need nothing from
-    # __main__, so in that case the child is told there is no main file.
+def _main_file_hidden():
+    # A spawned child re-imports the parent's __main__ from its __file__. Workers need
+    # nothing from __main__, and re-running it costs: inside a Ray actor it is Ray's worker
+    # script, which imports all of Ray in every decoder, and a script fed on stdin
+    # ("<stdin>") cannot be re-imported at all. So the child is told there is no main file.
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    if path is None or os.path.isfile(path):
+    if path is None:
         yield
         return
     del main.__file__
@@ -157,11 +160,19 @@ def _main_file_hidden_if_not_a_file():
         main.__file__ = path
 
 
+_STARTING = threading.Lock()
+# Workers that may fail to start in one run before it gives up: a start can fail once
+# (a busy machine, a transient error), while a broken environment fails every time.
+_START_FAILURES = 3
+
+
 class _Worker:
     def __init__(self, ctx, limits: DecodeLimits, niceness: int = 0):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, limits, niceness), daemon=True)
-        with _main_file_hidden_if_not_a_file(), _environment(_ONE_THREAD):
+        # The environment and __main__ are the process's, and a cluster actor starts
+        # workers from two threads at once (cluster.py): one start at a time.
+        with _STARTING, _main_file_hidden(), _environment(_ONE_THREAD):
             self.proc.start()
         child.close()
         self.key: Any = None
@@ -207,7 +218,8 @@ class DecodePool:
     """
 
     def __init__(self, workers: int, pixel_spec: Callable[[], PixelSpec], is_known: Callable[[str], bool],
-                 limits: DecodeLimits = DecodeLimits(), ahead: int = 64, niceness: int = DECODE_NICENESS):
+                 limits: DecodeLimits = DecodeLimits(), ahead: int = 64, niceness: int = DECODE_NICENESS,
+                 keep_workers: bool = False):
         if workers < 1:
             raise ValueError(f"need at least one decode worker, got {workers}")
         self.workers = workers
@@ -217,6 +229,15 @@ class DecodePool:
         self._pixel_spec = pixel_spec
         self._spec: PixelSpec | None = None
         self._is_known = is_known
+        # With ``keep_workers``, idle workers outlive a run for the next one (a cluster
+        # actor runs one per batch, and starting a worker costs ~0.5 s); ``close`` ends them.
+        self._keep = keep_workers
+        self._kept: list[_Worker] = []
+
+    def close(self) -> None:
+        for w in self._kept:
+            w.stop()
+        self._kept = []
 
     def run(self, jobs: Iterable[tuple[Any, str]]) -> Iterator[Decoded]:
         """Yield one :class:`Decoded` per job, in completion order."""
@@ -239,9 +260,11 @@ class DecodePool:
 
     def _dispatch(self, todo: deque, out: queue.Queue, stop: threading.Event) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that holds torch's threads
-        workers: list[_Worker] = []
+        workers, self._kept = self._kept, []
+        self._start_failures = 0
         try:
-            workers = [_Worker(ctx, self.limits, self.niceness) for _ in range(min(self.workers, max(len(todo), 1)))]
+            workers += [_Worker(ctx, self.limits, self.niceness)
+                        for _ in range(min(self.workers, max(len(todo), 1)) - len(workers))]
             while not stop.is_set():
                 for w in workers:
                     if w.idle and todo and out.qsize() < self.ahead:
@@ -266,7 +289,10 @@ class DecodePool:
             out.put(exc)
         finally:
             for w in workers:
-                w.stop()
+                if self._keep and not w.busy:  # one stopped mid-file is not reused
+                    self._kept.append(w)
+                else:
+                    w.stop()
             out.put(None)
 
     def _handle(self, w: _Worker, ctx, out: queue.Queue) -> _Worker:
@@ -275,8 +301,12 @@ class DecodePool:
         except (EOFError, OSError):
             w.proc.join(1)
             if not w.ready:
-                raise ClipSearchError(f"a decode worker process failed to start (exit code {w.proc.exitcode})",
-                                      hint="run again with -v to see why") from None
+                self._start_failures += 1
+                if self._start_failures >= _START_FAILURES:
+                    raise ClipSearchError(f"decode worker processes failed to start (exit code {w.proc.exitcode})",
+                                          hint="run again with -v to see why") from None
+                w.kill()  # it had no file yet (only a ready worker is given one): start another
+                return _Worker(ctx, self.limits, self.niceness)
             out.put(Decoded(w.key, w.content_hash,
                             error=f"the decoder crashed on this file (exit code {w.proc.exitcode})"))
             w.kill()

@@ -100,3 +100,11 @@ class ClassifierError(InputError):
 
 class ImageError(ClipSearchError):
     """One image could not be read or decoded."""
+
+
+class ClusterError(ClipSearchError):
+    """An ``--engine ray`` run failed on the cluster; what it committed is kept."""
+
+
+class RayUnavailableError(ClusterError):
+    """``--engine ray`` cannot run: Ray Data is not installed, or the cluster cannot be reached or lacks GPUs."""

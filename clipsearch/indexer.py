@@ -6,6 +6,11 @@ batch's vectors are appended to the vector file and its rows committed to the da
 in one transaction before they enter the in-memory FAISS index: an interrupted run
 keeps every finished batch, and the next run picks up where it stopped.
 
+New files are numbered in scan order before any is embedded, so their ids do not
+depend on which finished first. The same run can hand decoding and encoding to a
+cluster instead (an ``Embedder``, see ``cluster.py``): it then commits the vectors the
+cluster sends back through the same code, with the same guarantees and the same ids.
+
 Moves, renames and copies are recognised by content: every new file is read and
 hashed (XXH3-128 over the whole file) before it is decoded, and a file whose hash the
 library already knows takes that vector instead of being decoded and encoded. A whole
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -31,7 +36,7 @@ from .encoder import Encoder
 from .errors import NoImagesError
 from .index import VectorIndex
 from .pixels import PixelSpec
-from .results import FileError, IndexReport
+from .results import FileError, IndexReport, ModelIdentity
 from .scanner import FoundFile, ScanOptions, scan
 from .store import FailedImage, IndexedImage, KnownFile, MovedImage, Store
 
@@ -52,6 +57,16 @@ class IndexProgress(Protocol):
     def skipped(self, path: str, reason: str) -> None: ...
 
     def rebuilding(self, what: str) -> None: ...
+
+
+class Embedder(Protocol):
+    """Somewhere else to decode and embed files (``cluster.RayEmbedder``): the run then
+    commits what it yields exactly as it commits its own."""
+
+    def batch_size(self) -> int: ...
+
+    def run(self, jobs: list[tuple[int, str]], is_known: Callable[[str], bool],
+            model_ready: Callable[[ModelIdentity, str], None]) -> Iterator[Decoded]: ...
 
 
 class _Silent:
@@ -83,13 +98,15 @@ class Indexer:
 
     def __init__(self, store: Store, encoder: Encoder, vectors: Callable[[], VectorIndex],
                  batch_size: int | None = None, workers: int = 2,
-                 before_encoding: Callable[[], None] = lambda: None, limits: DecodeLimits = DecodeLimits()):
+                 before_encoding: Callable[[ModelIdentity, str], None] = lambda identity, precision: None,
+                 limits: DecodeLimits = DecodeLimits(), embedder: Embedder | None = None):
         self.store = store
         self.encoder = encoder
         self._vectors = vectors
         self.batch_size = batch_size
         self.workers = workers
         self.limits = limits
+        self.embedder = embedder  # None: decode here and encode with ``encoder``
         self._before_encoding = before_encoding
         self._hash_lock = threading.Lock()
         self._hashes_this_run: dict[str, int] = {}
@@ -109,11 +126,15 @@ class Indexer:
         if problems:
             self._commit(problems, report, progress)
         if decodable:
-            batch_size = self.batch_size or self.encoder.batch_size()
-            pool = DecodePool(self.workers, self._pixel_spec, self._known_content, self.limits,
-                              ahead=batch_size * _BATCHES_AHEAD)
+            if self.embedder is None:
+                batch_size = self.batch_size or self.encoder.batch_size()
+                results = DecodePool(self.workers, self._pixel_spec, self._known_content, self.limits,
+                                     ahead=batch_size * _BATCHES_AHEAD).run(decodable)
+            else:
+                batch_size = self.batch_size or self.embedder.batch_size()
+                results = self.embedder.run(decodable, self._known_content, self._model_ready)
             batch: list[tuple[_Job, Decoded]] = []
-            for decoded in pool.run(decodable):
+            for decoded in results:
                 batch.append((jobs[decoded.key], decoded))
                 if len(batch) >= batch_size:
                     self._commit(batch, report, progress)
@@ -162,9 +183,12 @@ class Indexer:
     def _pixel_spec(self) -> PixelSpec:
         # Only the first file that needs the model pays for loading it.
         self.encoder.load(notice=self._progress.rebuilding)
-        self._precision = self.encoder.precision
-        self._before_encoding()
+        self._model_ready(self.encoder.identity, self.encoder.precision)
         return self.encoder.pixel_spec
+
+    def _model_ready(self, identity: ModelIdentity, precision: str) -> None:
+        self._precision = precision
+        self._before_encoding(identity, precision)
 
     def _known_content(self, content_hash: str) -> bool:
         return self._source_of(content_hash) is not None
@@ -181,13 +205,15 @@ class Indexer:
         known = {d.content_hash: self._source_of(d.content_hash) if d.same_content
                  else self._hashes_this_run.get(d.content_hash) for _, d in good}
         first_with: dict[str, Decoded] = {}
-        for _, d in good:
-            if known[d.content_hash] is None and d.pixels is not None:
-                first_with.setdefault(d.content_hash, d)
         vectors = {}
+        for _, d in good:
+            if known[d.content_hash] is None and d.vector is not None:  # embedded on a cluster
+                vectors.setdefault(d.content_hash, (d.vector, d.width, d.height, d.taken_ns))
+            elif known[d.content_hash] is None and d.pixels is not None:
+                first_with.setdefault(d.content_hash, d)
         if first_with:
             encoded = self.encoder.encode_crops(np.stack([d.pixels for d in first_with.values()]))
-            vectors = {h: (vec, d.width, d.height, d.taken_ns) for (h, d), vec in zip(first_with.items(), encoded)}
+            vectors.update({h: (vec, d.width, d.height, d.taken_ns) for (h, d), vec in zip(first_with.items(), encoded)})
         sources = self.store.images([i for i in known.values() if i is not None])
 
         indexed, moved = [], []

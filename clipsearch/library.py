@@ -35,9 +35,10 @@ from . import evaluation
 from . import precision as precisions
 from .encoder import DEFAULT_MODEL, Encoder, ModelSpec
 from .errors import (
-    ClassifierError, ImageError, LibraryEmptyError, LibraryError, LibraryLockedError, ModelMismatchError,
+    ClassifierError, ImageError, InputError, LibraryEmptyError, LibraryLockedError, ModelMismatchError,
     PathNotFoundError, QueryError,
 )
+from .cluster import ENGINES, RayEmbedder, RayOptions
 from .classifier import FEW_SHOT, Head, example_folders, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
 from .index import (
@@ -48,7 +49,7 @@ from .labels import DEFAULT_TEMPLATES, Label, LabelSet, resolve_templates
 from .query import Query, Term
 from .results import (
     Classification, ClassifierReport, DuplicateGroup, Evaluation, FileError, ImageInfo, ImageTag, IndexReport,
-    LibraryInfo, OptimizeReport, Prediction, SearchHit, SimilarityMatrix, TagCount, TagReport, XmpReport,
+    LibraryInfo, ModelIdentity, OptimizeReport, Prediction, SearchHit, SimilarityMatrix, TagCount, TagReport, XmpReport,
 )
 from .scanner import ScanOptions, resolve_roots
 from .store import STATUS_INDEXED, Store
@@ -276,7 +277,8 @@ class Library:
               progress: IndexProgress | None = None, retry_errors: bool = False,
               exclude: Iterable[str] = (), include_hidden: bool = False,
               follow_symlinks: bool = False, limits: DecodeLimits = DecodeLimits(),
-              workers: int | None = None, precision: str | None = None) -> IndexReport:
+              workers: int | None = None, precision: str | None = None, engine: str = "local",
+              ray: RayOptions | None = None) -> IndexReport:
         """Add new and changed images under ``paths``, follow moved ones, forget deleted ones.
 
         Files that failed before are tried again only when they changed, or with ``retry_errors``.
@@ -286,7 +288,13 @@ class Library:
         number of decode processes (default: one per CPU core). ``precision`` is how images
         are computed: ``auto`` (the default, or ``$CLIPSEARCH_PRECISION``), ``fp32``,
         ``fp16``, ``bf16`` or ``int8``; see ``precision.py``.
+
+        ``engine="ray"`` decodes and embeds on a Ray cluster (``ray``: where and how; by
+        default a Ray started on this machine) while this process scans and commits, with
+        the same guarantees (``cluster.py``).
         """
+        if engine not in ENGINES:
+            raise InputError(f"unknown engine {engine!r}", hint=f"choose one of: {', '.join(ENGINES)}")
         want = precisions.requested(precision)
         options = ScanOptions(include_hidden=include_hidden, follow_symlinks=follow_symlinks,
                               excludes=tuple(exclude))
@@ -298,9 +306,11 @@ class Library:
             if self.store.model_identity() is not None:
                 self.vectors  # up to date with whoever wrote before we took the lock
             self.encoder.use_precision(want, self._precisions())
+            embedder = self._ray_embedder(want, ray or RayOptions(), limits) if engine == "ray" else None
             self._writing = True
             try:
-                report = self._index_locked(roots, batch_size, progress, retry_errors, options, limits, workers)
+                report = self._index_locked(roots, batch_size, progress, retry_errors, options, limits, workers,
+                                            embedder)
             except BaseException:
                 self._vectors_seen = None  # re-checked against the database on next use
                 raise
@@ -330,10 +340,20 @@ class Library:
             warnings.warn(f"could not export the text tower to ONNX ({exc}); text queries will load torch",
                           stacklevel=2)
 
-    def _index_locked(self, roots, batch_size, progress, retry_errors, options, limits, workers) -> IndexReport:
+    def _ray_embedder(self, want: str, options: RayOptions, limits: DecodeLimits) -> RayEmbedder:
+        device = "cuda" if options.gpus_per_worker > 0 else "cpu"
+        chosen = precisions.unchecked(want, self._precisions(), device)
+        if chosen == "int8":
+            # Made and checked here, once, in the library folder that every worker reads.
+            self.encoder.use_precision("int8", self._precisions())
+            self.encoder.load()
+        return RayEmbedder(self.model, options, chosen, self._precisions(), self.root, limits)
+
+    def _index_locked(self, roots, batch_size, progress, retry_errors, options, limits, workers,
+                      embedder) -> IndexReport:
         indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
                           workers=workers or default_workers(), before_encoding=self._record_model,
-                          limits=limits)
+                          limits=limits, embedder=embedder)
         version = self.store.vectors_version()
         report = indexer.run(roots, progress, retry_errors=retry_errors, scan_options=options)
         # Saved only after a complete run: the index of an interrupted one lags the vector
@@ -344,15 +364,15 @@ class Library:
                 self._save_vectors()
         return report
 
-    def _record_model(self) -> None:
+    def _record_model(self, identity: ModelIdentity, precision: str) -> None:
         # Called once the model is loaded, before any vector is written: the dimension is
         # part of the identity, and a run that finds nothing to encode records nothing.
         # The precision too: vectors made at another one must not join them unnoticed.
         recorded = self._precisions()
         if self.store.model_identity() is None:
-            self.store.set_model_identity(self.encoder.identity)
-        if self.encoder.precision not in recorded:
-            self.store.set_meta("precision", precisions.record(recorded, self.encoder.precision))
+            self.store.set_model_identity(identity)
+        if precision not in recorded:
+            self.store.set_meta("precision", precisions.record(recorded, precision))
 
     # -- searching --------------------------------------------------------------------
 

@@ -83,6 +83,13 @@ def for_library(want: str, recorded: list[str], device: str) -> str:
     return want
 
 
+def unchecked(want: str, recorded: list[str], device: str) -> str:
+    """:func:`for_library` with ``auto`` settled without an int8 tower to time: what a
+    cluster's workers use (``cluster.py``), which cannot each make and time one."""
+    chosen = for_library(want, recorded, device)
+    return auto_choice(device, None) if chosen == "auto" else chosen
+
+
 def compatible(precision: str, recorded: list[str]) -> bool:
     return all(precision == r or {precision, r} <= _INTERCHANGEABLE for r in recorded)
 

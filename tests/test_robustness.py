@@ -178,6 +178,9 @@ def test_decode_workers_start_with_one_math_thread_and_the_parent_keeps_its_sett
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     worker = _Worker(mp.get_context("spawn"), DecodeLimits())
     try:
+        # Once it says it is ready it has surely exec'd: before that, /proc may still show
+        # the forked parent's environment.
+        assert worker.conn.poll(60) and worker.conn.recv()[0] == "ready"
         env = dict(item.split("=", 1) for item in
                    Path(f"/proc/{worker.proc.pid}/environ").read_text().split("\0") if "=" in item)
     finally:
@@ -185,3 +188,14 @@ def test_decode_workers_start_with_one_math_thread_and_the_parent_keeps_its_sett
         worker.proc.join()
     assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1"
     assert "OPENBLAS_NUM_THREADS" not in os.environ
+
+
+def test_decode_workers_that_cannot_start_stop_the_run_with_a_clear_error(tmp_path):
+    # A worker that cannot even import its decoder (here: one megabyte of address space)
+    # is started again a few times, then the run stops instead of looping for ever.
+    from clipsearch.decodepool import DecodeLimits, DecodePool
+    from clipsearch.errors import ClipSearchError
+
+    pool = DecodePool(1, lambda: None, lambda _hash: False, DecodeLimits(memory_mb=1))
+    with pytest.raises(ClipSearchError, match="failed to start"):
+        list(pool.run([(0, str(tmp_path / "a.jpg"))]))

@@ -1,0 +1,150 @@
+"""Indexing on Ray (``--engine ray``): a real local Ray cluster of two CPUs, the real demo
+model, real image files. The result must be the library a local ``index`` makes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch import Library
+from clipsearch.cluster import SHARD_FOLDER, RayOptions
+from clipsearch.errors import RayUnavailableError, WeightsUnavailableError
+
+from conftest import run_cli
+
+ray = pytest.importorskip("ray", reason="Ray is in the test extra: pip install -e '.[test]'")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A Ray cluster on this machine, shared by the module's tests; yields its address."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def contents(root: Path) -> tuple[dict[str, int], dict[int, np.ndarray], int]:
+    """``path -> id``, ``id -> vector`` and the vector file's row count of a library."""
+    with Library.open(root, create=False) as lib:
+        ids, vectors = lib.store.vectors()
+        paths = {row.path: row.id for row in lib.store.images(ids.tolist()).values()}
+        return paths, dict(zip(ids.tolist(), vectors)), len(lib.store.vector_file())
+
+
+def assert_same_library(got: Path, want: Path) -> None:
+    got_paths, got_vectors, got_rows = contents(got)
+    want_paths, want_vectors, _ = contents(want)
+    assert got_paths == want_paths  # same files, same ids
+    for image_id, vector in want_vectors.items():
+        assert np.allclose(got_vectors[image_id], vector, atol=2e-3), image_id
+    assert got_rows == len(want_paths)  # no vector was written twice
+
+
+@pytest.mark.parametrize("shards", [False, True], ids=["vectors-by-object-store", "vectors-by-shard-files"])
+def test_a_ray_index_is_the_local_index(cluster, tmp_path, demo_images, demo_library, shards):
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        report = lib.index([demo_images[0].parent], engine="ray", ray=RayOptions(batch_size=8, shards=shards))
+        assert report.added == 48 and not report.errors and report.precision == "fp32"
+        # Search works on what the driver committed, like on a local library.
+        assert lib.search(text="a red circle", k=3)
+        again = lib.index([demo_images[0].parent], engine="ray", ray=RayOptions(batch_size=8, shards=shards))
+        assert again.unchanged == 48 and again.added == 0
+    assert_same_library(tmp_path / "lib", demo_library)
+    assert not (tmp_path / "lib" / SHARD_FOLDER).exists() or not any((tmp_path / "lib" / SHARD_FOLDER).iterdir())
+
+
+def _actor_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"_EmbedActor" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
+class _KillAnActor:
+    """Progress that kills a model actor's process once the first batch is committed."""
+
+    def __init__(self):
+        self.killed: list[int] = []
+
+    def advance(self, count: int) -> None:
+        if not self.killed:
+            for pid in _actor_pids():
+                os.kill(pid, signal.SIGKILL)
+                self.killed.append(pid)
+
+    def scanned(self, count: int) -> None: ...
+
+    def start(self, total: int) -> None: ...
+
+    def skipped(self, path: str, reason: str) -> None: ...
+
+    def rebuilding(self, what: str) -> None: ...
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor's process in /proc")
+def test_a_killed_worker_is_retried_without_duplicates(cluster, tmp_path, demo_images, demo_library):
+    progress = _KillAnActor()
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        report = lib.index([demo_images[0].parent], engine="ray", progress=progress, ray=RayOptions(batch_size=4))
+    assert progress.killed, "no actor process was found to kill"
+    assert report.added == 48 and report.updated == 0 and not report.errors
+    assert_same_library(tmp_path / "lib", demo_library)
+
+
+def test_broken_files_are_recorded_as_in_a_local_run(cluster, tmp_path, demo_images):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in demo_images[:5]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        report = lib.index([folder], engine="ray", ray=RayOptions(batch_size=4))
+        assert report.added == 5
+        assert [e.path for e in report.errors] == [str(folder / "broken.jpg")]
+        assert [e.path for e in lib.errors()] == [str(folder / "broken.jpg")]
+
+
+def test_the_cli_indexes_on_a_running_cluster_with_clean_json(cluster, tmp_path, demo_images, demo_library):
+    result = run_cli("index", str(demo_images[0].parent), "-L", str(tmp_path / "lib"), "--model", "demo",
+                     "--engine", "ray", "--ray-address", cluster, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # nothing of Ray's on stdout
+    assert report["added"] == 48 and report["error_count"] == 0
+    assert_same_library(tmp_path / "lib", demo_library)
+
+
+def test_without_ray_the_engine_says_what_to_install(tmp_path, demo_images, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        with pytest.raises(RayUnavailableError, match="not installed") as info:
+            lib.index([demo_images[0].parent], engine="ray")
+    assert "clipsearch[ray]" in info.value.hint
+
+
+def test_more_gpus_than_the_cluster_has_is_a_clear_error(cluster, tmp_path, demo_images):
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        with pytest.raises(RayUnavailableError, match="more GPUs than the cluster has"):
+            lib.index([demo_images[0].parent], engine="ray", ray=RayOptions(gpus_per_worker=1))
+        assert lib.store.counts() == {"indexed": 0, "error": 0}
+
+
+def test_an_actor_that_cannot_load_the_model_reports_our_error(cluster, tmp_path, demo_images):
+    # The model's weights are missing on the workers (HF_HUB_OFFLINE is set for the tests):
+    # the user gets clipsearch's message and hint, not Ray's traceback, and nothing is written.
+    with Library.open(tmp_path / "lib", model="ViT-B-32/laion2b_s34b_b79k") as lib:
+        with pytest.raises(WeightsUnavailableError, match="not on this machine") as info:
+            lib.index([demo_images[0].parent], engine="ray", ray=RayOptions(batch_size=8))
+        assert "--model demo" in info.value.hint
+        assert lib.store.counts() == {"indexed": 0, "error": 0}
