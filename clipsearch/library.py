@@ -317,13 +317,13 @@ class Library:
             finally:
                 self._writing = False
             self._vectors_seen = self.store.vector_state()
-            self._export_text_tower(progress)
+            self._export_text_tower(progress, report)
             return report
 
-    def _export_text_tower(self, progress: IndexProgress | None) -> None:
-        """After an index run that loaded the model: save its text tower as ONNX, once per
-        model, so that text queries in fresh processes skip torch. Never fails the run."""
-        if os.environ.get(ENV_TEXT_ONNX, "1") == "0" or self._encoder is None or not self._encoder.loaded:
+    def _export_text_tower(self, progress: IndexProgress | None, report: IndexReport) -> None:
+        """After an index run that embedded images: save the model's text tower as ONNX, once
+        per model, so that text queries in fresh processes skip torch. Never fails the run."""
+        if os.environ.get(ENV_TEXT_ONNX, "1") == "0" or report.precision is None:
             return
         from . import textonnx
 
@@ -332,8 +332,11 @@ class Library:
             return
         if progress is not None:
             progress.rebuilding("saving the text tower as ONNX, for fast text queries")
+        encoder = self.encoder
+        if not encoder.loaded:  # a cluster embedded the images: load the model here, the library's way
+            encoder.use_precision("auto", self._precisions())
         try:
-            self._encoder.export_text_tower(self.root)
+            encoder.export_text_tower(self.root)
         except textonnx.NotExportable as exc:
             log.info("text queries keep using torch: %s", exc)
         except Exception as exc:  # an exporter bug must not cost the user their index run

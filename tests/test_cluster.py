@@ -179,3 +179,12 @@ def test_a_killed_driver_leaves_a_library_that_the_next_run_completes(cluster, t
     # Every batch committed before the kill is kept; the rest is embedded now.
     assert report.unchanged >= committed and report.added + report.unchanged == 48
     assert_same_library(library, demo_library, crashed=True)
+
+
+def test_a_ray_run_saves_the_text_tower_for_cold_queries(cluster, tmp_path, demo_images, monkeypatch):
+    # The driver never loaded the model to embed; it loads it once afterwards, as a local
+    # run would have, so that text queries in fresh processes need no torch.
+    monkeypatch.setenv("CLIPSEARCH_TEXT_ONNX", "1")
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        lib.index([demo_images[0].parent], engine="ray", ray=RayOptions(batch_size=16))
+    assert json.loads((tmp_path / "lib" / "text-onnx" / "meta.json").read_text())["model"] == "demo"
