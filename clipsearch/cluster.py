@@ -140,8 +140,8 @@ class RayEmbedder:
         run.mkdir(parents=True)
         return run
 
-    def _pool(self, ray) -> tuple[int, float, int]:
-        """``(actors, CPUs per actor, decode workers per actor)`` for this cluster."""
+    def _pool(self, ray) -> tuple[int, int]:
+        """``(actors, CPUs per actor)`` for this cluster; an actor runs a decode worker per CPU."""
         resources = ray.cluster_resources()
         cpus = max(1, int(resources.get("CPU", 1)))
         gpus = self.options.gpus_per_worker
@@ -153,11 +153,10 @@ class RayEmbedder:
             actors = self.options.workers or max(1, int(have // gpus))
         else:
             actors = self.options.workers or max(1, cpus // _CPUS_PER_CPU_ACTOR)
-        per_actor = max(1.0, float(cpus // actors))
-        return actors, per_actor, int(per_actor)
+        return actors, max(1, cpus // actors)
 
     def _results(self, ray, jobs, shards: Path | None, is_known, model_ready) -> Iterator[Decoded]:
-        actors, cpus, decoders = self._pool(ray)
+        actors, cpus = self._pool(ray)
         device = "cuda" if self.options.gpus_per_worker > 0 else "cpu"
         # One block per actor batch: Ray's default of one block per item costs a scheduling
         # round per file.
@@ -170,7 +169,7 @@ class RayEmbedder:
             num_gpus=self.options.gpus_per_worker or None,
             fn_constructor_kwargs=dict(model=str(self.spec), device=device, precision=self.precision,
                                        recorded=self.recorded, workdir=str(self.workdir), limits=self.limits,
-                                       decoders=decoders, shards=str(shards) if shards else None))
+                                       decoders=cpus, shards=str(shards) if shards else None))
         seen: set[int] = set()
         ready = False
         for out in embedded.iter_batches(batch_size=None, batch_format="numpy"):

@@ -230,14 +230,11 @@ class DecodePool:
         self._spec: PixelSpec | None = None
         self._is_known = is_known
         # With ``keep_workers``, idle workers outlive a run for the next one (a cluster
-        # actor runs one per batch, and starting a worker costs ~0.5 s); ``close`` ends them.
+        # actor runs one per batch, and starting a worker costs ~0.5 s); being daemons,
+        # they end with the process that owns the pool.
         self._keep = keep_workers
         self._kept: list[_Worker] = []
-
-    def close(self) -> None:
-        for w in self._kept:
-            w.stop()
-        self._kept = []
+        self._start_failures = 0  # in the current run
 
     def run(self, jobs: Iterable[tuple[Any, str]]) -> Iterator[Decoded]:
         """Yield one :class:`Decoded` per job, in completion order."""

@@ -449,6 +449,7 @@ class VectorIndex:
             raise ValueError(f"{plan.factory} is not an IVF index")
         trained = _trained(plan, vectors, rows, seed)
         faiss.write_index(trained, f"{stem}.trained")
+        delta = faiss.clone_index(trained)  # empty, for rows added later (merging fills ``trained``)
         n = len(vectors)
         with tempfile.TemporaryDirectory(prefix=".shards.", dir=stem.parent) as work:
             def fill(start: int) -> str:
@@ -464,7 +465,7 @@ class VectorIndex:
             with _c_stdout_silenced():  # FAISS reports its steps on the C stdout: keep ours clean
                 merge_ondisk(trained, shards, f"{stem}.ivfdata")
         facts = IndexFacts(plan.factory, _now(), plan.reason, memory_budget=memory_budget, on_disk=stem.name)
-        built = cls(trained, vectors, facts, delta=faiss.read_index(f"{stem}.trained"))
+        built = cls(trained, vectors, facts, delta=delta)
         built.assign(ids, rows)
         return built
 

@@ -344,13 +344,13 @@ class Library:
                           stacklevel=2)
 
     def _ray_embedder(self, want: str, options: RayOptions, limits: DecodeLimits) -> RayEmbedder:
-        device = "cuda" if options.gpus_per_worker > 0 else "cpu"
-        chosen = precisions.unchecked(want, self._precisions(), device)
+        device, recorded = "cuda" if options.gpus_per_worker > 0 else "cpu", self._precisions()
+        chosen = precisions.unchecked(want, recorded, device)
         if chosen == "int8":
             # Made and checked here, once, in the library folder that every worker reads.
-            self.encoder.use_precision("int8", self._precisions())
+            self.encoder.use_precision("int8", recorded)
             self.encoder.load()
-        return RayEmbedder(self.model, options, chosen, self._precisions(), self.root, limits)
+        return RayEmbedder(self.model, options, chosen, recorded, self.root, limits)
 
     def _index_locked(self, roots, batch_size, progress, retry_errors, options, limits, workers,
                       embedder) -> IndexReport:
@@ -554,17 +554,12 @@ class Library:
         query then needs no model at all."""
         if not texts:
             return {}
-        from sqlalchemy.exc import OperationalError
-
         model = str(self.model)
         found = self.store.cached_texts(model, texts)
         missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
             fresh = dict(zip(missing, self._text_encoder().encode_texts(missing)))
-            try:
-                self.store.cache_texts(model, fresh)
-            except OperationalError:  # a read-only or busy library: the cache is only a cache
-                pass
+            self.store.cache_texts(model, fresh)  # (a read-only library caches nothing: see Store._cache)
             found.update(fresh)
         return found
 
@@ -599,8 +594,6 @@ class Library:
         the others are decoded and encoded, together. A file that cannot be decoded raises
         :class:`QueryError`, or, given an ``unreadable`` dict, is recorded there (position ->
         reason) and gets a zero vector."""
-        from sqlalchemy.exc import OperationalError
-
         from .images import decode_image, hash_bytes, read_file
 
         items = list(images)
@@ -656,10 +649,7 @@ class Library:
                 self._unreadable(n, paths[n], exc, unreadable)
         if fresh:
             found.update(zip(fresh, encoder.encode_images(pictures)))
-            try:
-                self.store.cache_images(model, {hashes[n]: found[n] for n in fresh})
-            except OperationalError:  # a read-only or busy library: the cache is only a cache
-                pass
+            self.store.cache_images(model, {hashes[n]: found[n] for n in fresh})
         # The dimension without loading the model, if any vector says it.
         identity = self.store.model_identity()
         dim = identity.dim if identity else len(next(iter(found.values()))) if found else self.encoder.dim
