@@ -10,6 +10,8 @@ metadata, and how it is reached, is ``database.py``'s business.
 
 from __future__ import annotations
 
+import contextlib
+
 import itertools
 import json
 import time
@@ -242,12 +244,19 @@ class Store:
         """The metadata of the library in ``folder``: in the PostgreSQL database at ``url``,
         else in the one the folder names, else in its own SQLite file (``database.py``).
         Without ``create``, a folder with no library is a :class:`LibraryEmptyError`."""
-        store = cls(folder, database.locate(folder, url, create))
+        made = not folder.exists()
         try:
-            if not database.is_sqlite(store.url):
-                store._pair(create)
+            store = cls(folder, database.locate(folder, url, create))
+            try:
+                if not database.is_sqlite(store.url):
+                    store._pair(create)
+            except BaseException:
+                store.close()
+                raise
         except BaseException:
-            store.close()
+            if made:  # a database that could not be reached leaves no empty library folder behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty: anything written there is kept
             raise
         return store
 

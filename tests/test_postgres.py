@@ -144,6 +144,15 @@ def test_bad_urls_are_library_errors_with_a_hint(tmp_path, url, message, hint):
     with pytest.raises(LibraryError, match=message.replace("+", r"\+")) as err:
         Library.open(tmp_path / "lib", db_url=url)
     assert hint in err.value.hint and "pw" not in str(err.value)
+    assert not (tmp_path / "lib").exists()  # no empty library folder left behind
+
+
+def test_a_failed_open_keeps_a_folder_that_was_there(tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "notes.txt").write_text("mine")
+    with pytest.raises(LibraryError):
+        Library.open(tmp_path / "lib", db_url="postgresql+psycopg://postgres@127.0.0.1:1/nothing")
+    assert (tmp_path / "lib" / "notes.txt").read_text() == "mine"
 
 
 def test_without_psycopg_the_hint_names_the_extra(tmp_path, monkeypatch):
