@@ -260,12 +260,21 @@ class DecodePool:
         workers, self._kept = self._kept, []
         self._start_failures = 0
         try:
+            for w in [w for w in workers if not w.proc.is_alive()]:  # died while kept idle
+                workers.remove(w)
+                w.kill()
             workers += [_Worker(ctx, self.limits, self.niceness)
                         for _ in range(min(self.workers, max(len(todo), 1)) - len(workers))]
             while not stop.is_set():
-                for w in workers:
+                for i, w in enumerate(workers):
                     if w.idle and todo and out.qsize() < self.ahead:
-                        w.assign(*todo.popleft())
+                        job = todo.popleft()
+                        try:
+                            w.assign(*job)
+                        except OSError:  # it died while idle, so the file never reached it
+                            todo.appendleft(job)
+                            w.kill()
+                            workers[i] = _Worker(ctx, self.limits, self.niceness)
                 if not todo and not any(w.busy for w in workers):
                     break
                 listening = [w for w in workers if w.busy or not w.ready]
@@ -292,36 +301,41 @@ class DecodePool:
                     w.stop()
             out.put(None)
 
+    def _lost(self, w: _Worker, ctx, out: queue.Queue) -> _Worker:
+        """A worker's process ended: its file failed (if it had one); a new worker replaces it."""
+        w.proc.join(1)
+        if not w.ready:
+            self._start_failures += 1
+            if self._start_failures >= _START_FAILURES:
+                raise ClipSearchError(f"decode worker processes failed to start (exit code {w.proc.exitcode})",
+                                      hint="run again with -v to see why") from None
+        else:  # only a ready worker is given a file
+            out.put(Decoded(w.key, w.content_hash,
+                            error=f"the decoder crashed on this file (exit code {w.proc.exitcode})"))
+        w.kill()
+        return _Worker(ctx, self.limits, self.niceness)
+
     def _handle(self, w: _Worker, ctx, out: queue.Queue) -> _Worker:
         try:
             msg = w.conn.recv()
         except (EOFError, OSError):
-            w.proc.join(1)
-            if not w.ready:
-                self._start_failures += 1
-                if self._start_failures >= _START_FAILURES:
-                    raise ClipSearchError(f"decode worker processes failed to start (exit code {w.proc.exitcode})",
-                                          hint="run again with -v to see why") from None
-                w.kill()  # it had no file yet (only a ready worker is given one): start another
-                return _Worker(ctx, self.limits, self.niceness)
-            out.put(Decoded(w.key, w.content_hash,
-                            error=f"the decoder crashed on this file (exit code {w.proc.exitcode})"))
-            w.kill()
-            return _Worker(ctx, self.limits, self.niceness)
+            return self._lost(w, ctx, out)
         kind, key = msg[0], msg[1]
         if kind == "ready":
             w.ready = True
             return w
         if kind == "hash":
             w.content_hash = msg[2]
-            if self._is_known(w.content_hash):
-                w.conn.send(None)
+            known = self._is_known(w.content_hash)
+            if not known and self._spec is None:
+                self._spec = self._pixel_spec()
+            try:
+                w.conn.send(None if known else self._spec)
+            except OSError:  # it crashed right after hashing
+                return self._lost(w, ctx, out)
+            if known:
                 out.put(Decoded(key, w.content_hash, same_content=True))
                 w.key = None
-            else:
-                if self._spec is None:
-                    self._spec = self._pixel_spec()
-                w.conn.send(self._spec)
             return w
         if kind == "done":
             out.put(Decoded(key, w.content_hash, width=msg[2], height=msg[3], taken_ns=msg[4], pixels=msg[5]))

@@ -199,3 +199,20 @@ def test_decode_workers_that_cannot_start_stop_the_run_with_a_clear_error(tmp_pa
     pool = DecodePool(1, lambda: None, lambda _hash: False, DecodeLimits(memory_mb=1))
     with pytest.raises(ClipSearchError, match="failed to start"):
         list(pool.run([(0, str(tmp_path / "a.jpg"))]))
+
+
+@pytest.mark.parametrize("noticed", ["before the run", "when given a file"])
+def test_a_kept_worker_that_died_while_idle_is_replaced(tmp_path, noticed):
+    # A cluster actor keeps its decode workers between batches (cluster.py); one that dies
+    # in between (the OOM killer, an operator) must cost nothing, not stop the run.
+    ok = [_save(tmp_path / f"ok{i}.png", Image.new("RGB", (50, 40), RED)) for i in range(3)]
+    pool = DecodePool(1, lambda: SPEC, lambda _hash: False, keep_workers=True)
+    assert all(r.error is None for r in pool.run([(0, str(ok[0]))]))
+    [kept] = pool._kept
+    kept.proc.kill()
+    kept.proc.join()
+    if noticed == "when given a file":  # it dies between the check and the first send
+        kept.proc.is_alive = lambda: True
+    results = {r.key: r for r in pool.run([(i, str(p)) for i, p in enumerate(ok)])}
+    assert sorted(results) == [0, 1, 2] and all(r.error is None for r in results.values())
+    assert all(r.pixels.shape == (32, 32, 3) for r in results.values())
