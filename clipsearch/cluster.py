@@ -227,15 +227,23 @@ _NO_TIME = np.iinfo(np.int64).min  # taken_ns of a photo without an EXIF date (A
 
 
 def _vectors_of(out: dict[str, np.ndarray]) -> np.ndarray | None:
-    """One actor result's vectors: sent with it, or read from its shard (then deleted)."""
+    """The vectors of the rows Ray hands back: sent with them, or read from their shards
+    (then deleted). A block is usually one actor call's result, one shard; Ray may also
+    join several, so each row is matched to its own shard."""
     if "vector" in out:
         return np.asarray(out["vector"], np.float32)
-    shard = str(out["shard"][0]) if len(out["shard"]) else ""
-    if not shard:
-        return None  # every file of the batch failed
-    path = Path(shard)
-    vectors = np.fromfile(path, np.float16).reshape(len(out["key"]), -1).astype(np.float32)
-    path.unlink(missing_ok=True)
+    shards = np.asarray(out["shard"], dtype=object)
+    vectors = None
+    for shard in dict.fromkeys(shards.tolist()):  # in order, each once
+        if not shard:
+            continue  # a batch whose every file failed wrote no shard
+        rows = np.flatnonzero(shards == shard)
+        path = Path(shard)
+        part = np.fromfile(path, np.float16).reshape(len(rows), -1)
+        if vectors is None:
+            vectors = np.zeros((len(shards), part.shape[1]), np.float32)
+        vectors[rows] = part
+        path.unlink(missing_ok=True)
     return vectors
 
 

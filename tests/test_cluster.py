@@ -195,3 +195,18 @@ def test_a_ray_run_saves_the_text_tower_for_cold_queries(cluster, tmp_path, demo
     with Library.open(tmp_path / "lib", model="demo") as lib:
         lib.index([demo_images[0].parent], engine="ray", ray=RayOptions(batch_size=16))
     assert json.loads((tmp_path / "lib" / "text-onnx" / "meta.json").read_text())["model"] == "demo"
+
+
+def test_a_block_that_joins_several_batches_reads_each_rows_own_shard(tmp_path):
+    # Ray may hand back several actor results as one block: rows from two shards and a
+    # batch whose files all failed (no shard).
+    from clipsearch.cluster import _vectors_of
+
+    first, second = np.arange(6, dtype=np.float16).reshape(2, 3), -np.arange(9, dtype=np.float16).reshape(3, 3)
+    first.tofile(tmp_path / "a.f16")
+    second.tofile(tmp_path / "b.f16")
+    shard = np.asarray([str(tmp_path / "a.f16")] * 2 + [""] + [str(tmp_path / "b.f16")] * 3, dtype=object)
+    vectors = _vectors_of({"key": np.arange(6), "shard": shard})
+    assert np.array_equal(vectors, np.concatenate([first, np.zeros((1, 3)), second]).astype(np.float32))
+    assert not list(tmp_path.glob("*.f16"))  # read once, then deleted
+    assert _vectors_of({"key": np.arange(2), "shard": np.asarray(["", ""], dtype=object)}) is None
