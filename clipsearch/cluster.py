@@ -142,18 +142,8 @@ class RayEmbedder:
 
     def _pool(self, ray) -> tuple[int, int]:
         """``(actors, CPUs per actor)`` for this cluster; an actor runs a decode worker per CPU."""
-        resources = ray.cluster_resources()
-        cpus = max(1, int(resources.get("CPU", 1)))
-        gpus = self.options.gpus_per_worker
-        if gpus > 0:
-            have = resources.get("GPU", 0)
-            if have < gpus:
-                raise RayUnavailableError(f"--gpus-per-worker {gpus:g} asks for more GPUs than the cluster has "
-                                          f"({have:g})", hint="use --gpus-per-worker 0 for CPU workers")
-            actors = self.options.workers or max(1, int(have // gpus))
-        else:
-            actors = self.options.workers or max(1, cpus // _CPUS_PER_CPU_ACTOR)
-        return actors, max(1, cpus // actors)
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        return plan_actors(nodes, self.options.gpus_per_worker, self.options.workers)
 
     def _results(self, ray, jobs, shards: Path | None, is_known, model_ready) -> Iterator[Decoded]:
         actors, cpus = self._pool(ray)
@@ -224,6 +214,34 @@ def _quiet(ray) -> None:
 
 
 _NO_TIME = np.iinfo(np.int64).min  # taken_ns of a photo without an EXIF date (Arrow has no None in int64)
+
+
+def plan_actors(nodes: list[dict[str, float]], gpus_per_worker: float = 0,
+                workers: int | None = None) -> tuple[int, int]:
+    """``(actors, CPUs per actor)`` for nodes with these resources (``{"CPU": .., "GPU": ..}``).
+
+    Each actor asks for the same number of CPUs, so that number must fit every node that is
+    to hold actors, at the density it is to hold them: dividing the cluster's total CPUs
+    instead would ask a GPU node with few cores for more than it has, and leave its GPUs idle
+    while Ray waits for room. GPU actors: one per ``gpus_per_worker`` of each node, sharing
+    that node's CPUs. CPU actors: ``_CPUS_PER_CPU_ACTOR`` each (fewer if a node is smaller).
+    """
+    cpus = [max(1, int(n.get("CPU", 0))) for n in nodes] or [1]
+    if gpus_per_worker > 0:
+        slots = [int(n.get("GPU", 0) // gpus_per_worker) for n in nodes]
+        if not any(slots):
+            most = max((n.get("GPU", 0) for n in nodes), default=0)
+            raise RayUnavailableError(f"--gpus-per-worker {gpus_per_worker:g} asks for more GPUs than the cluster "
+                                      f"has ({most:g} on its largest node)",
+                                      hint="use --gpus-per-worker 0 for CPU workers")
+        per_actor = min(max(1, c // s) for c, s in zip(cpus, slots) if s)
+    else:
+        per_actor = min(_CPUS_PER_CPU_ACTOR, min(cpus))
+        slots = [c // per_actor for c in cpus]
+    if workers:  # as many as asked for, made smaller if they would not fit at this size
+        room = sum(c for c, s in zip(cpus, slots) if s)
+        return workers, max(1, min(per_actor, room // workers))
+    return sum(slots), per_actor
 
 
 def _vectors_of(out: dict[str, np.ndarray]) -> np.ndarray | None:

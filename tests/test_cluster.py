@@ -210,3 +210,26 @@ def test_a_block_that_joins_several_batches_reads_each_rows_own_shard(tmp_path):
     assert np.array_equal(vectors, np.concatenate([first, np.zeros((1, 3)), second]).astype(np.float32))
     assert not list(tmp_path.glob("*.f16"))  # read once, then deleted
     assert _vectors_of({"key": np.arange(2), "shard": np.asarray(["", ""], dtype=object)}) is None
+
+
+@pytest.mark.parametrize("nodes, gpus, workers, want", [
+    ([{"CPU": 2}], 0, None, (1, 2)),                                  # this machine
+    ([{"CPU": 16, "GPU": 1}], 1, None, (1, 16)),                      # one GPU node: all its cores decode
+    ([{"CPU": 12}, {"CPU": 6}], 0, None, (4, 4)),                     # 3 + 1 actors of 4 CPUs
+    # Uneven GPU nodes: the few-core node sets the size, so all 16 GPUs get an actor (the
+    # cluster's average, 80 / 16 = 5 CPUs, would fit only 3 actors on the 16-core node).
+    ([{"CPU": 64, "GPU": 8}, {"CPU": 16, "GPU": 8}], 1, None, (16, 2)),
+    ([{"CPU": 64, "GPU": 8}, {"CPU": 32}], 0.5, None, (16, 4)),       # fractional GPUs; CPU-only node unused
+    ([{"CPU": 8}, {"CPU": 8}], 0, 8, (8, 2)),                         # --ray-workers 8
+])
+def test_actors_are_sized_to_fit_every_node(nodes, gpus, workers, want):
+    from clipsearch.cluster import plan_actors
+
+    assert plan_actors(nodes, gpus, workers) == want
+
+
+def test_a_gpu_count_no_node_has_is_refused():
+    from clipsearch.cluster import plan_actors
+
+    with pytest.raises(RayUnavailableError, match="more GPUs than the cluster has"):
+        plan_actors([{"CPU": 8, "GPU": 1}, {"CPU": 8, "GPU": 1}], 2)
