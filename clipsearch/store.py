@@ -54,6 +54,11 @@ class UTCDateTime(TypeDecorator):
         return value
 
 
+# 64-bit ids (migration 0007). On SQLite an ``INTEGER PRIMARY KEY`` is the 64-bit rowid,
+# which a ``BIGINT`` one would not be: it would no longer number new rows itself.
+ID = BigInteger().with_variant(Integer, "sqlite")
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -61,7 +66,7 @@ class Base(DeclarativeBase):
 class ImageRow(Base):
     __tablename__ = "images"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
     # Compared in byte order (COLLATE "C" on PostgreSQL, migration 0006): see _under().
     path: Mapped[str] = mapped_column(Text, unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
@@ -116,8 +121,8 @@ class TagRow(Base):
 
     __tablename__ = "tags"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ID, ForeignKey("images.id", ondelete="CASCADE"))
     label: Mapped[str] = mapped_column(Text, index=True)
     source: Mapped[str] = mapped_column(String(16))  # zero-shot, few-shot (classifier.py) or MANUAL
     label_set: Mapped[str] = mapped_column(String(256))  # label set or classifier name; "" if manual

@@ -19,7 +19,7 @@ from clipsearch.errors import LibraryError, SchemaTooNewError
 from clipsearch.results import ModelIdentity
 from clipsearch.store import FailedImage, IndexedImage, MovedImage, Store, TextCacheRow
 
-HEAD = "0006"
+HEAD = "0007"
 
 
 def item(path, vec=(1.0, 0.0), size=10, mtime=1):
@@ -228,11 +228,27 @@ def _schema(folder: Path, backend: str | None) -> tuple[set[str], str | None, st
     return tables - {"alembic_version"}, revision, collation
 
 
+def _id_types(backend: str) -> dict[str, str]:
+    """PostgreSQL's types of the id columns and of their sequences."""
+    engine = _engine(Path(), backend)
+    with engine.connect() as conn:
+        types = dict(conn.execute(text(
+            "select table_name || '.' || column_name, data_type from information_schema.columns where "
+            "(table_name, column_name) in (('images', 'id'), ('tags', 'id'), ('tags', 'image_id'))")).all())
+        types.update(conn.execute(text("select sequencename, data_type::text from pg_sequences")).all())
+    engine.dispose()
+    return types
+
+
 def test_migrations_go_up_to_head_down_to_base_and_up_again(tmp_path, backend):
     _migrate(tmp_path, backend, ("upgrade", "head"))
     tables, revision, collation = _schema(tmp_path, backend)
     assert revision == HEAD and {"images", "meta", "tags", "classifiers", "text_cache", "image_cache"} == tables
     assert collation == ("C" if backend else None)
+    if backend:
+        assert set(_id_types(backend).values()) == {"bigint"}
+        _migrate(tmp_path, backend, ("downgrade", "0006"))
+        assert set(_id_types(backend).values()) == {"integer"}
     _migrate(tmp_path, backend, ("downgrade", "0005"))
     assert _schema(tmp_path, backend)[2] is None  # the database's default again
     _migrate(tmp_path, backend, ("downgrade", "base"))
@@ -242,6 +258,30 @@ def test_migrations_go_up_to_head_down_to_base_and_up_again(tmp_path, backend):
     s = store(tmp_path, backend)  # and the store takes it as it is
     s.commit_batch([item("/a.jpg")])
     assert s.counts()["indexed"] == 1
+    s.close()
+
+
+def test_ids_past_32_bits_work(tmp_path, backend):
+    # A billion images with a few tags each pass 2**31 tag ids: 64-bit ids on both backends.
+    s = store(tmp_path, backend)
+    big = 2**31 + 5
+    ids, _ = s.commit_batch([IndexedImage("/a.jpg", 1, 1, "ha", 4, 3, np.array([1.0, 0.0], np.float32),
+                                          new_id=big)])
+    assert ids.tolist() == [big]
+    assert s.commit_batch([item("/b.jpg")])[0].tolist() == [big + 1]  # numbered by the database
+    assert s.next_image_id() == big + 2
+    with s.engine.begin() as conn:  # tag ids past 32 bits too
+        if backend:
+            conn.execute(text("select setval(pg_get_serial_sequence('tags', 'id'), 2147483658)"))
+        else:
+            conn.execute(text("insert into tags (id, image_id, label, source, label_set, score, removed, created_at) "
+                              "values (2147483658, :i, 'x', 'manual', '', 1, 0, '2026-01-01 00:00:00')"), {"i": big})
+    s.replace_tags("zero-shot", "colours", [(np.array([big, big + 1]), ["red", "blue"],
+                                             np.array([0.9, 0.8], np.float32))])
+    with s.engine.connect() as conn:
+        assert conn.scalar(text("select min(id) from tags where source = 'zero-shot'")) > 2**31 + 10
+    assert {i: [t.label for t in rows] for i, rows in s.tags_of([big, big + 1]).items()} == \
+        {big: ["red", "x"] if not backend else ["red"], big + 1: ["blue"]}
     s.close()
 
 
