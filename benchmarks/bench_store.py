@@ -10,6 +10,9 @@ shape an index run makes (512-d vectors, paths of a photo tree), in two passes:
 1. ``new``: N files the library has never seen (inserts, ids numbered in scan order);
 2. ``changed``: the same N paths with new content (updates; machine tags are dropped).
 
+With ``--db-url`` it also times ``move``: ``clipsearch move-db``'s copy of the resulting
+SQLite library into another fresh PostgreSQL database (``Store.copy_to``).
+
 Each pass runs against a fresh SQLite library and, with ``--db-url``, a fresh PostgreSQL
 database that the benchmark creates on that server (the role needs CREATEDB) and drops
 afterwards. The baseline, in the same run, is the vector append alone
@@ -69,6 +72,14 @@ def time_passes(store: Store, count: int, size: int) -> dict[str, float]:
     return out
 
 
+def move_seconds(source: Store, target: Store, count: int) -> float:
+    """Seconds per image row of ``clipsearch move-db``'s copy (``Store.copy_to``) of a library."""
+    started = time.perf_counter()
+    copied = source.copy_to(target)
+    assert copied["images"] == count
+    return (time.perf_counter() - started) / count
+
+
 def append_only(folder: Path, count: int, size: int) -> float:
     """Seconds per row of the vector appends alone: the baseline."""
     work = [np.stack([i.vector for i in batch]) for batch in batches(count, size, 1, True)]
@@ -110,21 +121,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         tmp = Path(tmp)
         baseline = append_only(tmp, args.images, args.batch)
-        store = Store.open(tmp / "sqlite")
+        sqlite = Store.open(tmp / "sqlite")
         try:
-            rows["sqlite"] = time_passes(store, args.images, args.batch)
+            rows["sqlite"] = time_passes(sqlite, args.images, args.batch)
+            if args.db_url:
+                for name, timed in (("postgresql", lambda s: time_passes(s, args.images, args.batch)),
+                                    ("move", lambda s: {"move": move_seconds(sqlite, s, args.images)})):
+                    url, drop = postgres_database(args.db_url)
+                    try:
+                        store = Store.open(tmp / name, url)
+                        try:
+                            rows[name] = timed(store)
+                        finally:
+                            store.close()
+                    finally:
+                        drop()
         finally:
-            store.close()
-        if args.db_url:
-            url, drop = postgres_database(args.db_url)
-            try:
-                store = Store.open(tmp / "postgresql", url)
-                try:
-                    rows["postgresql"] = time_passes(store, args.images, args.batch)
-                finally:
-                    store.close()
-            finally:
-                drop()
+            sqlite.close()
 
     result = {"images": args.images, "batch": args.batch, "append_only_ms_per_row": baseline * 1e3}
     for db, passes in rows.items():
@@ -134,6 +147,7 @@ def main() -> None:
     if "postgresql" in rows:
         for name in ("new", "changed"):
             result[f"postgresql_over_sqlite_{name}"] = rows["postgresql"][name] / rows["sqlite"][name]
+        result["move_over_sqlite_new"] = rows["move"]["move"] / rows["sqlite"]["new"]
     if args.json:
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
         return
@@ -146,6 +160,8 @@ def main() -> None:
     if "postgresql" in rows:
         print("PostgreSQL / SQLite: " + ", ".join(f"{name} {result[f'postgresql_over_sqlite_{name}']:.2f}x"
                                                    for name in ("new", "changed")))
+        print(f"move-db SQLite -> PostgreSQL takes {result['move_over_sqlite_new']:.2f}x the time of committing "
+              "the same rows to SQLite")
     else:
         print("(no --db-url: SQLite only)")
 

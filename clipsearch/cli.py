@@ -95,12 +95,13 @@ def _guarded(fn):
     return wrapper
 
 
-def command(fn=None, *, group: typer.Typer = app, name: str | None = None):
+def command(fn=None, *, group: typer.Typer = app, name: str | None = None, db_url: bool = True):
     """Register a command (on ``group``, default the top level); see :func:`_guarded`. A
-    command that takes ``--library`` gets ``--db-url`` too (:func:`_with_db_url`)."""
+    command that takes ``--library`` gets ``--db-url`` too (:func:`_with_db_url`), unless
+    it names its database itself."""
     if fn is None:
-        return lambda f: command(f, group=group, name=name)
-    if "library" in inspect.signature(fn).parameters:
+        return lambda f: command(f, group=group, name=name, db_url=db_url)
+    if db_url and "library" in inspect.signature(fn).parameters:
         fn = _with_db_url(fn)
     return group.command(name)(_guarded(fn))
 
@@ -463,6 +464,38 @@ def optimize(
         report = lib.optimize(budget, target_recall, on_disk=on_disk)
     data = report.to_dict()
     _output(json_out, data, [f"{key:15} {value}" for key, value in data.items()])
+
+
+@command(name="move-db", db_url=False)
+def move_db(
+    target: Annotated[str, typer.Argument(
+        help="postgresql://USER@HOST:PORT/DBNAME (an empty database; the password from PGPASSWORD or "
+             "~/.pgpass), or `sqlite` for the library folder's own file.", show_default=False)],
+    library: LibraryOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Move the library's metadata to PostgreSQL, or back to its own SQLite file.
+
+    Every row is copied with its id, so the vectors and indexes in the folder stay as they
+    are and nothing is embedded again. Stop `serve` processes first; an `index` run must
+    not be writing. A move that stops is finished by running it again. What it moved away
+    from is kept: the SQLite file as library.db.moved-TIME.
+
+    Example: `clipsearch move-db postgresql://clip@db.example.org/photos`
+    """
+    from .library import Library
+
+    stages = _Stages(quiet or json_out)
+    try:
+        report = Library.move_metadata(library, None if target == "sqlite" else target, progress=stages)
+    finally:
+        stages.stop()
+    data = report.to_dict()
+    lines = [f"moved the metadata from {report.source} to {report.target} in {report.seconds:.1f}s",
+             *(f"  {table:12} {rows:,} rows" for table, rows in report.rows.items()),
+             f"left behind: {report.left_behind}"]
+    _output(json_out, data, lines)
 
 
 @command

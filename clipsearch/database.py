@@ -18,6 +18,7 @@ import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url, text
@@ -27,6 +28,8 @@ from .errors import LibraryEmptyError, LibraryError, SchemaTooNewError
 
 DB_FILE = "library.db"
 LINK_FILE = "database.json"
+MOVE_FILE = "moving.json"  # a move of the metadata to another database is under way (Library.move_metadata)
+SQLITE = "sqlite"  # a move's source or target: the folder's own library.db
 _LOCK_KEY = 0x636C6970_73656172  # "clipsear": the advisory lock clipsearch takes to create a schema or a library
 _POSTGRES_HINT = ("check that the server runs, the database exists (createdb DBNAME) and the URL is right, "
                   "postgresql://USER@HOST:PORT/DBNAME; a password comes from PGPASSWORD or ~/.pgpass")
@@ -114,6 +117,10 @@ def locate(folder: Path, url: str | None, create: bool) -> URL:
     """The database of the library in ``folder``: at ``url``, else the one the folder names,
     else the folder's own SQLite file. Only the checks that need no connection; the folder
     is made when ``create`` and missing."""
+    move = read_move(folder)
+    if move is not None:  # which database holds the truth is not settled until it ends
+        raise LibraryError(f"moving the metadata of the library at {folder} to {move.target} was interrupted",
+                           hint=f"finish it: clipsearch move-db {move.target} --library {folder}")
     link = read_link(folder)
     if url is None and link is None:
         if not (folder / DB_FILE).exists():
@@ -152,10 +159,83 @@ def read_link(folder: Path) -> Link | None:
 
 
 def write_link(folder: Path, url: URL, library_id: str) -> None:
-    path = folder / LINK_FILE
-    tmp = path.with_name(f".{LINK_FILE}.{os.getpid()}")
-    tmp.write_text(json.dumps({"url": display(url), "library_id": library_id}, indent=2) + "\n")
+    _write_json(folder / LINK_FILE, {"url": display(url), "library_id": library_id})
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)  # whole or not at all
+
+
+def stamp() -> str:
+    """A suffix for what a move leaves behind: when, so that a second move keeps the first's."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+# -- moving the metadata to another database --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Move:
+    """``moving.json``: a move of a library's metadata that has begun and not yet ended.
+    ``source`` and ``target`` are URLs without a password, or :data:`SQLITE`."""
+
+    source: str
+    target: str
+
+
+def read_move(folder: Path) -> Move | None:
+    path = folder / MOVE_FILE
+    try:
+        data = json.loads(path.read_text())
+        return Move(str(data["source"]), str(data["target"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LibraryError(f"cannot read {path}: {exc}",
+                           hint='it records a move of this library\'s metadata: {"source": ..., "target": ...}') from exc
+
+
+def begin_move(folder: Path, move: Move) -> None:
+    _write_json(folder / MOVE_FILE, {"source": move.source, "target": move.target})
+
+
+def end_move(folder: Path) -> None:
+    (folder / MOVE_FILE).unlink(missing_ok=True)
+
+
+def name_of(url: URL) -> str:
+    """How a move names a database: :data:`SQLITE` for the folder's own file, else the URL."""
+    return SQLITE if is_sqlite(url) else display(url)
+
+
+def url_of(folder: Path, name: str) -> URL:
+    return sqlite_url(folder) if name == SQLITE else parse_url(name)
+
+
+def set_aside(folder: Path, name: str, suffix: str) -> Path | None:
+    """Rename ``folder/name`` (and SQLite's journals beside it) to ``name.moved-SUFFIX``:
+    out of the way of :func:`locate`, kept for the user. Returns the new path, if any."""
+    target = folder / f"{name}.moved-{suffix}"
+    if not (folder / name).exists():
+        return None
+    os.replace(folder / name, target)
+    drop_journals(folder, name, target.name)
+    return target
+
+
+def drop_journals(folder: Path, name: str, to: str | None = None) -> None:
+    """SQLite's journals of ``folder/name``, left by a reader that still has the file open or
+    by a crash: renamed to follow the file to ``to``, else deleted. A journal beside a new
+    file of the same name would be replayed into it. (The mover checkpointed them first.)"""
+    for journal in ("-wal", "-shm"):
+        path = folder / (name + journal)
+        if path.exists():
+            if to is None:
+                path.unlink()
+            else:
+                os.replace(path, folder / (to + journal))
 
 
 # -- schema and creation ----------------------------------------------------------------

@@ -25,7 +25,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,7 +49,8 @@ from .labels import DEFAULT_TEMPLATES, Label, LabelSet, resolve_templates
 from .query import Query, Term
 from .results import (
     Classification, ClassifierReport, DuplicateGroup, Evaluation, FileError, ImageInfo, ImageTag, IndexReport,
-    LibraryInfo, ModelIdentity, OptimizeReport, Prediction, SearchHit, SimilarityMatrix, TagCount, TagReport, XmpReport,
+    LibraryInfo, MetadataMove, ModelIdentity, OptimizeReport, Prediction, SearchHit, SimilarityMatrix, TagCount,
+    TagReport, XmpReport,
 )
 from .scanner import ScanOptions, resolve_roots
 from .store import STATUS_INDEXED, Store
@@ -128,6 +129,21 @@ class Library:
         except BaseException:
             store.close()
             raise
+
+    @staticmethod
+    def move_metadata(path: str | os.PathLike | None, to: str | None,
+                      progress: Callable[[str, int, int], None] | None = None) -> MetadataMove:
+        """Move the metadata of the library at ``path`` to the PostgreSQL database at ``to``,
+        or with ``to`` None back into the folder's own SQLite file (``transfer.py``). Every
+        row keeps its id, so the folder's vectors and indexes stay as they are. A move that
+        stops is finished by calling this again. ``progress(table, done, total)``."""
+        from . import transfer
+
+        root = (Path(path).expanduser() if path else default_library_dir()).absolute()
+        if not root.is_dir():
+            raise LibraryEmptyError(f"no library at {root}", hint="index some images first: clipsearch index PATH")
+        with _Lock(root / "lock"):
+            return transfer.move(root, to, progress)
 
     def __enter__(self) -> "Library":
         return self

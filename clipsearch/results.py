@@ -114,6 +114,17 @@ class OptimizeReport(_Record):
 
 
 @dataclass(frozen=True)
+class MetadataMove(_Record):
+    """What ``move_metadata`` did."""
+
+    source: str  # "sqlite" (the folder's own file) or a URL without its password
+    target: str
+    rows: dict[str, int]  # copied, per table (empty when finishing a move that had copied them)
+    left_behind: str  # what stays where the metadata was, for the user to keep or delete
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Prediction(_Record):
     """One label for one image."""
 

@@ -16,7 +16,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +47,13 @@ class UTCDateTime(TypeDecorator):
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        # Naive means UTC, as it is read back: a row copied to the other backend keeps its
+        # moment instead of taking the PostgreSQL session's time zone.
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
 
     def process_result_value(self, value, dialect):
         if value is not None and value.tzinfo is not None:
@@ -202,6 +209,17 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_COPY_ROWS = 10_000  # rows per insert when copying a library to another database
+
+
+def _past_explicit_ids(conn, table: str) -> None:
+    """Rows inserted with their ids do not move PostgreSQL's sequence: move it past them, for
+    rows added without one. (SQLite numbers from the largest id anyway.)"""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table} "
+                          "HAVING max(id) IS NOT NULL"))
+
+
 def _hidden(tag):
     """A clause: the user took ``tag``'s label off its image by hand."""
     manual = aliased(TagRow)
@@ -254,7 +272,7 @@ class Store:
             store = cls(folder, database.locate(folder, url, create))
             try:
                 if not database.is_sqlite(store.url):
-                    store._pair(create)
+                    store.pair(create)
             except BaseException:
                 store.close()
                 raise
@@ -276,11 +294,12 @@ class Store:
     def database_bytes(self) -> int:
         """The metadata's size: the SQLite file and its journals, or the PostgreSQL database."""
         if database.is_sqlite(self.url):
-            return sum(p.stat().st_size for p in self.folder.glob(database.DB_FILE + "*"))
+            files = [self.folder / (database.DB_FILE + journal) for journal in ("", "-wal", "-shm")]
+            return sum(p.stat().st_size for p in files if p.exists())
         with self.engine.connect() as conn:
             return int(conn.scalar(text("SELECT pg_database_size(current_database())")))
 
-    def _pair(self, create: bool) -> None:
+    def pair(self, create: bool) -> None:
         """Check that the folder and the database hold the same library, by the id both keep,
         and pair them when the library is new. Its vectors are in the folder and its rows
         here: a folder read with another library's rows would show the wrong images."""
@@ -410,15 +429,43 @@ class Store:
                     STATUS_ERROR, item.reason, None, None, None, None)
             s.flush()
             ids = [row.id for row in written]
-            if s.get_bind().dialect.name == "postgresql" and any(i.new_id for i in (*indexed, *failed)):
-                # Ids given explicitly do not move PostgreSQL's sequence: keep it past them,
-                # for rows added without one.
-                s.execute(text("SELECT setval(pg_get_serial_sequence('images', 'id'), (SELECT max(id) FROM images))"))
+            if any(i.new_id for i in (*indexed, *failed)):
+                _past_explicit_ids(s.connection(), "images")
             if indexed or removed or failed or moved:
                 current = s.get(MetaRow, "vectors_version")
                 version = int(current.value) + 1 if current else 1
                 s.merge(MetaRow(key="vectors_version", value=str(version)))
         return np.asarray(ids, np.int64), rows
+
+    def copy_to(self, target: "Store", progress: Callable[[str, int, int], None] | None = None) -> dict[str, int]:
+        """Copy every row into ``target``, the same schema in another database, in place of
+        what it holds, in one transaction; returns ``table -> rows``. The caller checks that
+        ``target`` holds no other library (``Library.move_metadata``). ``progress(table, done,
+        total)`` follows it."""
+        tables = Base.metadata.sorted_tables  # a row's parent before it
+        copied: dict[str, int] = {}
+        with self.engine.connect() as source, target.engine.begin() as conn:
+            totals = {t.name: source.scalar(select(func.count()).select_from(t)) for t in tables}
+            for table in reversed(tables):
+                conn.execute(table.delete())  # the rows of an interrupted move
+            for table in tables:
+                copied[table.name] = 0
+                rows = source.execution_options(yield_per=_COPY_ROWS).execute(select(table))
+                for chunk in rows.partitions():
+                    conn.execute(table.insert(), [row._asdict() for row in chunk])
+                    copied[table.name] += len(chunk)
+                    if progress:
+                        progress(table.name, copied[table.name], totals[table.name])
+            for table in ("images", "tags"):
+                _past_explicit_ids(conn, table)
+        return copied
+
+    def checkpoint(self) -> None:
+        """Fold SQLite's write-ahead log into the database file, so that the file alone holds
+        every committed row (before it is moved aside). Nothing to do on PostgreSQL."""
+        if database.is_sqlite(self.url):
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def next_image_id(self) -> int:
         """The first id no row has taken. An index run numbers its new files from here in
