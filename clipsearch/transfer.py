@@ -114,11 +114,13 @@ def _switch(folder: Path, plan: Move, target_url: URL, library_id: str | None) -
     suffix = database.stamp()
     if plan.target == SQLITE:
         aside = database.set_aside(folder, LINK_FILE, suffix)
-        left = f"the rows in {plan.source}" + (f" (named by {aside.name})" if aside else "")
     else:
         if library_id is not None:  # else the interrupted run wrote it, before setting the file aside
             database.write_link(folder, target_url, library_id)
-        aside = database.set_aside(folder, DB_FILE, suffix)
-        left = str(aside) if aside else "nothing: the SQLite file was set aside by the interrupted run"
+        aside = database.set_aside(folder, DB_FILE, suffix) if plan.source == SQLITE else None
+    if plan.source == SQLITE:
+        left = str(aside) if aside else f"{DB_FILE}.moved-*, set aside by the interrupted run"
+    else:
+        left = f"the rows in {plan.source}" + (f" (named by {aside.name})" if aside else "")
     database.end_move(folder)
     return left

@@ -153,3 +153,14 @@ def test_the_cli_moves_a_library_and_reports_in_json(library, pg_url):
     out = run_cli("move-db", "mysql://u@h/db", "-L", str(library))
     assert out.returncode == 1 and "hint:" in out.stderr and "Traceback" not in out.stderr
     assert not (library / "moving.json").exists()
+
+
+def test_a_library_moves_from_one_postgresql_database_to_another(library, postgres_server):
+    before = snapshot(library)
+    first, second = postgres_server.new_database(), postgres_server.new_database()
+    Library.move_metadata(library, first)
+    report = Library.move_metadata(library, second)
+    assert (report.source, report.target, report.rows["images"]) == (first, second, 48)
+    assert report.left_behind == f"the rows in {first}"
+    assert json.loads((library / "database.json").read_text())["url"] == second
+    assert snapshot(library) == before
