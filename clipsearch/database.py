@@ -74,7 +74,7 @@ def is_sqlite(url: URL) -> bool:
 
 def engine(url: URL) -> Engine:
     if is_sqlite(url):
-        eng = create_engine(url)
+        eng = create_engine(url, creator=_sqlite_opener(Path(url.database)))
         event.listen(eng, "connect", _sqlite_pragmas)
         return eng
     # A dead server fails in seconds, not after the system's TCP timeout; the URL may say otherwise.
@@ -86,6 +86,26 @@ def engine(url: URL) -> Engine:
     except ImportError as exc:
         raise LibraryError("a PostgreSQL database needs the psycopg driver, which is not installed",
                            hint="pip install 'clipsearch[postgres]'") from exc
+
+
+def _sqlite_opener(path: Path):
+    """Connections to the SQLite file at ``path`` that create it only the first time. Once
+    it exists, a process that still has the library open (a ``serve`` while ``move-db`` sets
+    the file aside, or while the folder is deleted) gets an error on its next connection
+    instead of quietly making an empty ``library.db`` that hides the library's vectors."""
+    import sqlite3
+    from urllib.parse import quote
+
+    made = path.exists()
+
+    def connect():
+        nonlocal made
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode={'rw' if made else 'rwc'}", uri=True,
+                               check_same_thread=False)  # the pool hands connections across threads
+        made = True
+        return conn
+
+    return connect
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -164,3 +164,15 @@ def test_a_library_moves_from_one_postgresql_database_to_another(library, postgr
     assert report.left_behind == f"the rows in {first}"
     assert json.loads((library / "database.json").read_text())["url"] == second
     assert snapshot(library) == before
+
+
+def test_a_reader_left_open_does_not_recreate_the_moved_sqlite_file(library, pg_url):
+    with Library.open(library, create=False) as reader:  # a `serve` someone forgot to stop
+        assert reader.search(text="a red circle", k=1)
+        Library.move_metadata(library, pg_url)
+        reader.store.engine.dispose()  # its next query needs a new connection
+        with pytest.raises(Exception, match="unable to open database file"):
+            reader.info()
+    assert not (library / "library.db").exists()
+    with Library.open(library, create=False) as lib:  # the library is whole, on PostgreSQL
+        assert lib.info().images == 48
