@@ -11,7 +11,6 @@ metadata, and how it is reached, is ``database.py``'s business.
 from __future__ import annotations
 
 import contextlib
-
 import itertools
 import json
 import time
