@@ -210,7 +210,12 @@ def _quiet(ray) -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     context.enable_auto_log_stats = False
-    logging.getLogger("ray").setLevel(logging.WARNING)
+    # Ray's own notes (token auth on a local cluster, "progress bars disabled", "dataset
+    # finished") follow our verbosity: with `-v` (the root logger at INFO) they show, else
+    # only its errors. Ray Data's logger has handlers of its own, so it is set too.
+    level = logging.INFO if logging.getLogger().isEnabledFor(logging.INFO) else logging.ERROR
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(level)
 
 
 _NO_TIME = np.iinfo(np.int64).min  # taken_ns of a photo without an EXIF date (Arrow has no None in int64)

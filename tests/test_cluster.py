@@ -128,6 +128,8 @@ def test_the_cli_indexes_on_a_running_cluster_with_clean_json(cluster, tmp_path,
     report = json.loads(result.stdout)  # nothing of Ray's on stdout
     assert report["added"] == 48 and report["error_count"] == 0
     assert_same_library(tmp_path / "lib", demo_library)
+    # Ray's own notes reach stderr only with -v.
+    assert "Progress bars disabled" not in result.stderr and "execution finished" not in result.stderr
 
 
 def test_without_ray_the_engine_says_what_to_install(tmp_path, demo_images, monkeypatch):
