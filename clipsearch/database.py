@@ -30,6 +30,7 @@ DB_FILE = "library.db"
 LINK_FILE = "database.json"
 MOVE_FILE = "moving.json"  # a move of the metadata to another database is under way (Library.move_metadata)
 SQLITE = "sqlite"  # a move's source or target: the folder's own library.db
+JOURNALS = ("-wal", "-shm")  # the files SQLite keeps beside a database in WAL mode
 _LOCK_KEY = 0x636C6970_73656172  # "clipsear": the advisory lock clipsearch takes to create a schema or a library
 _POSTGRES_HINT = ("check that the server runs, the database exists (createdb DBNAME) and the URL is right, "
                   "postgresql://USER@HOST:PORT/DBNAME; a password comes from PGPASSWORD or ~/.pgpass")
@@ -139,8 +140,7 @@ def locate(folder: Path, url: str | None, create: bool) -> URL:
     is made when ``create`` and missing."""
     move = read_move(folder)
     if move is not None:  # which database holds the truth is not settled until it ends
-        raise LibraryError(f"moving the metadata of the library at {folder} to {move.target} was interrupted",
-                           hint=f"finish it: clipsearch move-db {move.target} --library {folder}")
+        raise interrupted(folder, move)
     link = read_link(folder)
     if url is None and link is None:
         if not (folder / DB_FILE).exists():
@@ -167,15 +167,20 @@ def _new_folder(folder: Path, create: bool) -> None:
 
 
 def read_link(folder: Path) -> Link | None:
-    path = folder / LINK_FILE
+    found = _read_json(folder / LINK_FILE, ("url", "library_id"), "it names the database of this library")
+    return Link(*found) if found else None
+
+
+def _read_json(path: Path, fields: tuple[str, ...], what: str) -> list[str] | None:
+    """The string ``fields`` of one of the folder's JSON files, or None if it is missing."""
     try:
         data = json.loads(path.read_text())
-        return Link(str(data["url"]), str(data["library_id"]))
+        return [str(data[field]) for field in fields]
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LibraryError(f"cannot read {path}: {exc}",
-                           hint='it names the database of this library: {"url": ..., "library_id": ...}') from exc
+        shape = "{" + ", ".join(f'"{field}": ...' for field in fields) + "}"
+        raise LibraryError(f"cannot read {path}: {exc}", hint=f"{what}: {shape}") from exc
 
 
 def write_link(folder: Path, url: URL, library_id: str) -> None:
@@ -206,15 +211,14 @@ class Move:
 
 
 def read_move(folder: Path) -> Move | None:
-    path = folder / MOVE_FILE
-    try:
-        data = json.loads(path.read_text())
-        return Move(str(data["source"]), str(data["target"]))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LibraryError(f"cannot read {path}: {exc}",
-                           hint='it records a move of this library\'s metadata: {"source": ..., "target": ...}') from exc
+    found = _read_json(folder / MOVE_FILE, ("source", "target"), "it records a move of this library's metadata")
+    return Move(*found) if found else None
+
+
+def interrupted(folder: Path, move: Move) -> LibraryError:
+    """The error for a library whose move has begun and not ended: run it again to finish."""
+    return LibraryError(f"moving the metadata of the library at {folder} to {move.target} was interrupted",
+                        hint=f"finish it: clipsearch move-db {move.target} --library {folder}")
 
 
 def begin_move(folder: Path, move: Move) -> None:
@@ -249,7 +253,7 @@ def drop_journals(folder: Path, name: str, to: str | None = None) -> None:
     """SQLite's journals of ``folder/name``, left by a reader that still has the file open or
     by a crash: renamed to follow the file to ``to``, else deleted. A journal beside a new
     file of the same name would be replayed into it. (The mover checkpointed them first.)"""
-    for journal in ("-wal", "-shm"):
+    for journal in JOURNALS:
         path = folder / (name + journal)
         if path.exists():
             if to is None:

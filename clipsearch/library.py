@@ -82,6 +82,11 @@ _COMPACT_SHARE, _COMPACT_MIN = 0.25, 10_000
 log = logging.getLogger(__name__)
 
 
+def _root(path: str | os.PathLike | None) -> Path:
+    """The library folder ``path`` names, absolute; by default :func:`default_library_dir`."""
+    return (Path(path).expanduser() if path else default_library_dir()).absolute()
+
+
 def default_library_dir() -> Path:
     """``$CLIPSEARCH_LIBRARY``, else a per-user data folder."""
     env = os.environ.get(ENV_LIBRARY)
@@ -121,8 +126,7 @@ class Library:
         """Open the library at ``path`` (default: see :func:`default_library_dir`), its metadata
         in the PostgreSQL database at ``db_url`` (default: ``$CLIPSEARCH_DB_URL``, else the one
         the folder was made with, else the folder's own SQLite file)."""
-        root = Path(path).expanduser() if path else default_library_dir()
-        root = root.absolute()
+        root = _root(path)
         store = Store.open(root, db_url or os.environ.get(ENV_DB_URL) or None, create=create)
         try:
             return cls(root, store, model=model, device=device, encoder=encoder)
@@ -139,7 +143,7 @@ class Library:
         stops is finished by calling this again. ``progress(table, done, total)``."""
         from . import transfer
 
-        root = (Path(path).expanduser() if path else default_library_dir()).absolute()
+        root = _root(path)
         if not root.is_dir():
             raise LibraryEmptyError(f"no library at {root}", hint="index some images first: clipsearch index PATH")
         with _Lock(root / "lock"):

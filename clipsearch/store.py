@@ -293,7 +293,7 @@ class Store:
     def database_bytes(self) -> int:
         """The metadata's size: the SQLite file and its journals, or the PostgreSQL database."""
         if database.is_sqlite(self.url):
-            files = [self.folder / (database.DB_FILE + journal) for journal in ("", "-wal", "-shm")]
+            files = [self.folder / (database.DB_FILE + journal) for journal in ("", *database.JOURNALS)]
             return sum(p.stat().st_size for p in files if p.exists())
         with self.engine.connect() as conn:
             return int(conn.scalar(text("SELECT pg_database_size(current_database())")))

@@ -42,9 +42,8 @@ def move(folder: Path, to: str | None, progress: Callable[[str, int, int], None]
             raise LibraryError(f"the metadata of the library at {folder} is in {plan.target} already")
     else:
         plan = pending
-        if database.name_of(target_url) != plan.target:
-            raise LibraryError(f"moving the metadata of the library at {folder} to {plan.target} was interrupted",
-                               hint=f"finish that first: clipsearch move-db {plan.target} --library {folder}")
+        if database.name_of(target_url) != plan.target:  # that one first
+            raise database.interrupted(folder, plan)
         source_url = database.url_of(folder, plan.source)
 
     rows: dict[str, int] = {}
@@ -74,17 +73,19 @@ def _copy(folder: Path, plan: Move, source_url: URL, target_url: URL, begun: boo
         if library_id is None:  # a SQLite library: named now, so that its target knows it
             library_id = uuid.uuid4().hex
             source.set_meta("library_id", library_id)
-        if not database.is_sqlite(target_url):
-            _open_target(folder, target_url, library_id).close()  # refused before anything is written
-        if not begun:
-            database.begin_move(folder, plan)
-        if database.is_sqlite(target_url):
-            database.drop_journals(folder, DB_FILE)  # a set-aside file's: never replayed into the new one
-        target = _open_target(folder, target_url, library_id)
+        # A database is checked (and refused) before anything is written; the folder's own
+        # file is made only once moving.json says whose it is.
+        target = None if database.is_sqlite(target_url) else _open_target(folder, target_url, library_id)
         try:
+            if not begun:
+                database.begin_move(folder, plan)
+            if target is None:
+                database.drop_journals(folder, DB_FILE)  # a set-aside file's: never replayed into the new one
+                target = _open_target(folder, target_url, library_id)
             rows = source.copy_to(target, progress)
         finally:
-            target.close()
+            if target is not None:
+                target.close()
         source.checkpoint()
     finally:
         source.close()
