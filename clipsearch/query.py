@@ -33,25 +33,40 @@ class Term:
     weight: float = 1.0
 
     @classmethod
-    def parse(cls, raw: str, *, sign: float = 1.0) -> "Term":
+    def parse(cls, raw: str, *, sign: float = 1.0, files: bool = True) -> "Term":
+        """A term as a user writes it. With ``files`` False the file system is never
+        consulted, so no term is an image file: what a web request sends must not reveal,
+        by how it ranks, whether a path exists on the server."""
         text = raw.strip()
         weight = 1.0
         m = _WEIGHT.match(text)
-        if m and not Path(text).exists():
+        if m and not (files and Path(text).exists()):  # a file may be called "2:beach.jpg"
             weight, text = float(m.group(1)), m.group(2).strip()
         if not text:
             raise QueryError(f"empty query term {raw!r}")
         if weight <= 0:
-            raise QueryError(f"the weight of {raw!r} must be positive; use --not to subtract")
+            raise QueryError(f"the weight in {raw!r} must be positive",
+                             hint="use --not to subtract a term" if sign > 0 else
+                             "a --not term's weight says how hard it pushes away, e.g. 2:people")
         if m_id := _IMAGE_ID.match(text):
             return cls("id", int(m_id.group(1)), sign * weight)
-        if os.path.isfile(os.path.expanduser(text)):
-            return cls("image", str(Path(text).expanduser().absolute()), sign * weight)
+        if files and os.path.isfile(os.path.expanduser(text)):
+            return cls("image", _absolute(text), sign * weight)
         return cls("text", text, sign * weight)
 
     @classmethod
-    def image(cls, path: str | os.PathLike, weight: float = 1.0) -> "Term":
-        return cls("image", str(Path(path).expanduser().absolute()), weight)
+    def image(cls, ref: str | os.PathLike, weight: float = 1.0) -> "Term":
+        """An image, never text: ``id:N`` for an indexed one, else a file's path."""
+        text = os.fspath(ref)
+        if m_id := _IMAGE_ID.match(text.strip()):
+            return cls("id", int(m_id.group(1)), weight)
+        return cls("image", _absolute(text), weight)
+
+
+def _absolute(path: str) -> str:
+    """``path`` absolute and normalised (``a/../b`` is ``b``), as the scanner stores paths, so
+    that a query file is recognised as the library's own image however it was written."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 @dataclass(frozen=True)

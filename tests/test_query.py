@@ -27,6 +27,35 @@ def test_term_parsing(tmp_path):
         Query.build(exclude=["people"])
 
 
+def test_terms_from_a_request_never_touch_the_file_system(tmp_path):
+    img = tmp_path / "2:odd.png"
+    img.write_bytes(b"x")
+    # Whether a path exists must not change what a term means: it is always words.
+    assert Term.parse(str(img), files=False) == Term("text", str(img), 1.0)
+    assert Term.parse("3:" + str(img), files=False) == Term("text", str(img), 3.0)
+    assert Term.parse(img.name, files=False) == Term("text", "odd.png", 2.0)  # the weight syntax, not the file
+    assert Term.parse("0.5:id:12", sign=-1, files=False) == Term("id", 12, -0.5)
+
+
+def test_a_zero_weight_is_explained_for_the_side_it_was_given_on():
+    with pytest.raises(QueryError, match="must be positive") as positive:
+        Term.parse("0:x")
+    assert "use --not" in positive.value.hint
+    with pytest.raises(QueryError, match="must be positive") as negative:
+        Term.parse("0:x", sign=-1)
+    assert "use --not" not in (negative.value.hint or "")
+
+
+def test_an_image_term_is_an_id_or_a_normalised_path(tmp_path):
+    assert Term.image("id:5") == Term("id", 5, 1.0)
+    assert Query.build(image="id:42", also=["in winter"]).terms[0] == Term("id", 42, 1.0)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x.jpg").write_bytes(b"x")
+    winding = f"{tmp_path}/b/../b/x.jpg"
+    assert Term.image(winding).value == str(tmp_path / "b" / "x.jpg")
+    assert Term.parse(winding).value == str(tmp_path / "b" / "x.jpg")
+
+
 def test_query_vector_is_the_normalised_weighted_sum(tmp_path, fake_encoder):
     make_images(tmp_path / "photos")
     with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:

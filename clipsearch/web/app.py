@@ -376,8 +376,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
 def _term(raw: str, sign: float = 1.0) -> Term:
     """A query term from a request: text or ``id:N``, optionally ``W:``. Never a file: a
     request does not get to name paths on the server, so what looks like one is text."""
-    term = Term.parse(raw, sign=sign)
-    return Term("text", raw.strip(), sign) if term.kind == "image" else term
+    return Term.parse(raw, sign=sign, files=False)
 
 
 def _label_set(name) -> str:
