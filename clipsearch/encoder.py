@@ -19,6 +19,7 @@ import contextlib
 import difflib
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -190,6 +191,7 @@ class Encoder:
         self._settled = False
         self._int8 = None
         self._batch: int | None = None
+        self._loading = threading.RLock()
 
     # -- loading ----------------------------------------------------------------------
 
@@ -198,7 +200,14 @@ class Encoder:
         return self._model is not None
 
     def load(self, notice: Callable[[str], None] | None = None) -> "Encoder":
-        """Load the model and settle the precision; ``notice`` hears of slow one-off steps."""
+        """Load the model and settle the precision; ``notice`` hears of slow one-off steps.
+        Threads that find it unloaded (a server's first queries) wait for one load."""
+        if self._model is not None and self._settled:
+            return self
+        with self._loading:
+            return self._load(notice)
+
+    def _load(self, notice: Callable[[str], None] | None) -> "Encoder":
         if self._model is not None:
             if not self._settled:
                 self._settle(notice)
