@@ -161,6 +161,16 @@ def _main_file_hidden():
 
 
 _STARTING = threading.Lock()
+
+
+def start_child(process, environment: dict[str, str] | None = None) -> None:
+    """Start a spawned ``process`` as every clipsearch child starts: one start at a time
+    (the environment and ``__main__`` are the whole process's, and a cluster actor starts
+    workers from two threads at once, see cluster.py), without re-running ``__main__``,
+    and with ``environment`` added to what it inherits."""
+    with _STARTING, _main_file_hidden(), _environment(environment or {}):
+        process.start()
+
 # Workers that may fail to start in one run before it gives up: a start can fail once
 # (a busy machine, a transient error), while a broken environment fails every time.
 _START_FAILURES = 3
@@ -170,10 +180,7 @@ class _Worker:
     def __init__(self, ctx, limits: DecodeLimits, niceness: int = 0):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, limits, niceness), daemon=True)
-        # The environment and __main__ are the process's, and a cluster actor starts
-        # workers from two threads at once (cluster.py): one start at a time.
-        with _STARTING, _main_file_hidden(), _environment(_ONE_THREAD):
-            self.proc.start()
+        start_child(self.proc, _ONE_THREAD)
         child.close()
         self.key: Any = None
         self.started = 0.0

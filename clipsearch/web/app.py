@@ -1,8 +1,15 @@
 """The HTTP API and the web page, as a FastAPI application over one :class:`Library`.
 
 Every endpoint calls the facade, so the API means what the CLI means. The library and
-its model are loaded once and stay warm; calls into it are serialised by a lock (one
-user's browser, or a script, at a time is what a personal library serves).
+its model are loaded once and stay warm, and requests run side by side: there is no
+lock around them. That is safe because what they share is safe to share: the search
+index (``VectorIndex``: concurrent searches, with the catch-up after another process
+indexed holding them off only while it changes the index), the model (torch inference
+and onnxruntime sessions may run from several threads; loading happens once, under a
+lock in ``Library`` and ``Encoder``) and the database (a connection pool, a session per
+call). Long work never runs in the server at all: duplicates, evaluations and tag runs
+are background jobs in processes of their own (``jobs.py``), started by a request that
+answers at once with the job, whose progress and result ``GET /api/jobs/{id}`` gives.
 
 Security, by construction:
 
@@ -25,11 +32,10 @@ import hmac
 import logging
 import re
 import threading
-from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -41,9 +47,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import (
-    ClipSearchError, InputError, LibraryEmptyError, LibraryLockedError, ModelError, PathNotFoundError,
+    ClipSearchError, InputError, JobNotFoundError, LibraryEmptyError, LibraryLockedError, ModelError,
+    PathNotFoundError, TooManyJobsError,
 )
-from ..library import Library
+from ..jobs import Job, Jobs
+from ..library import DUPLICATE_THRESHOLD, Library
 from ..query import Query as SearchQuery
 from ..query import Term
 from ..results import SearchHit
@@ -114,8 +122,10 @@ def _error(status: int, message: str, hint: str | None = None) -> JSONResponse:
 
 
 def _status(exc: ClipSearchError) -> int:
-    if isinstance(exc, (PathNotFoundError, LibraryEmptyError)):
+    if isinstance(exc, (PathNotFoundError, LibraryEmptyError, JobNotFoundError)):
         return 404
+    if isinstance(exc, TooManyJobsError):
+        return 429
     if isinstance(exc, LibraryLockedError):
         return 409
     if isinstance(exc, ModelError):
@@ -124,36 +134,32 @@ def _status(exc: ClipSearchError) -> int:
 
 
 def create_app(library: Library, *, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
-               allow_remote_urls: bool = False, cors_origins: tuple[str, ...] = (), warm: bool = False) -> FastAPI:
+               allow_remote_urls: bool = False, cors_origins: tuple[str, ...] = (), warm: bool = False,
+               max_jobs: int = 1) -> FastAPI:
     """The application serving ``library`` (which it does not close). With ``warm``, the
     index and the model load in the background as soon as the server starts, so that the
-    first query does not pay for them."""
-    # Searches share the index and the model, which load lazily and refresh themselves, so
-    # they take turns. Reading one image's facts, file or thumbnail touches only the
-    # database and the disk: those run in parallel, so a page of thumbnails is made on
-    # every core.
-    lock = threading.Lock()
+    first query does not pay for them. ``max_jobs`` background jobs run at a time (one
+    leaves the other cores to searches); more wait their turn (``jobs.py``)."""
+    jobs = Jobs(library.root, device=library.device, max_running=max_jobs)
 
     @asynccontextmanager
     async def lifespan(_app):
         def load() -> None:
-            with lock:
-                try:
-                    library.vectors
-                    library.encoder.load()
-                except ClipSearchError as exc:  # reported again, to whoever asks, on first use
-                    log.warning("could not preload the library: %s", exc.message)
+            try:
+                library.vectors
+                library.encoder.load()
+            except ClipSearchError as exc:  # reported again, to whoever asks, on first use
+                log.warning("could not preload the library: %s", exc.message)
 
         if warm:
             threading.Thread(target=load, daemon=True, name="clipsearch-warm").start()
-        yield
+        try:
+            yield
+        finally:
+            jobs.close()  # a job outliving its server would be work nobody can collect
 
     app = FastAPI(title="clipsearch", summary="Search an image library by meaning, with CLIP.",
                   version=__version__, lifespan=lifespan)
-
-    def call(fn: Callable, *args, **kwargs) -> Any:
-        with lock:
-            return fn(*args, **kwargs)
 
     # -- errors and the token gate ------------------------------------------------------
 
@@ -198,15 +204,18 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
 
     # -- helpers -------------------------------------------------------------------------
 
+    def links(image_id: int, path: str) -> dict:
+        return {"name": Path(path).name, "thumbnail": f"/api/images/{image_id}/thumbnail",
+                "file": f"/api/images/{image_id}/file"}
+
     def hit(h: SearchHit) -> dict:
-        return {**h.to_dict(), "name": Path(h.path).name, "thumbnail": f"/api/images/{h.id}/thumbnail",
-                "file": f"/api/images/{h.id}/file"}
+        return {**h.to_dict(), **links(h.id, h.path)}
 
     def page(hits: list[SearchHit], n: int, offset: int) -> dict:
         return {"results": [hit(h) for h in hits], "n": n, "offset": offset, "has_more": len(hits) == n}
 
     def search(query: SearchQuery, n: int, offset: int, filters: dict) -> dict:
-        return page(call(library.search, query=query, k=n, offset=offset, **filters), n, offset)
+        return page(library.search(query=query, k=n, offset=offset, **filters), n, offset)
 
     async def upload_bytes(upload: UploadFile) -> bytes:
         data = await upload.read()
@@ -281,14 +290,13 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
 
     @app.get("/api/similar/{image_id}", summary="Images like an indexed one (no model needed)")
     def similar(image_id: int, n: int = F.n, offset: int = F.offset):
-        hits = call(library.search, query=SearchQuery((Term("id", image_id),)), k=n, offset=offset)
+        hits = library.search(query=SearchQuery((Term("id", image_id),)), k=n, offset=offset)
         return page(hits, n, offset)
 
     @app.get("/api/images/{image_id}", summary="An image's facts and tags")
     def image(image_id: int):
         info = library.image(image_id).to_dict()
-        return {**info, "name": Path(info["path"]).name, "thumbnail": f"/api/images/{image_id}/thumbnail",
-                "file": f"/api/images/{image_id}/file"}
+        return {**info, **links(image_id, info["path"])}
 
     @app.get("/api/images/{image_id}/thumbnail", summary="A WebP (or JPEG) thumbnail, cached")
     def thumbnail(request: Request, image_id: int, size: int = Query(256, ge=16, le=1024),
@@ -313,7 +321,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
                        classifier: Annotated[str | None, Form()] = None,
                        top_k: Annotated[int, Form(ge=1, le=100)] = 5):
         data = await upload_bytes(image)
-        [result] = await run_in_threadpool(call, library.classify, [Term("data", data)],
+        [result] = await run_in_threadpool(library.classify, [Term("data", data)],
                                            _label_set(labels) if labels else None, classifier=classifier, top_k=top_k)
         if result.error:
             raise InputError(f"the upload is not a usable image: {result.error}")
@@ -324,35 +332,91 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
         ids = [whole(i, 0, 0, 2**62) for i in _list(body, "images")]
         if not 1 <= len(ids) <= MAX_MATRIX_IMAGES:
             raise InputError(f"give 1 to {MAX_MATRIX_IMAGES} image ids in 'images'")
-        found = call(library.similarity_matrix, ids, _label_set(body.get("labels")),
+        found = library.similarity_matrix(ids, _label_set(body.get("labels")),
                      templates=[str(t) for t in _list(body, "templates")])
         return {**found.to_dict(), "images": [
             {"id": i, "name": Path(p).name, "thumbnail": f"/api/images/{i}/thumbnail"} for i, p in zip(ids, found.paths)]}
 
-    @app.post("/api/eval", summary="Evaluate a bundled label set or a classifier on a labelled folder "
-                                   "inside the indexed folders")
+    # -- background jobs ----------------------------------------------------------------
+
+    def started(job: Job, joined: bool) -> JSONResponse:
+        # 202: accepted, under way; where to follow it is in Location and the body.
+        return JSONResponse({**job.to_dict(result=False), "joined": joined}, status_code=202,
+                            headers={"Location": f"/api/jobs/{job.id}"})
+
+    def shown(job: Job) -> dict:
+        """A job as the API shows it: its result with the links the page needs."""
+        out = job.to_dict()
+        if job.result is not None and job.kind == "duplicates":
+            out["result"] = [{**g, "images": [{**h, **links(h["id"], h["path"])} for h in g["images"]]}
+                             for g in job.result]
+        elif job.result is not None and job.kind == "eval":
+            for miss in out["result"]["misses"]:  # thumbnails for the misses the library holds
+                image_id = library.image_id(miss["path"])
+                miss.update(id=image_id, thumbnail=f"/api/images/{image_id}/thumbnail" if image_id else None)
+        return out
+
+    @app.post("/api/duplicates", status_code=202,
+              summary="Start looking for groups of near-identical images (a background job)")
+    def duplicates(body: dict | None = None):
+        body = body or {}
+        threshold = number(body.get("threshold"))
+        threshold = DUPLICATE_THRESHOLD if threshold is None else threshold
+        if not 0 < threshold <= 1:
+            raise InputError(f"the threshold is a cosine similarity in (0, 1], not {threshold}")
+        crops = body.get("crops", True)
+        if not isinstance(crops, bool):
+            raise InputError("'crops' must be true or false")
+        return started(*jobs.submit("duplicates", {"threshold": threshold, "crops": crops}))
+
+    @app.post("/api/eval", status_code=202,
+              summary="Start evaluating a bundled label set or a classifier on a labelled folder inside the "
+                      "indexed folders (a background job)")
     def evaluate(body: dict):
         folder = library.within_roots(str(body.get("folder") or ""))
         classifier = body.get("classifier") or None
         labels = _label_set(body["labels"]) if body.get("labels") else None
         few_shot = whole(body.get("few_shot"), 0, 0, 64) or None
-        result = call(library.evaluate, folder, labels, classifier=classifier,
-                      templates=[str(t) for t in _list(body, "templates")],
-                      compare_templates=bool(body.get("compare_templates")), few_shot=few_shot)
-        data = result.to_dict()
-        for miss in data["misses"]:  # thumbnails for the misses the library holds
-            image_id = library.image_id(miss["path"])
-            miss.update(id=image_id, thumbnail=f"/api/images/{image_id}/thumbnail" if image_id else None)
-        return data
+        return started(*jobs.submit("eval", {
+            "folder": str(folder), "labels": labels, "classifier": classifier,
+            "templates": [str(t) for t in _list(body, "templates")],
+            "compare_templates": bool(body.get("compare_templates")), "few_shot": few_shot}))
 
-    @app.get("/api/duplicates", summary="Groups of near-identical images")
-    def duplicates(threshold: float = Query(0.995, gt=0, le=1), crops: bool = True):
-        groups = call(library.duplicates, threshold, crops=crops)
-        return [{"score": g.score, "images": [hit(h) for h in g.images]} for g in groups]
+    @app.post("/api/tag", status_code=202,
+              summary="Start tagging the library with a bundled label set or a classifier (a background job)")
+    def tag(body: dict):
+        classifier = body.get("classifier") or None
+        labels = _label_set(body["labels"]) if body.get("labels") else None
+        if (labels is None) == (classifier is None):
+            raise InputError("give either 'labels' (a bundled label set) or 'classifier'")
+        threshold = number(body.get("threshold"))
+        min_cosine = number(body.get("min_cosine"))
+        params = {"labels": labels, "classifier": classifier,
+                  "templates": [str(t) for t in _list(body, "templates")],
+                  "threshold": 0.1 if threshold is None else threshold, "top_k": whole(body.get("top_k"), 5, 1, 100),
+                  "min_cosine": min_cosine, "folders": [str(f) for f in _list(body, "in")],
+                  "dry_run": bool(body.get("dry_run"))}
+        if not 0 <= params["threshold"] <= 1:
+            raise InputError(f"the threshold is a probability in [0, 1], not {params['threshold']}")
+        if min_cosine is not None and not -1 <= min_cosine <= 1:
+            raise InputError(f"min_cosine is a cosine similarity in [-1, 1], not {min_cosine}")
+        return started(*jobs.submit("tag", params))
+
+    @app.get("/api/jobs", summary="The background jobs, running, waiting and recently finished (no results)")
+    def list_jobs():
+        return [job.to_dict(result=False) for job in jobs.list()]
+
+    @app.get("/api/jobs/{job_id}", summary="A background job: its state, progress and, once done, its result")
+    def get_job(job_id: str):
+        return shown(jobs.get(job_id))
+
+    @app.delete("/api/jobs/{job_id}", summary="Cancel a background job (once every request that joined it has)")
+    def cancel_job(job_id: str):
+        return jobs.cancel(job_id).to_dict(result=False)
 
     @app.get("/api/info", summary="What the library holds, and this server's upload limit")
     def info():
-        return {**call(library.info).to_dict(), "max_upload_bytes": max_upload_bytes}
+        return {**library.info().to_dict(), "max_upload_bytes": max_upload_bytes}
 
     # -- the page -----------------------------------------------------------------------
 
@@ -360,7 +424,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
     def index_page():
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    add_clip_retrieval_routes(app, library, call, allow_remote_urls=allow_remote_urls, max_bytes=max_upload_bytes)
+    add_clip_retrieval_routes(app, library, allow_remote_urls=allow_remote_urls, max_bytes=max_upload_bytes)
     app.mount("/static", _Revalidated(directory=STATIC), name="static")
     app.add_middleware(_BodyLimit, limit=max_upload_bytes)
     if cors_origins:
@@ -370,6 +434,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
                            allow_headers=["*"], allow_credentials=bool(token))
     app.add_middleware(_SingleSlashes)
     app.state.library = library
+    app.state.jobs = jobs
     return app
 
 

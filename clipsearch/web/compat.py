@@ -25,8 +25,6 @@ import base64
 import binascii
 import json
 import urllib.request
-from collections.abc import Callable
-
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -42,9 +40,8 @@ MAX_RESULTS = 10_000
 URL_TIMEOUT_S = 10
 
 
-def add_routes(app: FastAPI, library: Library, call: Callable, *, allow_remote_urls: bool,
-               max_bytes: int) -> None:
-    """Register the clip-retrieval endpoints on ``app``; ``call`` runs a library call under its lock."""
+def add_routes(app: FastAPI, library: Library, *, allow_remote_urls: bool, max_bytes: int) -> None:
+    """Register the clip-retrieval endpoints on ``app``."""
 
     async def body(request: Request) -> dict:
         try:
@@ -70,7 +67,7 @@ def add_routes(app: FastAPI, library: Library, call: Callable, *, allow_remote_u
         wanted = max(shown, whole(query.get("num_result_ids"), shown, 1, MAX_RESULTS))
         dedupe = bool(query.get("deduplicate"))
         fetch = min(MAX_RESULTS, wanted * 2 if dedupe else wanted)
-        hits = await run_in_threadpool(call, library.search, query=Query((term,)), k=fetch,
+        hits = await run_in_threadpool(library.search, query=Query((term,)), k=fetch,
                                        include_query_images=True)
         if dedupe and hits:
             hits = [hits[i] for i in _distinct(library.stored_vectors([h.id for h in hits]))]
