@@ -139,6 +139,8 @@ class Jobs:
             raise ValueError(f"unknown job kind {kind!r}")
         key = _key(kind, params)
         with self._lock:
+            if self._closed:
+                raise TooManyJobsError("the server is shutting down: it starts no more jobs")
             for job in self._jobs.values():
                 if job.state in ACTIVE and job.key == key:
                     job.watchers += 1

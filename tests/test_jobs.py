@@ -181,3 +181,10 @@ def test_an_unknown_kind_is_a_programming_error(jobs):
         jobs.submit("rm -rf", {})
     with pytest.raises(JobNotFoundError):
         jobs.get("no-such-job")
+
+
+def test_a_closed_runner_starts_nothing(demo_library):
+    runner = Jobs(demo_library)
+    runner.close()
+    with pytest.raises(TooManyJobsError, match="shutting down"):
+        runner.submit("duplicates", {"threshold": 0.99, "crops": False})
