@@ -86,6 +86,8 @@ class ModelSpec:
             return cls._local(path)
         arch, _, rest = text.partition("/")
         if not rest:
+            if difflib.get_close_matches(text.lower(), ["demo"], n=1, cutoff=0.6):  # a typo, as in dmeo
+                raise ModelNotFoundError(f"unknown model {text!r}", hint="did you mean demo?")
             raise ModelNotFoundError(
                 f"model {text!r} names no pretrained weights",
                 hint=f"use ARCH/TAG, for example {DEFAULT_MODEL}; `clipsearch models` lists the tags")
@@ -116,10 +118,11 @@ def available_models(arch: str | None = None) -> dict[str, list[str]]:
 
     names = open_clip.list_models()
     if arch is not None:
-        _check_arch(names, arch)
+        _check_arch([*names, "demo"], arch)
         names = [arch]
-    table = {name: list(open_clip.list_pretrained_tags_by_model(name)) for name in names}
-    table["demo"] = ["(bundled tiny model of coloured shapes)"] if arch is None else table.get("demo", [])
+    table = {name: list(open_clip.list_pretrained_tags_by_model(name)) for name in names if name != "demo"}
+    if arch in (None, "demo"):
+        table["demo"] = ["(bundled tiny model of coloured shapes)"]
     return {k: v for k, v in table.items() if v or arch is not None}
 
 

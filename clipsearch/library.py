@@ -149,8 +149,10 @@ class Library:
         row keeps its id, so the folder's vectors and indexes stay as they are. A move that
         stops is finished by calling this again. ``progress(table, done, total)``."""
         from . import transfer
+        from .database import check_folder
 
         root = _root(path)
+        check_folder(root)
         if not root.is_dir():
             raise LibraryEmptyError(f"no library at {root}", hint="index some images first: clipsearch index PATH")
         with _Lock(root / "lock"):
@@ -840,13 +842,17 @@ class Library:
         if self.store.model_identity() is None:
             raise LibraryEmptyError(f"the library at {self.root} is empty",
                                     hint="index some images first: clipsearch index PATH")
+        started = time.perf_counter()
         head = self.head(labels, templates=templates, classifier=classifier, progress=progress)
         options = dict(threshold=threshold, top_k=top_k, min_cosine=min_cosine, folders=_folders(folders),
                        dry_run=dry_run, progress=progress)
         if dry_run:
-            return tag_images(self.store, head, **options)
-        with _Lock(self.root / "lock"):
-            return tag_images(self.store, head, **options)
+            report = tag_images(self.store, head, **options)
+        else:
+            with _Lock(self.root / "lock"):
+                report = tag_images(self.store, head, **options)
+        report.seconds = time.perf_counter() - started  # the whole run: embedding the labels too
+        return report
 
     def add_tag(self, image: str | os.PathLike | int, label: str) -> int:
         """Tag an indexed image by hand; returns its id. Manual tags win over automatic ones."""
