@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import shutil
 import sys
 import time
@@ -41,6 +42,10 @@ from clipsearch.duplicates import SIGNATURES  # noqa: E402
 
 SIZE_RANGE = (80, 200)  # long sides in pixels: small pictures, so 100k index in about half an hour
 NEIGHBOURS = 16
+
+
+def rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def build_set(workdir: Path, n: int, seed: int) -> Path:
@@ -119,6 +124,8 @@ def bench(n: int, args) -> dict:
             for run in ("first", "repeat"):
                 seconds, stages, groups = timed_run(lib, crops)
                 out["runs"][f"crops={'on' if crops else 'off'}, {run}"] = (seconds, stages)
+            kept = sum(p.stat().st_size for p in (root / "lib" / SIGNATURES).glob("*.sig"))
+            out[f"signatures crops={'on' if crops else 'off'}"] = kept
             out[f"quality crops={'on' if crops else 'off'}"] = quality(groups, truth)
         knn.append(knn_pass(lib))
     out["knn_s"] = min(knn)
@@ -139,6 +146,8 @@ def main() -> None:
         for name, (seconds, stages) in r["runs"].items():
             detail = ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
             print(f"duplicates {name:17} {seconds:7.2f} s  {seconds / r['knn_s']:7.1f}x k-NN  ({detail})")
+        print(f"signatures kept: {r['signatures crops=off'] / 1e6:.1f} MB (crops off), "
+              f"{r['signatures crops=on'] / 1e6:.1f} MB (crops on); peak memory {rss_gb():.2f} GB")
         for key in ("quality crops=off", "quality crops=on"):
             q = r[key]
             print(f"{key}: {q['groups']} groups, {q['false_groups']} false; pair precision {q['precision']:.4f}, "

@@ -1,7 +1,7 @@
 """Finding duplicates: candidate pairs from the vectors, verdicts from the pixels, groups.
 
 1. candidates: each image's ``neighbours`` nearest in the search index, at cosine >=
-   ``threshold``, and with crops down to ``CROP_CANDIDATE``; most of the time goes here.
+   ``threshold``, and with crops down to ``CROP_CANDIDATE``.
 2. verdicts: byte copies (the same content hash) and identical vectors are duplicates
    outright. Every other pair is compared pixel by pixel (``pixelcheck.py``): CLIP
    similarity alone groups different pictures (on the demo model distinct pictures of
@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 
 
 def find_groups(store: Store, index: VectorIndex, folder: Path, threshold: float = DUPLICATE_THRESHOLD,
-         neighbours: int = 16, crops: bool = True, progress: Progress | None = None,
-         workers: int | None = None) -> list[list[tuple[float, int]]]:
+                neighbours: int = 16, crops: bool = True, progress: Progress | None = None,
+                workers: int | None = None) -> list[list[tuple[float, int]]]:
     """Groups of duplicates among the indexed images, each as ``(best score, id)`` per member.
 
     ``folder`` is the library's: signatures are kept in its ``pixels/``. ``progress`` is
@@ -97,8 +97,9 @@ def candidate_pairs(index: VectorIndex, ids: np.ndarray, rows: np.ndarray, neigh
 
 def verify(store: Store, folder: Path, a: np.ndarray, b: np.ndarray, score: np.ndarray, crops: bool = True,
            progress: Progress | None = None, workers: int | None = None) -> np.ndarray:
-    """Which of the pairs ``(a[i], b[i])`` show the same picture: a mask. A file that
-    cannot be read now (deleted, broken, changed since it was indexed) is in no pair."""
+    """Which of the pairs ``(a[i], b[i])`` show the same picture: a mask. Byte copies and
+    identical vectors do without pixels; otherwise a file that cannot be read now
+    (deleted, broken, changed since it was indexed) is in no pair."""
     ids = np.unique(np.concatenate([a, b]))
     files = _files(store, ids)
     # Each id's content as a number (-1: none recorded), to compare pairs in one go.
@@ -201,17 +202,18 @@ class SignatureStore:
             if i not in row_of:
                 todo.setdefault(wanted[i] or -i, []).append(i)
         made: dict[bytes, int] = {}
-        new_digests, new_rows = [], []
+        new = np.empty((len(todo), pixelcheck.SIGNATURE_BYTES), np.uint8)
         while todo:
             for i, digest, sig in self._compute([(ids[0], files[ids[0]][0]) for ids in todo.values()],
                                                 progress, workers):
-                made[digest] = len(table) + len(new_rows)
-                new_digests.append(digest)
-                new_rows.append(sig)
+                if digest in made:  # a changed file now holds content already read
+                    continue
+                new[len(made)] = sig
+                made[digest] = len(table) + len(made)
             todo = {d: ids[1:] for d, ids in todo.items() if d not in made and len(ids) > 1}
-        if new_rows:
-            self._write(new_digests, np.stack(new_rows))
-            table = np.concatenate([table, np.stack(new_rows)])
+        if made:
+            self._write(list(made), new[:len(made)])
+            table = np.concatenate([table, new[:len(made)]])
         # A file whose content is not what was indexed has changed since: its vector is stale.
         row_of.update({i: made[d] for i, d in wanted.items() if i not in row_of and d in made})
         return table, row_of
@@ -272,11 +274,11 @@ class SignatureStore:
             return None
         return np.frombuffer(data, np.uint8, offset=head).reshape(count, self.record)
 
-    def _write(self, digests: Sequence[bytes], table: np.ndarray, name: str | None = None) -> Path:
+    def _write(self, digests: Sequence[bytes], table: np.ndarray) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         records = np.concatenate([np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 16), table], 1)
         # Named by time, so files sort oldest first and later signatures win.
-        path = self.folder / (name or f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.sig")
+        path = self.folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.sig"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(self._MAGIC + len(records).to_bytes(8, "little") + records.tobytes())
         os.replace(tmp, path)

@@ -1,28 +1,33 @@
 """Is one picture the same as another, up to a re-encode, a resize or a light crop?
 
 CLIP similarity cannot decide it: on the demo model different pictures of one colour
-and shape reach cosine 0.9995, above JPEG re-encodes of one picture, and 5-10% crops
-score 0.88-0.99 against their original. ``duplicates`` therefore sends every pair it is
-not sure of here, where the pixels decide.
+and shape reach cosine 0.9995, above most JPEG re-encodes of one picture, and 2-10%
+crops score 0.88-0.9996 against their original. ``duplicates`` therefore sends every
+pair it is not sure of here, where the pixels decide.
 
-Each picture is reduced once to a signature of ``SIGNATURE_BYTES`` bytes: its luma at
-32 x 32 and its chroma at 16 x 16, stretched to a square whatever its shape, and its
-aspect ratio (``duplicates.py`` keeps them in the library folder by content hash). Pairs
-are then compared many at a time, in numpy, in four steps, each cheaper than the next
-and each throwing out most of what reaches it:
+Each picture is reduced once to a signature of ``SIGNATURE_BYTES`` (6,152) bytes: its
+luma at 64 x 64 and its chroma at 32 x 32 (as JPEG subsamples it), stretched to a square
+whatever its shape, and its size (``duplicates.py`` keeps them in the library folder by
+content hash). Pairs are then compared thousands at a time, in numpy, in steps that are
+each dearer than the last and each throw out most of what reaches them:
 
 1. shape: aspect ratios that no crop of up to ``MAX_CROP`` explains;
-2. envelope: at 8 x 8 px, a crop of up to 10% moves no point by more than 0.8 px, so
-   every pixel of a crop (or resize) lies within the range of the other picture's 3 x 3
-   neighbourhood there; look-alikes with the shape elsewhere or another size do not;
-3. alignment: the crop region of one picture that maps onto the other, found by
-   Gauss-Newton on the luma, from the middle of the feasible regions at 8 px to 32 px;
-4. verdict: the aligned pictures must agree everywhere, not on average: the worst
-   4 x 4 px block of luma (and 2 x 2 block of chroma at 16 px) must differ by less than
-   ``MAX_DIFFERENCE`` levels. A re-encode, resize or crop differs by noise; a white
-   circle and a white square in the same place differ by their corners.
+2. envelope: at 8 x 8 px a crop of up to 10% moves no point by more than 0.8 px, so every
+   pixel of a crop (or resize) lies within the range of the other picture's 3 x 3
+   neighbourhood there; look-alikes with the shape elsewhere or of another size do not.
+   Then again at 16 px, for what passes (3% of the candidate pairs of the demo world);
+3. alignment: the crop region of one picture that maps onto the other, by Gauss-Newton
+   on luma and chroma together, 8, then 16, then 32 px, from where a crop that kept the
+   pixels' scale would be;
+4. verdict (``_verdict``): the aligned pictures must agree everywhere, not on average,
+   and in the mean. A re-encode, resize or crop differs by noise; a white circle and a
+   white square in the same place differ by their corners, a red square and a red cross
+   of the same brightness as their background by their colour at the corners, a near
+   twin of a scene by its tint.
 
-Only Pillow and numpy: ``duplicates`` must not need torch.
+The limits come from the generated sets of ``benchmarks/bench_duplicates.py`` (and
+``demoworld.write_duplicate_set``): duplicates reach 0.81 of ``MAX_DIFFERENCE``, distinct
+pictures no less than 1.28 of it. Only Pillow and numpy: ``duplicates`` must not need torch.
 """
 
 from __future__ import annotations
@@ -107,15 +112,29 @@ class Signatures:
         """Positions of table rows among those made ready."""
         return rows if len(self.rows) and self.rows[-1] == len(self.rows) - 1 else np.searchsorted(self.rows, rows)
 
-    def luma(self, at: np.ndarray) -> np.ndarray:
-        return self.table[self.rows[at], _HEAD:_HEAD + SIZE * SIZE].reshape(-1, SIZE, SIZE).astype(np.float32)
+    def luma(self, at: np.ndarray, side: int = SIZE) -> np.ndarray:
+        """``(n, side, side)`` float32."""
+        raw = self.table[self.rows[at], _HEAD:_HEAD + SIZE * SIZE].reshape(-1, SIZE, SIZE)
+        return _mean_blocks(raw, SIZE // side)
 
-    def chroma(self, at: np.ndarray) -> np.ndarray:
-        return self.table[self.rows[at], _HEAD + SIZE * SIZE:].reshape(-1, 2, CHROMA, CHROMA).astype(np.float32)
+    def chroma(self, at: np.ndarray, side: int = CHROMA) -> np.ndarray:
+        """``(n, 2, side, side)`` float32."""
+        raw = self.table[self.rows[at], _HEAD + SIZE * SIZE:].reshape(-1, 2, CHROMA, CHROMA)
+        return _mean_blocks(raw, CHROMA // side)
 
     def pictures(self, at: np.ndarray, side: int) -> np.ndarray:
         """Luma and chroma at ``side`` px (at most ``CHROMA``): ``(n, 3, side, side)``."""
-        return np.concatenate([_box(self.luma(at)[:, None], SIZE // side), _box(self.chroma(at), CHROMA // side)], 1)
+        return np.concatenate([self.luma(at, side)[:, None], self.chroma(at, side)], 1)
+
+
+def _mean_blocks(raw: np.ndarray, f: int) -> np.ndarray:
+    """Means of ``f`` x ``f`` blocks of uint8 pictures, as float32: summed as integers, ten
+    times faster than in floats."""
+    if f == 1:
+        return raw.astype(np.float32)
+    *lead, h, w = raw.shape
+    sums = raw.reshape(*lead, h // f, f, w // f, f).sum((-3, -1), dtype=np.uint32)
+    return sums.astype(np.float32) * np.float32(1 / (f * f))
 
 
 def _envelope(small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
