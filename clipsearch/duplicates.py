@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from . import pixelcheck
 from .decodepool import DecodeLimits, DecodePool, default_workers
@@ -59,7 +59,11 @@ def find_groups(store: Store, index: VectorIndex, folder: Path, threshold: float
     ids, rows, _ = store.live()
     a, b, score = candidate_pairs(index, ids, rows, neighbours, floor, progress)
     keep = verify(store, folder / SIGNATURES, a, b, score, crops, progress, workers)
-    a, b, score = a[keep], b[keep], score[keep]
+    # Byte copies are duplicates whether or not the index found them (an approximate one
+    # misses a few among many identical vectors); they share one vector, so cosine 1.
+    ca, cb = _copies(store)
+    a, b = np.concatenate([a[keep], ca]), np.concatenate([b[keep], cb])
+    score = np.concatenate([score[keep], np.ones(len(ca), np.float32)])
     best: dict[int, float] = {}
     for x, y, s in zip(a.tolist(), b.tolist(), score.tolist()):
         best[x], best[y] = max(best.get(x, -1.0), s), max(best.get(y, -1.0), s)
@@ -152,6 +156,20 @@ def connected_groups(pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
     for i in parent:
         members.setdefault(root(i), []).append(i)
     return sorted((sorted(m) for m in members.values()), key=lambda m: (-len(m), m[0]))
+
+
+def _copies(store: Store) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of indexed images with the same content, each chained to the next."""
+    shared = (select(ImageRow.content_hash)
+              .where(ImageRow.status == STATUS_INDEXED, ImageRow.content_hash.is_not(None))
+              .group_by(ImageRow.content_hash).having(func.count() > 1))
+    stmt = (select(ImageRow.content_hash, ImageRow.id)
+            .where(ImageRow.status == STATUS_INDEXED, ImageRow.content_hash.in_(shared))
+            .order_by(ImageRow.content_hash, ImageRow.id))
+    with store.engine.connect() as conn:
+        found = conn.execute(stmt).all()
+    pairs = [(x[1], y[1]) for x, y in zip(found, found[1:]) if x[0] == y[0]]
+    return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
 
 
 def _live_digests(store: Store) -> set[bytes]:
