@@ -16,18 +16,23 @@ Only numpy and Pillow: nothing here imports torch.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import func, select
 
 from . import pixelcheck
-from .decodepool import DecodeLimits, DecodePool, default_workers
+from .decodepool import DecodeLimits, DecodePool, Decoded, default_workers
+from .errors import ImageError
+from .images import decode_image, hash_bytes, read_file
 from .index import VectorIndex
+from .pixels import model_pixels
 from .store import STATUS_INDEXED, ImageRow, Store
 from .tagging import Progress
 
@@ -172,6 +177,17 @@ def _copies(store: Store) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
 
 
+def _decode_here(key: int, path: str) -> Decoded:
+    """What a decode worker makes of one file for a signature, in this process."""
+    try:
+        data = read_file(Path(path))
+        picture = decode_image(data, pixelcheck.SIZE, DecodeLimits().max_megapixels, Path(path).suffix)
+    except ImageError as exc:
+        return Decoded(key, error=exc.message)
+    return Decoded(key, hash_bytes(data), width=picture.width, height=picture.height,
+                   pixels=model_pixels(picture.image, pixelcheck.PIXEL_SPEC))
+
+
 def _live_digests(store: Store) -> set[bytes]:
     stmt = select(ImageRow.content_hash).where(ImageRow.status == STATUS_INDEXED, ImageRow.content_hash.is_not(None))
     with store.engine.connect() as conn:
@@ -243,13 +259,12 @@ class SignatureStore:
         """``(id, digest, signature)`` of each file that can be decoded now."""
         if not jobs:
             return
-        pool = DecodePool(max(1, min(workers or default_workers(), len(jobs))), lambda: pixelcheck.PIXEL_SPEC,
-                          lambda _: False, DecodeLimits(), niceness=0)
+        workers = max(1, min(workers or default_workers(), len(jobs)))
         paths = dict(jobs)
         if progress:
             progress("reading pixels", 0, len(jobs))
         last = time.monotonic()
-        for done, d in enumerate(pool.run(jobs), 1):
+        for done, d in enumerate(self._decoded(jobs, workers), 1):
             if d.error is None and d.pixels is not None:
                 yield d.key, bytes.fromhex(d.content_hash), pixelcheck.signature(d.pixels, d.width, d.height)
             else:
@@ -257,6 +272,19 @@ class SignatureStore:
             if progress and (time.monotonic() - last > 0.2 or done == len(jobs)):
                 progress("reading pixels", done, len(jobs))
                 last = time.monotonic()
+
+    @staticmethod
+    def _decoded(jobs: list[tuple[int, str]], workers: int) -> Iterator[Decoded]:
+        """The decode workers' results; in threads instead inside a daemonic process (a
+        background job of ``serve``), which may start no processes of its own. Pillow
+        decodes without the GIL, so threads still use every core; what they lose is the
+        per-file time and memory limits, and the job's own process bounds those."""
+        if not mp.current_process().daemon:
+            yield from DecodePool(workers, lambda: pixelcheck.PIXEL_SPEC, lambda _: False, DecodeLimits(),
+                                  niceness=0).run(jobs)
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            yield from pool.map(lambda job: _decode_here(*job), jobs)
 
     def _load(self) -> tuple[dict[bytes, int], np.ndarray, list[Path]]:
         digests: dict[bytes, int] = {}
