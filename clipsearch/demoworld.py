@@ -89,13 +89,7 @@ def random_scene(
     aspect = rng.choice([1.0, 1.0, rng.uniform(0.6, 1.0)])
     short_side = max(lo, int(round(long_side * aspect)))
     width, height = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
-    # The CLIP preprocessing centre-crops the short side, so the shape lives in the central square.
-    side = min(width, height)
-    x0, y0 = (width - side) / 2, (height - side) / 2
-    radius = rng.uniform(0.17, 0.42) * side
-    margin = radius * 1.05
-    cx = x0 + rng.uniform(margin, side - margin)
-    cy = y0 + rng.uniform(margin, side - margin)
+    cx, cy, radius = _placement(rng, width, height)
     base = COLOURS[colour]
     fill = tuple(int(max(0, min(255, v + rng.uniform(-18, 18)))) for v in base)
     background = rng.choice(BACKGROUNDS)
@@ -107,6 +101,16 @@ def random_scene(
 
 # ---------------------------------------------------------------------------------------
 # Geometry shared by both renderers: every shape is a union of convex polygons or discs.
+
+def _placement(rng: random.Random, width: int, height: int) -> tuple[float, float, float]:
+    """A shape's centre and radius: the CLIP preprocessing centre-crops the short side, so
+    the shape lives in the central square."""
+    side = min(width, height)
+    x0, y0 = (width - side) / 2, (height - side) / 2
+    radius = rng.uniform(0.17, 0.42) * side
+    margin = radius * 1.05
+    return x0 + rng.uniform(margin, side - margin), y0 + rng.uniform(margin, side - margin), radius
+
 
 def _regular(n: int, r: float, angle: float, cx: float, cy: float) -> list[tuple[float, float]]:
     return [(cx + r * math.cos(angle + 2 * math.pi * i / n), cy + r * math.sin(angle + 2 * math.pi * i / n))
@@ -291,3 +295,108 @@ def photo_like(rng: np.random.Generator, width: int, height: int) -> Image.Image
     a = np.asarray(img, dtype=np.int16)
     a = a + rng.normal(0, 4, a.shape).astype(np.int16)
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------
+# A folder with known duplicates, for ``duplicates``' tests and benchmark.
+
+# How a duplicate is made from its original.
+DUPLICATE_KINDS: tuple[str, ...] = ("copy", "re-encode", "resize", "crop", "crop+re-encode")
+
+
+@dataclass(frozen=True)
+class Written:
+    """One file of :func:`write_duplicate_set`: files of one ``picture`` are duplicates."""
+
+    path: Path
+    picture: int  # the original's number; distinct pictures have distinct numbers
+    kind: str  # "original", or one of DUPLICATE_KINDS, with its parameter: "crop 6%"
+
+
+def lookalike_scenes(rng: random.Random, count: int, size_range: tuple[int, int] = (96, 400)) -> list[Scene]:
+    """``count`` distinct scenes made to look alike in families of four: one family shares
+    a colour and shape (and background), another a place, size and background with another
+    shape (a white circle and a white square), another all but the colour, another only a
+    background. Every other attribute is drawn afresh, so no scene is a crop of another."""
+    from dataclasses import replace
+
+    scenes: list[Scene] = []
+    while len(scenes) < count:
+        first = random_scene(rng, size_range=size_range)
+        family = len(scenes) // 4 % 4
+        # Siblings never repeat a shape or a colour: each differs from every other one.
+        shapes = rng.sample([s for s in SHAPES if s != first.shape], 3)
+        colours = rng.sample([c for c in COLOURS if c != first.colour], 3)
+        family_members = [first]
+        for i in range(3):
+            if family == 0:  # same colour, shape, size and background; another place and angle
+                # Radii 20% apart: a shape 10% larger and elsewhere on a plain background is
+                # what a 10% crop of the other picture would show, not another picture.
+                cx, cy, radius = _placement(rng, first.width, first.height)
+                if any(max(radius, s.radius) / min(radius, s.radius) < 1.2 for s in family_members):
+                    continue
+                other = replace(first, cx=cx, cy=cy, radius=radius, angle=rng.uniform(0, 2 * math.pi),
+                                seed=rng.randrange(2**31))
+            elif family == 1:  # the same place, size, colour and background; another shape
+                other = replace(first, shape=shapes[i], seed=rng.randrange(2**31))
+            elif family == 2:  # all but the colour
+                fill = tuple(int(max(0, min(255, v + rng.uniform(-18, 18)))) for v in COLOURS[colours[i]])
+                if not _far_enough(fill, first.bg_a):
+                    continue
+                other = replace(first, colour=colours[i], fill=fill)
+            else:  # only the background (noise and gradient included) and the size
+                fill = tuple(int(max(0, min(255, v + rng.uniform(-18, 18)))) for v in COLOURS[colours[i]])
+                if not _far_enough(fill, first.bg_a):
+                    continue
+                cx, cy, radius = _placement(rng, first.width, first.height)
+                other = replace(first, colour=colours[i], shape=shapes[i], fill=fill, cx=cx, cy=cy, radius=radius,
+                                angle=rng.uniform(0, 2 * math.pi))
+            family_members.append(other)
+        scenes += family_members[1:] + [first]
+    return scenes[:count]
+
+
+def write_duplicate_set(folder: str | Path, originals: int, duplicated: int, seed: int = 0,
+                        size_range: tuple[int, int] = (96, 400)) -> list[Written]:
+    """Write ``originals`` distinct look-alike pictures (:func:`lookalike_scenes`) and, for
+    ``duplicated`` of them, one to three duplicates each: byte copies, JPEG re-encodes,
+    resizes (40-80%, or up 125%), and crops that take 2-10% off one or both sides,
+    some re-encoded too."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    out: list[Written] = []
+    for n, scene in enumerate(lookalike_scenes(rng, originals, size_range)):
+        image = render(scene, rng.choice(RENDERERS), **random_style(rng))
+        path = folder / f"{n:05d}.png"
+        image.save(path)
+        out.append(Written(path, n, "original"))
+        if n >= duplicated:
+            continue
+        for d in range(rng.randint(1, 3)):
+            kind = rng.choice(DUPLICATE_KINDS)
+            target = folder / f"{n:05d}_{d}.png"
+            if kind == "copy":
+                target.write_bytes(path.read_bytes())
+                out.append(Written(target, n, kind))
+                continue
+            copy, label = image, kind
+            if kind == "resize":
+                share = rng.choice([rng.uniform(0.4, 0.8), 1.25])
+                copy = image.resize((max(16, round(image.width * share)), max(16, round(image.height * share))),
+                                    Image.Resampling.LANCZOS)
+                label = f"resize {share:.0%}"
+            if kind.startswith("crop"):
+                cut = rng.uniform(0.02, 0.10)
+                cut_x, cut_y = rng.choice([(cut, cut), (cut, 0.0), (0.0, cut), (cut, rng.uniform(0, cut))])
+                w, h = round(image.width * (1 - cut_x)), round(image.height * (1 - cut_y))
+                x, y = rng.randint(0, image.width - w), rng.randint(0, image.height - h)
+                copy = image.crop((x, y, x + w, y + h))
+                label = kind.replace("crop", f"crop {max(cut_x, cut_y):.0%}")
+            if kind.endswith("re-encode"):
+                target = target.with_suffix(".jpg")
+                copy.save(target, "JPEG", quality=rng.randint(35, 90))
+            else:
+                copy.save(target)
+            out.append(Written(target, n, label))
+    return out

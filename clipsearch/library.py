@@ -42,6 +42,7 @@ from .errors import (
 from .cluster import ENGINES, RayEmbedder, RayOptions
 from .classifier import FEW_SHOT, Head, example_folders, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
+from .duplicates import DUPLICATE_THRESHOLD, find_groups
 from .index import (
     DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, IndexPlan, VectorIndex, choose_index, ivf_plan,
 )
@@ -59,15 +60,6 @@ from .thumbnails import Thumbnail
 from .tagging import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Progress, image_tags, tag_images
 
 SORT_ORDERS = ("score", "date", "path")
-# Cosine similarity at which two images count as the same picture without looking at
-# their pixels. On the demo model JPEG re-encodes score >= 0.997 against their originals,
-# while different images of one colour and shape reach 0.985 at the 95th percentile and
-# 0.9935 at most (Immich's 0.99 would group some of them).
-DUPLICATE_THRESHOLD = 0.995
-# From here up to the threshold, pairs count when their pixels show the same picture up
-# to a crop or resize (pixelcheck.py): on the demo model, 50% resizes score >= 0.992 and
-# 5-10% crops 0.93-0.98, inside this band.
-CROP_CANDIDATE = 0.9
 ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # the CLI names it too, without importing this module
 ENV_DB_URL = "CLIPSEARCH_DB_URL"  # the PostgreSQL database for a library's metadata; the CLI names it too
 ENV_TEXT_ONNX = "CLIPSEARCH_TEXT_ONNX"  # "0": never export the text tower (it is 254 MB for ViT-B-32)
@@ -489,77 +481,28 @@ class Library:
             raise PathNotFoundError(f"no such image file or id: {image}", hint="give a path or id:N")
         return self.search(query=Query((term,)), k=k)
 
-    def duplicates(self, threshold: float = DUPLICATE_THRESHOLD, neighbours: int = 16,
-                   crops: bool = True, progress: Progress | None = None) -> list[DuplicateGroup]:
-        """Groups of near-identical images, best first. No model is needed.
+    def duplicates(self, threshold: float = DUPLICATE_THRESHOLD, neighbours: int = 16, crops: bool = True,
+                   progress: Progress | None = None) -> list[DuplicateGroup]:
+        """Groups of duplicate images (copies, re-encodes, resizes, crops), best first. No
+        model is needed.
 
-        Pairs among each image's ``neighbours`` nearest at cosine >= ``threshold`` are
-        duplicates (re-encodes, resizes, copies). With ``crops``, pairs from
-        ``CROP_CANDIDATE`` up to the threshold are duplicates too when their pixels show the
-        same picture up to a crop (``pixelcheck.py``), which CLIP alone cannot tell from two
-        photos of the same thing. Pairs are merged transitively into groups.
+        Candidates are pairs among each image's ``neighbours`` nearest at cosine >=
+        ``threshold``, and with ``crops`` from ``CROP_CANDIDATE``; byte copies and identical
+        vectors are duplicates outright, every other pair only if its pixels show the same
+        picture (``duplicates.py``). ``progress(stage, done, total)`` is told how far it got.
         """
         if not 0 < threshold <= 1:
             raise QueryError(f"the threshold is a cosine similarity in (0, 1], not {threshold}")
-        floor = min(threshold, CROP_CANDIDATE) if crops else threshold
-        vectors = self.vectors
-        ids, rows, _ = self.store.live()
-        pairs: dict[tuple[int, int], float] = {}
-        for start in range(0, len(ids), 1024):
-            block = vectors.file.rows(rows[start:start + 1024])
-            D, I = vectors.search(block, min(neighbours + 1, len(ids)))
-            for a, scores, others in zip(ids[start:start + 1024], D, I):
-                for score, b in zip(scores, others):
-                    if b >= 0 and b != a and score >= floor:
-                        pairs[(min(int(a), int(b)), max(int(a), int(b)))] = float(score)
-            if progress:
-                progress("finding neighbours", min(start + 1024, len(ids)), len(ids))
-        pairs = self._verified(pairs, threshold, progress)
-
-        parent = {i: i for pair in pairs for i in pair}
-
-        def root(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        best: dict[int, float] = {}
-        for (a, b), score in pairs.items():
-            best[a], best[b] = max(best.get(a, -1.0), score), max(best.get(b, -1.0), score)
-            parent[root(a)] = root(b)
-        members: dict[int, list[int]] = {}
-        for i in best:
-            members.setdefault(root(i), []).append(i)
+        found = find_groups(self.store, self.vectors, self.root, threshold, neighbours, crops, progress)
+        flat = [member for group in found for member in group]
+        hits = {h.id: h for start in range(0, len(flat), 10_000) for h in self._hits(flat[start:start + 10_000])}
         groups = []
-        for group in members.values():
-            hits = sorted(self._hits([(best[i], i) for i in group]), key=lambda h: (-h.score, h.path))
-            groups.append(DuplicateGroup(max(h.score for h in hits), hits))
+        for members in found:
+            images = sorted((hits[i] for _, i in members if i in hits), key=lambda h: (-h.score, h.path))
+            if len(images) > 1:  # an image deleted meanwhile leaves no group of one
+                groups.append(DuplicateGroup(images[0].score, images))
         groups.sort(key=lambda g: (-g.score, -len(g.images), g.images[0].path))
         return groups
-
-    def _verified(self, pairs: dict[tuple[int, int], float], threshold: float,
-                  progress: Progress | None = None) -> dict[tuple[int, int], float]:
-        """The pairs at or above ``threshold``, and those below it whose pixels match."""
-        from .pixelcheck import SAME_PICTURE, same_picture, thumbnail
-
-        doubtful = [pair for pair, score in pairs.items() if score < threshold]
-        paths = {i: row.path for i, row in self.store.images({i for pair in doubtful for i in pair}).items()}
-        thumbs: dict[int, object] = {}
-
-        def thumb(i: int):
-            if i not in thumbs:
-                thumbs[i] = thumbnail(paths[i]) if i in paths else None
-            return thumbs[i]
-
-        keep = {pair: score for pair, score in pairs.items() if score >= threshold}
-        for n, (a, b) in enumerate(doubtful, 1):
-            if progress:
-                progress("comparing pixels", n, len(doubtful))
-            ta, tb = thumb(a), thumb(b)
-            if ta is not None and tb is not None and same_picture(ta, tb) >= SAME_PICTURE:
-                keep[(a, b)] = pairs[(a, b)]
-        return keep
 
     def _allowed_ids(self, folders, extensions, after: datetime | None, before: datetime | None,
                      tags: Iterable[str] = (), no_tags: Iterable[str] = ()) -> np.ndarray | None:

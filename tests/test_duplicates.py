@@ -1,0 +1,240 @@
+"""``duplicates``: candidate pairs, pixel verdicts, groups, progress and the signature cache,
+end to end with the demo model on real files."""
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsearch import Library, demoworld, duplicates
+from clipsearch.duplicates import SIGNATURES, SignatureStore, candidate_pairs, connected_groups
+from clipsearch.images import hash_bytes
+
+
+@pytest.fixture(scope="module")
+def lookalikes(tmp_path_factory):
+    """64 distinct pictures in look-alike families (a colour and shape shared, a place and
+    size, all but the colour, a background), 12 of them with copies, re-encodes, resizes
+    and crops, and 288 random pictures of the 48 colours and shapes as a new user would
+    make them (issue 16: the old cosine rule made 8 false groups of these); indexed with
+    the demo model."""
+    root = tmp_path_factory.mktemp("lookalikes")
+    written = demoworld.write_duplicate_set(root / "photos", 64, 12, seed=2, size_range=(96, 320))
+    demoworld.write_images(root / "photos" / "random", 288, seed=3, size_range=(64, 200))
+    with Library.open(root / "lib", model="demo") as lib:
+        lib.index([root / "photos"])
+    return root, written
+
+
+def copy_library(root: Path, to: Path, signatures: bool = False) -> Path:
+    shutil.copytree(root / "lib", to, ignore=None if signatures else shutil.ignore_patterns(SIGNATURES))
+    return to
+
+
+def as_names(groups) -> list[list[str]]:
+    return sorted(sorted(Path(h.path).name for h in g.images) for g in groups)
+
+
+def truth(written, keep=lambda w: True) -> list[list[str]]:
+    members: dict[int, list[str]] = {}
+    for w in written:
+        if keep(w):
+            members.setdefault(w.picture, []).append(w.path.name)
+    return sorted(sorted(m) for m in members.values() if len(m) > 1)
+
+
+class CountingPool(duplicates.DecodePool):
+    """The real decode pool, counting the files it is given."""
+
+    jobs: list = []
+
+    def run(self, jobs):
+        jobs = list(jobs)
+        CountingPool.jobs += jobs
+        yield from super().run(jobs)
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    CountingPool.jobs = []
+    monkeypatch.setattr(duplicates, "DecodePool", CountingPool)
+    return CountingPool.jobs
+
+
+def test_copies_re_encodes_resizes_and_crops_are_grouped_and_look_alikes_never(lookalikes, tmp_path):
+    root, written = lookalikes
+    assert {w.kind.split()[0] for w in written} == {"original", "copy", "re-encode", "resize", "crop"}
+    with Library.open(copy_library(root, tmp_path / "lib")) as lib:
+        groups = lib.duplicates()
+        # Exactly the known groups: every duplicate with its original, no two distinct pictures together.
+        assert as_names(groups) == truth(written)
+        assert [g.score for g in groups] == sorted((g.score for g in groups), reverse=True)
+        assert all(g.score == max(h.score for h in g.images) for g in groups)
+        # Without crops: whole pictures only (copies, re-encodes, resizes), still no false group.
+        whole = lib.duplicates(crops=False)
+    allowed = truth(written, lambda w: not w.kind.startswith("crop"))
+    assert all(any(set(g) <= set(a) for a in allowed) for g in as_names(whole))
+    copies = [w.path.name for w in written if w.kind == "copy"]
+    assert copies and all(any(c in g for g in as_names(whole)) for c in copies)
+    assert all(h.score >= duplicates.DUPLICATE_THRESHOLD for g in whole for h in g.images)
+
+
+def test_candidate_pairs_are_the_exact_nearest_neighbours_each_once(lookalikes):
+    root, _ = lookalikes
+    with Library.open(root / "lib") as lib:
+        ids, rows, _ = lib.store.live()
+        a, b, score = candidate_pairs(lib.vectors, ids, rows, neighbours=8, floor=0.9)
+        x = lib.store.vector_file().rows(rows)
+    assert (a < b).all() and len(set(zip(a.tolist(), b.tolist()))) == len(a) and (score >= 0.9).all()
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    expected = set()
+    for i, row in enumerate(sim):
+        order = np.argsort(-row, kind="stable")
+        for j in order[:8]:
+            # Leave out ties at the floor and at the 8th place (copies share one vector).
+            if row[j] >= 0.9 + 1e-4 and row[j] > row[order[8]] + 1e-4:
+                expected.add((min(ids[i], ids[j]), max(ids[i], ids[j])))
+    assert len(expected) > len(ids) and expected <= set(zip(a.tolist(), b.tolist()))
+    at = {int(i): n for n, i in enumerate(ids)}
+    assert np.allclose(score, [sim[at[i], at[j]] for i, j in zip(a.tolist(), b.tolist())], atol=1e-4)
+
+
+def test_connected_groups():
+    assert connected_groups([]) == []
+    pairs = [(3, 1), (2, 3), (5, 4), (10, 11), (11, 10), (20, 21), (21, 22), (22, 23)]
+    expected = [[20, 21, 22, 23], [1, 2, 3], [4, 5], [10, 11]]  # largest first, then by first member
+    assert connected_groups(pairs) == expected
+    random.Random(1).shuffle(pairs)
+    assert connected_groups(pairs) == expected
+    chain = [(i + 1, i) for i in range(20_000)]  # deep trees stay flat: no recursion, no quadratic walk
+    assert connected_groups(chain) == [list(range(20_001))]
+
+
+def test_progress_is_reported_by_stage_not_by_pair(lookalikes, tmp_path):
+    root, _ = lookalikes
+    calls = []
+    with Library.open(copy_library(root, tmp_path / "lib")) as lib:
+        first = lib.duplicates(progress=lambda stage, done, total: calls.append((stage, done, total)))
+        again = []
+        second = lib.duplicates(progress=lambda stage, done, total: again.append((stage, done, total)))
+    assert as_names(first) == as_names(second)
+    stages = list(dict.fromkeys(stage for stage, _, _ in calls))
+    assert stages == ["finding neighbours", "reading pixels", "comparing pixels"]
+    for stage in stages:
+        mine = [(done, total) for s, done, total in calls if s == stage]
+        assert all(0 <= done <= total for done, total in mine) and mine[-1][0] == mine[-1][1] > 0
+        assert [d for d, _ in mine] == sorted(d for d, _ in mine)
+    assert len(calls) < 20  # not per pair: the library has hundreds of candidate pairs
+    # A repeat run reads no pixels: its signatures are kept.
+    assert [s for s in dict.fromkeys(s for s, _, _ in again)] == ["finding neighbours", "comparing pixels"]
+
+
+def make_pictures(folder: Path) -> dict[str, Path]:
+    """Three pictures, each with a crop and a JPEG re-encode, and one byte copy."""
+    folder.mkdir()
+    rng = random.Random(4)
+    paths = {}
+    for colour, shape in [("red", "circle"), ("blue", "star"), ("green", "square")]:
+        image = demoworld.render(demoworld.random_scene(rng, colour, shape, (200, 300)))
+        for name, picture in [("", image), ("_crop", image.crop((8, 6, image.width - 4, image.height - 10)))]:
+            paths[colour + name] = folder / f"{colour}{name}.png"
+            picture.save(paths[colour + name])
+        paths[colour + "_jpeg"] = folder / f"{colour}_jpeg.jpg"
+        image.save(paths[colour + "_jpeg"], quality=60)
+    paths["red_copy"] = folder / "red_copy.png"
+    paths["red_copy"].write_bytes(paths["red"].read_bytes())
+    return paths
+
+
+def test_a_vanished_or_broken_file_is_skipped_and_copies_need_no_pixels(tmp_path, decoded):
+    paths = make_pictures(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        lib.index([tmp_path / "photos"])
+        paths["blue_crop"].unlink()
+        paths["green_jpeg"].write_bytes(b"\xff\xd8 not a JPEG any more")
+        paths["red"].unlink()
+        paths["red_copy"].unlink()  # the same content as red.png: that pair needs no pixels
+        groups = as_names(lib.duplicates())
+    assert groups == [["blue.png", "blue_jpeg.jpg"], ["green.png", "green_crop.png"], ["red.png", "red_copy.png"],
+                      ["red_crop.png", "red_jpeg.jpg"]]
+    # Each file in a doubtful pair was tried once; the copy only because the original could not be read.
+    assert sorted(Path(p).name for _, p in decoded) == sorted(p.name for p in paths.values())
+
+
+def test_signatures_are_kept_by_content_and_a_changed_file_gets_a_new_one(tmp_path, decoded):
+    paths = make_pictures(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        lib.index([tmp_path / "photos"])
+        first = as_names(lib.duplicates())
+        assert len(first) == 3 and decoded
+        decoded.clear()
+        assert as_names(lib.duplicates()) == first and decoded == []  # nothing decoded again
+        # The blue crop becomes another picture, of the same colour and shape, re-indexed.
+        other = demoworld.render(demoworld.random_scene(random.Random(9), "blue", "star", (200, 300)))
+        other.save(paths["blue_crop"])
+        lib.index([tmp_path / "photos"])
+        groups = as_names(lib.duplicates())
+    assert [Path(p).name for _, p in decoded] == ["blue_crop.png"]
+    assert ["blue.png", "blue_jpeg.jpg"] in groups and not any("blue_crop.png" in g for g in groups)
+
+
+def test_a_damaged_signature_file_is_made_again_not_fatal(tmp_path, decoded):
+    make_pictures(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        lib.index([tmp_path / "photos"])
+        first = as_names(lib.duplicates())
+        needed = len(decoded)
+        kept = list((tmp_path / "lib" / SIGNATURES).glob("*.sig"))
+        assert len(kept) == 1
+        kept[0].write_bytes(kept[0].read_bytes()[:1000])  # cut short
+        decoded.clear()
+        assert as_names(lib.duplicates()) == first and len(decoded) == needed
+        for path in (tmp_path / "lib" / SIGNATURES).glob("*.sig"):
+            path.write_bytes(b"garbage" * 100)  # not ours at all
+        decoded.clear()
+        assert as_names(lib.duplicates()) == first and len(decoded) == needed
+    assert len(list((tmp_path / "lib" / SIGNATURES).glob("*.sig"))) == 1
+
+
+def test_merging_keeps_only_the_signatures_still_in_use(tmp_path, decoded):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    files = {}
+    for n, colour in enumerate([(200, 10, 10), (10, 200, 10), (10, 10, 200)]):
+        path = folder / f"{n}.png"
+        Image.new("RGB", (40 + n, 30), colour).save(path)
+        files[n] = (str(path), hash_bytes(path.read_bytes()))
+    store = SignatureStore(tmp_path / "pixels")
+    for n in files:  # one file of signatures per run
+        table, row_of = store.signatures({n: files[n]})
+        assert list(row_of) == [n]
+    assert store.files() == 3 and len(decoded) == 3
+    store.merge({bytes.fromhex(files[0][1]), bytes.fromhex(files[2][1])})
+    assert store.files() == 1
+    decoded.clear()
+    table, row_of = store.signatures(files)
+    assert sorted(row_of) == [0, 1, 2] and [Path(p).name for _, p in decoded] == ["1.png"]
+    assert len({table[r].tobytes() for r in row_of.values()}) == 3
+
+
+def test_inside_a_daemonic_process_pictures_are_read_in_threads_alike(tmp_path, monkeypatch):
+    """A background job of ``serve`` runs in a daemonic process, which may start no decode
+    workers: its signatures come from threads, and must be the workers' to the byte."""
+    paths = make_pictures(tmp_path / "photos")
+    files = {n: (str(p), hash_bytes(p.read_bytes())) for n, p in enumerate(sorted(paths.values()))}
+    (tmp_path / "photos" / "broken.png").write_bytes(b"not a picture")
+    files[len(files)] = (str(tmp_path / "photos" / "broken.png"), "0" * 32)
+    by_workers, rows_w = SignatureStore(tmp_path / "workers").signatures(files)
+
+    class Daemonic:
+        daemon = True
+
+    monkeypatch.setattr(duplicates.mp, "current_process", lambda: Daemonic())
+    monkeypatch.setattr(duplicates, "DecodePool", None)  # would fail if it were used
+    by_threads, rows_t = SignatureStore(tmp_path / "threads").signatures(files)
+    assert sorted(rows_t) == sorted(rows_w) == list(range(len(files) - 1))  # the broken file left out
+    assert all((by_threads[rows_t[n]] == by_workers[rows_w[n]]).all() for n in rows_w)
