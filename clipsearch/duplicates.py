@@ -16,12 +16,9 @@ Only numpy and Pillow: nothing here imports torch.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +26,7 @@ from sqlalchemy import func, select
 
 from . import pixelcheck
 from .decodepool import DecodeLimits, DecodePool, Decoded, default_workers
-from .errors import ImageError
-from .images import decode_image, hash_bytes, read_file
-from .index import VectorIndex
-from .pixels import model_pixels
+from .index import VectorIndex, write_atomic
 from .store import STATUS_INDEXED, ImageRow, Store
 from .tagging import Progress
 
@@ -177,17 +171,6 @@ def _copies(store: Store) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
 
 
-def _decode_here(key: int, path: str) -> Decoded:
-    """What a decode worker makes of one file for a signature, in this process."""
-    try:
-        data = read_file(Path(path))
-        picture = decode_image(data, pixelcheck.SIZE, DecodeLimits().max_megapixels, Path(path).suffix)
-    except ImageError as exc:
-        return Decoded(key, error=exc.message)
-    return Decoded(key, hash_bytes(data), width=picture.width, height=picture.height,
-                   pixels=model_pixels(picture.image, pixelcheck.PIXEL_SPEC))
-
-
 def _live_digests(store: Store) -> set[bytes]:
     stmt = select(ImageRow.content_hash).where(ImageRow.status == STATUS_INDEXED, ImageRow.content_hash.is_not(None))
     with store.engine.connect() as conn:
@@ -275,16 +258,10 @@ class SignatureStore:
 
     @staticmethod
     def _decoded(jobs: list[tuple[int, str]], workers: int) -> Iterator[Decoded]:
-        """The decode workers' results; in threads instead inside a daemonic process (a
-        background job of ``serve``), which may start no processes of its own. Pillow
-        decodes without the GIL, so threads still use every core; what they lose is the
-        per-file time and memory limits, and the job's own process bounds those."""
-        if not mp.current_process().daemon:
-            yield from DecodePool(workers, lambda: pixelcheck.PIXEL_SPEC, lambda _: False, DecodeLimits(),
-                                  niceness=0).run(jobs)
-            return
-        with ThreadPoolExecutor(workers) as pool:
-            yield from pool.map(lambda job: _decode_here(*job), jobs)
+        """The decode workers' results: each file under the indexer's time and memory
+        limits, in a process that a bad file may hang or crash without harm."""
+        yield from DecodePool(workers, lambda: pixelcheck.PIXEL_SPEC, lambda _: False, DecodeLimits(),
+                              niceness=0).run(jobs)
 
     def _load(self) -> tuple[dict[bytes, int], np.ndarray, list[Path]]:
         digests: dict[bytes, int] = {}
@@ -325,9 +302,7 @@ class SignatureStore:
         records = np.concatenate([np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 16), table], 1)
         # Named by time, so files sort oldest first and later signatures win.
         path = self.folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.sig"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(self._MAGIC + len(records).to_bytes(8, "little") + records.tobytes())
-        os.replace(tmp, path)
+        write_atomic(path, self._MAGIC + len(records).to_bytes(8, "little") + records.tobytes())
         return path
 
     def merge(self, live: set[bytes]) -> None:

@@ -563,8 +563,8 @@ class VectorIndex:
         its quantizer and list offsets, and names its lists file; the delta is not saved:
         loading adds those rows again from the vector file."""
         path = Path(path)
-        _write_atomic(path, faiss.serialize_index(self._index).tobytes())
-        _write_atomic(path.with_suffix(".json"), json.dumps(asdict(self.facts), indent=1).encode())
+        write_atomic(path, faiss.serialize_index(self._index).tobytes())
+        write_atomic(path.with_suffix(".json"), json.dumps(asdict(self.facts), indent=1).encode())
 
     @classmethod
     def load(cls, path: Path, vectors: VectorFile, ids: np.ndarray, rows: np.ndarray) -> "VectorIndex":
@@ -668,7 +668,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """A reader sees the old file or the new one, never half of one."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:

@@ -22,6 +22,7 @@ that joined it has cancelled.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import logging
@@ -130,6 +131,7 @@ class Jobs:
         self._lock = threading.Lock()
         self._numbers = itertools.count(1)
         self._closed = False
+        atexit.register(self.close)  # before multiprocessing's own hook, which would wait for them
 
     # -- what requests call ----------------------------------------------------------
 
@@ -211,8 +213,10 @@ class Jobs:
 
         ctx = mp.get_context("spawn")  # never fork a server that holds threads and maybe torch
         ours, theirs = ctx.Pipe(duplex=False)
+        # Not a daemon: a job may start processes of its own (the duplicates scan decodes
+        # files in killable decode workers); close() and the exit hook stop it instead.
         process = ctx.Process(target=_child, args=(str(self.root), self.device, job.kind, job.params, theirs),
-                              daemon=True, name=f"clipsearch-job-{job.id}")
+                              name=f"clipsearch-job-{job.id}")
         job.state, job.started, job._process = RUNNING, time.time(), process
         try:
             start_child(process)

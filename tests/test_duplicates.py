@@ -219,22 +219,3 @@ def test_merging_keeps_only_the_signatures_still_in_use(tmp_path, decoded):
     table, row_of = store.signatures(files)
     assert sorted(row_of) == [0, 1, 2] and [Path(p).name for _, p in decoded] == ["1.png"]
     assert len({table[r].tobytes() for r in row_of.values()}) == 3
-
-
-def test_inside_a_daemonic_process_pictures_are_read_in_threads_alike(tmp_path, monkeypatch):
-    """A background job of ``serve`` runs in a daemonic process, which may start no decode
-    workers: its signatures come from threads, and must be the workers' to the byte."""
-    paths = make_pictures(tmp_path / "photos")
-    files = {n: (str(p), hash_bytes(p.read_bytes())) for n, p in enumerate(sorted(paths.values()))}
-    (tmp_path / "photos" / "broken.png").write_bytes(b"not a picture")
-    files[len(files)] = (str(tmp_path / "photos" / "broken.png"), "0" * 32)
-    by_workers, rows_w = SignatureStore(tmp_path / "workers").signatures(files)
-
-    class Daemonic:
-        daemon = True
-
-    monkeypatch.setattr(duplicates.mp, "current_process", lambda: Daemonic())
-    monkeypatch.setattr(duplicates, "DecodePool", None)  # would fail if it were used
-    by_threads, rows_t = SignatureStore(tmp_path / "threads").signatures(files)
-    assert sorted(rows_t) == sorted(rows_w) == list(range(len(files) - 1))  # the broken file left out
-    assert all((by_threads[rows_t[n]] == by_workers[rows_w[n]]).all() for n in rows_w)

@@ -91,6 +91,20 @@ def test_a_job_runs_in_a_process_of_its_own_and_answers_what_the_facade_does(wit
     assert "result" not in done.to_dict(result=False)
 
 
+def test_a_duplicates_job_reads_pixels_in_decode_workers_of_its_own(with_copies):
+    """A job's process may start processes: the pixel check's files are decoded under the
+    indexer's limits, as in the CLI, and the groups are the facade's."""
+    jobs = Jobs(with_copies)
+    try:
+        done = wait(jobs, jobs.submit("duplicates", {"threshold": 0.995, "crops": True})[0].id)
+    finally:
+        jobs.close()
+    assert done.state == DONE, done.error
+    with Library.open(with_copies) as lib:
+        assert done.result == [g.to_dict() for g in lib.duplicates(0.995, crops=True)]
+    assert any(len(g["images"]) == 2 and "half_of_third.png" in str(g) for g in done.result)
+
+
 def test_identical_requests_join_one_job_and_the_last_to_cancel_stops_it(jobs):
     first, _ = jobs.submit("duplicates", {"threshold": 0.96, "crops": False})
     pid = running(jobs, first.id).pid
