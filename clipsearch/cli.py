@@ -475,11 +475,11 @@ def similar(
 def duplicates(
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", "-t", min=0.0, max=1.0,
-        help="Cosine similarity at which images count as duplicates without looking at their pixels. "
-             "Default: 0.995.", show_default=False)] = None,
+        help="Cosine similarity from which pairs are compared as whole pictures (copies, re-encodes, resizes); "
+             "the pixels decide. Default: 0.995.", show_default=False)] = None,
     crops: Annotated[bool, typer.Option(
         "--crops/--no-crops",
-        help="Also compare the pixels of pairs from 0.9 up to the threshold, to catch crops and resizes.")] = True,
+        help="Also compare pairs from cosine 0.9, for crops of up to 10% of a side.")] = True,
     library: LibraryOpt = None,
     json_out: JsonOpt = False,
 ) -> None:

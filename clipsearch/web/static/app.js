@@ -621,7 +621,8 @@ function drawDuplicates(groups, threshold) {
   dupItems = [];
   if (!groups.length) {
     return emptyState("copies", "No near-duplicates",
-      `No two images are this alike (cosine ≥ ${threshold}). Lower the threshold to see closer calls.`);
+      `No two images show the same picture among the pairs compared (cosine ≥ ${threshold}, or 0.9 with crops). `
+      + "Lower the threshold to compare more pairs.");
   }
   const images = groups.reduce((n, g) => n + g.images.length, 0);
   return [
