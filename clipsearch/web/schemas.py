@@ -72,7 +72,7 @@ def _label_set(name: str) -> str:
 
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_unicode)]
 PathText = Annotated[str, StringConstraints(max_length=MAX_PATH), AfterValidator(_unicode)]
-Folder = Annotated[PathText, AfterValidator(_absolute)]
+Folder = Annotated[PathText, AfterValidator(_absolute), Field(json_schema_extra={"pattern": "^/"})]
 Name = Annotated[str, StringConstraints(max_length=MAX_NAME), AfterValidator(_unicode)]
 QueryTerm = Annotated[str, StringConstraints(max_length=MAX_TEXT, pattern=r"\S"), AfterValidator(_unicode)]
 def whole(low: int, high: int):
