@@ -20,13 +20,39 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .errors import ClipSearchError
 
 ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # also read by library.default_library_dir
 ENV_DB_URL = "CLIPSEARCH_DB_URL"  # also read by Library.open
 
+
+class _ReadableHelp:
+    """``--help`` that shows what a user types: nothing beside a flag (not ``<bool>``), and
+    an argument's metavar (``PATH``; the usage line adds ``...`` where it repeats) without
+    its Python type (``<list[Path]>``). Options name their value with a metavar where
+    typer's own would be a type or a strftime pattern."""
+
+    def format_help(self, ctx, formatter):
+        for param in self.get_params(ctx):  # the --help option included
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+            elif param.param_type_name == "argument" and param.metavar:
+                param.display_type_rich = lambda ctx: None
+        return super().format_help(ctx, formatter)
+
+
+class _Command(_ReadableHelp, TyperCommand):
+    pass
+
+
+class _Group(_ReadableHelp, TyperGroup):
+    pass
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Search a folder of images by meaning, with CLIP.",
     no_args_is_help=True,
     add_completion=False,
@@ -36,21 +62,22 @@ app = typer.Typer(
 
 # Options shared by several commands, defined once.
 LibraryOpt = Annotated[Optional[Path], typer.Option(
-    "--library", "-L", envvar=ENV_LIBRARY, show_envvar=True,
+    "--library", "-L", envvar=ENV_LIBRARY, show_envvar=True, metavar="DIR",
     help="Library folder. Default: $CLIPSEARCH_LIBRARY, else a per-user data folder.")]
 # Added by `command` to every command that takes --library (see _with_db_url).
 DbUrlOpt = Annotated[Optional[str], typer.Option(
-    "--db-url", envvar=ENV_DB_URL, show_envvar=True, show_default=False,
+    "--db-url", envvar=ENV_DB_URL, show_envvar=True, show_default=False, metavar="URL",
     help="Keep the library's metadata in this PostgreSQL database, postgresql://USER@HOST:PORT/DBNAME "
          "(the password from PGPASSWORD or ~/.pgpass), not in the folder's own SQLite file. Needed once: "
          "the folder remembers it.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 FolderOpt = Annotated[Optional[list[Path]], typer.Option(
-    "--in", help="Only images inside this folder. Repeatable.", show_default=False)]
+    "--in", metavar="DIR", help="Only images inside this folder. Repeatable.", show_default=False)]
 LimitOpt = Annotated[int, typer.Option("--limit", "-n", min=1, help="How many results.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps. auto picks CUDA, then MPS, then CPU.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE",
+                                        help="auto, cpu, cuda or mps. auto picks CUDA, then MPS, then CPU.")]
 ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m",
+    "--model", "-m", metavar="MODEL",
     help="CLIP model, recorded in the library on first index: ARCH/TAG (default "
          "ViT-B-32/laion2b_s34b_b79k), ARCH/path/to/checkpoint, hf-hub:ORG/NAME, a model folder, "
          "`demo` (bundled, offline) or ARCH/random (benchmarks only).")]
@@ -59,7 +86,9 @@ ModelOpt = Annotated[Optional[str], typer.Option(
 def _stderr():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    # soft_wrap: a message is one line however wide the terminal, and whole in a log file
+    # (rich would break it at 80 columns where stderr is not a terminal).
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _skipping(path: str, reason: str) -> None:
@@ -67,19 +96,37 @@ def _skipping(path: str, reason: str) -> None:
     _stderr().print(f"skipping {path}: {reason}", markup=False, highlight=False)
 
 
+def _warn(message: str) -> None:
+    from rich.markup import escape
+
+    _stderr().print(f"[bold yellow]warning:[/] {escape(str(message))}")
+
+
+def _wrote(path: Path) -> None:
+    """A file a command made besides its output, on stderr: stdout stays the results."""
+    _stderr().print(f"wrote {path}", markup=False)
+
+
 def _fail(exc: ClipSearchError) -> None:
     from rich.markup import escape
 
     err = _stderr()
     # Escaped: messages quote user input and hints name extras like clipsearch[web].
-    err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True)
     if exc.hint:
-        err.print(f"[dim]hint:[/] {escape(exc.hint)}", soft_wrap=True)
+        err.print(f"[dim]hint:[/] {escape(exc.hint)}")
     raise typer.Exit(1)
 
 
-def _guarded(fn):
-    """``fn`` with its ClipSearchErrors turned into a message and exit code 1."""
+# What Ctrl-C says: by default only that, and where it is worth saying, what it left.
+INTERRUPTED = "interrupted"
+# index commits every finished batch, so the next run resumes from there.
+RESUMABLE = "interrupted: what was finished is saved; run the command again to continue"
+
+
+def _guarded(fn, interrupted: str = INTERRUPTED):
+    """``fn`` with its ClipSearchErrors turned into a message and exit code 1, and Ctrl-C
+    into ``interrupted`` and exit code 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -88,22 +135,24 @@ def _guarded(fn):
         except ClipSearchError as exc:
             _fail(exc)
         except KeyboardInterrupt:
-            # Every finished batch is already committed; the next run resumes from there.
-            _stderr().print("interrupted: what was finished is saved; run the command again to continue")
+            _stderr().print(interrupted, markup=False)
             raise typer.Exit(130) from None
 
     return wrapper
 
 
-def command(fn=None, *, group: typer.Typer = app, name: str | None = None, db_url: bool = True):
-    """Register a command (on ``group``, default the top level); see :func:`_guarded`. A
-    command that takes ``--library`` gets ``--db-url`` too (:func:`_with_db_url`), unless
-    it names its database itself."""
+def command(fn=None, *, group: typer.Typer = app, name: str | None = None, db_url: bool = True,
+            callback: bool = False, interrupted: str = INTERRUPTED):
+    """Register a command (on ``group``, default the top level), or with ``callback`` the
+    group's own callback; see :func:`_guarded`. A command that takes ``--library`` gets
+    ``--db-url`` too (:func:`_with_db_url`), unless it names its database itself."""
     if fn is None:
-        return lambda f: command(f, group=group, name=name, db_url=db_url)
+        return lambda f: command(f, group=group, name=name, db_url=db_url, callback=callback,
+                                 interrupted=interrupted)
     if db_url and "library" in inspect.signature(fn).parameters:
         fn = _with_db_url(fn)
-    return group.command(name)(_guarded(fn))
+    register = group.callback(invoke_without_command=True) if callback else group.command(name, cls=_Command)
+    return register(_guarded(fn, interrupted))
 
 
 _db_url: ContextVar[str | None] = ContextVar("db_url", default=None)
@@ -145,8 +194,20 @@ def _output(json_out: bool, data, lines: list[str], empty: str | None = None) ->
         sys.stdout.writelines(line + "\n" for line in lines)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"clipsearch {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library log messages.")] = False):
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library log messages.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True, expose_value=False,
+                                          help="Show clipsearch's version and exit.")] = False,
+):
     # Failures reach the user as our own one-line errors; the libraries' log lines
     # (huggingface_hub's download retries, open_clip's notes) only with -v.
     logging.basicConfig(level=logging.INFO if verbose else logging.CRITICAL, format="%(levelname)s: %(message)s")
@@ -155,22 +216,28 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show li
     # Our own warnings (random weights, ...) as one clean line; other libraries' only with -v.
     warnings.simplefilter("default" if verbose else "ignore")
     warnings.filterwarnings("default", module=r"clipsearch(\.|$)")
-    warnings.showwarning = lambda message, *a, **k: _stderr().print(f"[yellow]warning:[/] {message}")
+    warnings.showwarning = lambda message, *a, **k: _warn(message)
+
+
+def _live(console, quiet: bool) -> bool:
+    # Bars and spinners only on a terminal: in a log file rich leaves a blank line for each.
+    return not quiet and console.is_terminal
 
 
 class _ProgressBar:
     """Draws an ``index`` run on stderr: a bar with images/s and time left."""
 
     def __init__(self, quiet: bool):
-        self.quiet = quiet
+        self.quiet = quiet  # no skipped-file lines either
+        self._console = _stderr()
+        self._live = _live(self._console, quiet)
         self._progress = None
         self._task = None
         self._status = None
-        self._console = _stderr()
 
     def scanned(self, count: int) -> None:
         # A slow walk (network disks, huge trees) still shows signs of life.
-        if not self.quiet:
+        if self._live:
             if self._status is None:
                 self._status = self._console.status("")
                 self._status.start()
@@ -180,7 +247,7 @@ class _ProgressBar:
         if self._status is not None:
             self._status.stop()
             self._status = None
-        if self.quiet or not total:
+        if not self._live or not total:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -198,13 +265,13 @@ class _ProgressBar:
 
     def skipped(self, path: str, reason: str) -> None:
         if not self.quiet:
-            self._console.print(f"skipping {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
+            _skipping(path, reason)
 
     def rebuilding(self, what: str) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        if not self.quiet:
+        if self._live:
             self._status = self._console.status(what)
             self._status.start()
 
@@ -220,10 +287,10 @@ class Engine(str, Enum):
     ray = "ray"
 
 
-@command
+@command(interrupted=RESUMABLE)
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders, searched recursively.",
-                                                show_default=False)],
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files or folders, searched "
+                                                "recursively.", show_default=False)],
     library: LibraryOpt = None,
     model: ModelOpt = None,
     batch_size: Annotated[Optional[int], typer.Option(
@@ -231,7 +298,8 @@ def index(
                                   "(32 to 1024).")] = None,
     device: DeviceOpt = "auto",
     exclude: Annotated[Optional[list[str]], typer.Option(
-        "--exclude", "-x", help="Skip files and folders matching this glob (name or full path). Repeatable.",
+        "--exclude", "-x", metavar="GLOB",
+        help="Skip files and folders matching this glob (name or full path). Repeatable.",
         show_default=False)] = None,
     include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Also index hidden files and folders.")] = False,
     follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="Descend into symlinked folders.")] = False,
@@ -243,7 +311,8 @@ def index(
     workers: Annotated[Optional[int], typer.Option(
         "--workers", min=1, help="Decode processes. Default: one per CPU core.", show_default=False)] = None,
     precision: Annotated[Optional[str], typer.Option(
-        "--precision", help="How images are computed: auto, fp32, fp16 (CUDA), bf16 or int8 (CPU, via "
+        "--precision", metavar="PRECISION",
+        help="How images are computed: auto, fp32, fp16 (CUDA), bf16 or int8 (CPU, via "
                             "onnxruntime). auto: fp16 on CUDA; on a CPU, int8 when it is faithful and faster "
                             "here, else fp32. The first run's choice is recorded and kept. "
                             "Default: $CLIPSEARCH_PRECISION, else auto.", show_default=False)] = None,
@@ -253,7 +322,7 @@ def index(
         "--engine", help="Where images are decoded and embedded: here, or on a Ray cluster's actor pool "
                          "(needs clipsearch[ray]); this process still scans and commits.")] = Engine.local,
     ray_address: Annotated[Optional[str], typer.Option(
-        "--ray-address", help="With --engine ray: `auto` (the cluster this machine belongs to) or "
+        "--ray-address", metavar="ADDRESS", help="With --engine ray: `auto` (the cluster this machine belongs to) or "
                               "ray://HOST:PORT. Default: a Ray started on this machine for the run.",
         show_default=False)] = None,
     gpus_per_worker: Annotated[float, typer.Option(
@@ -282,7 +351,7 @@ def index(
     with _open(library, model=model, device=device) as lib:
         spec = lib.model
         if spec is not None and spec.is_random:
-            _stderr().print(f"[bold yellow]warning:[/] {spec} has RANDOM weights; results are meaningless.")
+            _warn(f"{spec} has RANDOM weights; results are meaningless.")
         try:
             report = lib.index(paths, batch_size=batch_size, progress=bar, retry_errors=retry_errors,
                                exclude=exclude or (), include_hidden=include_hidden,
@@ -300,7 +369,7 @@ def index(
     _stderr().print(
         f"added {report.added}, updated {report.updated}, moved {report.moved}, unchanged {report.unchanged}, "
         f"removed {report.removed}, errors {len(report.errors)} in {report.seconds:.1f}s"
-        + (f" (images at {report.precision})" if report.precision else ""))
+        + (f", precision {report.precision}" if report.precision else ""), markup=False)
 
 
 _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
@@ -322,26 +391,33 @@ def _print_hits(hits, json_out: bool, paths_only: bool) -> None:
 
 @command
 def search(
-    text: Annotated[Optional[str], typer.Argument(help="What to look for, in words.", show_default=False)] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", "-i", help="Search by this image.",
+    text: Annotated[Optional[str], typer.Argument(metavar="TEXT", help="What to look for, in words.",
+                                                  show_default=False)] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", "-i", metavar="IMAGE",
+                                                  help="Search by this image file, or an indexed one as id:N.",
                                                   show_default=False)] = None,
     also: Annotated[Optional[list[str]], typer.Option(
-        "--and", "-a", help="Add a term: text, an image path or id:N, optionally weighted as W:TERM. Repeatable.",
+        "--and", "-a", metavar="TERM",
+        help="Add a term: text, an image path or id:N, optionally weighted as W:TERM. Repeatable.",
         show_default=False)] = None,
     exclude: Annotated[Optional[list[str]], typer.Option(
-        "--not", help="Subtract a term, same forms as --and. Repeatable.", show_default=False)] = None,
+        "--not", metavar="TERM", help="Subtract a term, same forms as --and. Repeatable.", show_default=False)] = None,
     folder: FolderOpt = None,
     ext: Annotated[Optional[list[str]], typer.Option(
-        "--ext", help="Only files with this extension, e.g. jpg. Repeatable.", show_default=False)] = None,
+        "--ext", metavar="EXT",
+        help="Only files with this extension, e.g. jpg. Repeatable.", show_default=False)] = None,
     after: Annotated[Optional[datetime], typer.Option(
-        "--after", formats=_DATE_FORMATS, help="Only photos taken on or after this date (EXIF, else file time).",
+        "--after", formats=_DATE_FORMATS, metavar="DATE",
+        help="Only photos taken on or after this date, YYYY-MM-DD (EXIF, else the file's time).",
         show_default=False)] = None,
     before: Annotated[Optional[datetime], typer.Option(
-        "--before", formats=_DATE_FORMATS, help="Only photos taken before this date.", show_default=False)] = None,
+        "--before", formats=_DATE_FORMATS, metavar="DATE", help="Only photos taken before this date, YYYY-MM-DD.",
+        show_default=False)] = None,
     tag: Annotated[Optional[list[str]], typer.Option(
-        "--tag", help="Only images with this tag. Repeatable: all must be present.", show_default=False)] = None,
+        "--tag", metavar="LABEL",
+        help="Only images with this tag. Repeatable: all must be present.", show_default=False)] = None,
     no_tag: Annotated[Optional[list[str]], typer.Option(
-        "--no-tag", help="Only images without this tag. Repeatable.", show_default=False)] = None,
+        "--no-tag", metavar="LABEL", help="Only images without this tag. Repeatable.", show_default=False)] = None,
     min_score: Annotated[Optional[float], typer.Option(
         "--min-score", help="Drop hits with a lower cosine score.", show_default=False)] = None,
     sort: Annotated[SortOrder, typer.Option(
@@ -367,6 +443,8 @@ def search(
 
     if text is None and image is None and not also:
         raise typer.BadParameter("give a text query, --image PATH or --and TERM", param_hint="TEXT")
+    if text is not None and not text.strip():
+        raise typer.BadParameter("the query text is empty", param_hint="TEXT")
     query = Query.build(text, image, also or (), exclude or ())
     with _open(library, device=device, create=False) as lib:
         hits = lib.search(query=query, k=limit, offset=offset, min_score=min_score, folders=folder or (),
@@ -377,7 +455,8 @@ def search(
 
 @command
 def similar(
-    image: Annotated[str, typer.Argument(help="An indexed image: its path, or id:N.", show_default=False)],
+    image: Annotated[str, typer.Argument(metavar="IMAGE", help="An indexed image: its path, or id:N.",
+                                         show_default=False)],
     limit: LimitOpt = 10,
     library: LibraryOpt = None,
     paths_only: PathsOnlyOpt = False,
@@ -430,13 +509,42 @@ def info(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
     with _open(library, create=False) as lib:
         summary = lib.info()
     data = summary.to_dict()
-    _output(json_out, data, [f"{key:18} {value}" for key, value in data.items()])
+    _output(json_out, data, _record_lines(data))
+
+
+def _record_lines(data: dict) -> list[str]:
+    """A report as ``key value`` lines for people: sizes and times in their units (``--json``
+    keeps the raw numbers)."""
+    width = max(map(len, data)) + 1
+    return [f"{key:{width}} {_readable(key, value)}" for key, value in data.items()]
+
+
+def _readable(key: str, value) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if key.endswith("_bytes") or key == "memory_budget":
+        return _size(value)
+    if key == "seconds":
+        return f"{value:.1f}s"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _size(n: float) -> str:
+    """Bytes in binary units, as ``--memory-budget`` reads them (1 GB = 1024 MB)."""
+    n /= 1024
+    for unit in ("KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
 
 
 @command
 def optimize(
     memory_budget: Annotated[Optional[str], typer.Option(
-        "--memory-budget", help="Most memory the index may use, e.g. 2GB or 512MB. Default: the last "
+        "--memory-budget", metavar="SIZE", help="Most memory the index may use, e.g. 2GB or 512MB. Default: the last "
                                 "one given, else 2GB.", show_default=False)] = None,
     target_recall: Annotated[Optional[float], typer.Option(
         "--target-recall", min=0.01, max=1.0,
@@ -463,12 +571,13 @@ def optimize(
     with _open(library, create=False) as lib, _stderr().status("compacting, rebuilding and tuning the index"):
         report = lib.optimize(budget, target_recall, on_disk=on_disk)
     data = report.to_dict()
-    _output(json_out, data, [f"{key:15} {value}" for key, value in data.items()])
+    _output(json_out, data, _record_lines(data))
 
 
-@command(name="move-db", db_url=False)
+@command(name="move-db", db_url=False, interrupted="interrupted: run the command again to finish the move")
 def move_db(
     target: Annotated[str, typer.Argument(
+        metavar="URL|sqlite",
         help="postgresql://USER@HOST:PORT/DBNAME (an empty database; the password from PGPASSWORD or "
              "~/.pgpass), or `sqlite` for the library folder's own file.", show_default=False)],
     library: LibraryOpt = None,
@@ -511,7 +620,8 @@ def errors(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
 
 @command
 def models(
-    arch: Annotated[Optional[str], typer.Argument(help="Show the pretrained tags of this architecture.")] = None,
+    arch: Annotated[Optional[str], typer.Argument(metavar="ARCH", help="Show the pretrained tags of this "
+                                                                     "architecture.", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List the open_clip architectures and their pretrained tags.
@@ -527,13 +637,16 @@ def models(
 # -- labels, classification and tags -----------------------------------------------------
 
 LabelsOpt = Annotated[Optional[str], typer.Option(
-    "--labels", "-l", help="A bundled label set (see `clipsearch labels`) or a label file: .txt, .yaml or .toml.",
+    "--labels", "-l", metavar="SET_OR_FILE",
+    help="A bundled label set (see `clipsearch labels`) or a label file: .txt, .yaml or .toml.",
     show_default=False)]
 ClassifierOpt = Annotated[Optional[str], typer.Option(
-    "--classifier", "-c", help="A few-shot classifier trained with `clipsearch classifier train`, instead of "
+    "--classifier", "-c", metavar="NAME",
+    help="A few-shot classifier trained with `clipsearch classifier train`, instead of "
                                "--labels.", show_default=False)]
 TemplateOpt = Annotated[Optional[list[str]], typer.Option(
-    "--template", "-t", help="A prompt template with {} for the label, or a bundled template set: imagenet, photo, "
+    "--template", "-t", metavar="TEMPLATE",
+    help="A prompt template with {} for the label, or a bundled template set: imagenet, photo, "
                              "simple. Repeatable; the prompts are averaged. Default: the label set's own, else "
                              "photo.", show_default=False)]
 
@@ -542,18 +655,19 @@ class _Stages:
     """A progress bar per stage of a longer job (embedding labels, tagging), on stderr."""
 
     def __init__(self, quiet: bool):
-        self.quiet = quiet
+        self._console = _stderr()
+        self._live = _live(self._console, quiet)
         self._progress = None
         self._tasks: dict[str, int] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.quiet:
+        if not self._live:
             return
         if self._progress is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeRemainingColumn(), console=_stderr(), transient=True)
+                                      TimeRemainingColumn(), console=self._console, transient=True)
             self._progress.start()
         if stage not in self._tasks:
             self._tasks[stage] = self._progress.add_task(stage, total=total)
@@ -566,8 +680,8 @@ class _Stages:
 
 @command
 def labels(
-    name: Annotated[Optional[str], typer.Argument(help="Show the labels of this set or label file.",
-                                                  show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Argument(metavar="SET_OR_FILE", help="Show the labels of this set or "
+                                                                             "label file.", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List the bundled label sets and prompt templates, or the labels of one set.
@@ -598,8 +712,8 @@ def labels(
 
 @command
 def classify(
-    images: Annotated[list[str], typer.Argument(help="Image files (in the library or not), or id:N.",
-                                                show_default=False)],
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE", help="Image files (in the library or not), "
+                                                "or id:N.", show_default=False)],
     labels: LabelsOpt = None,
     classifier: ClassifierOpt = None,
     template: TemplateOpt = None,
@@ -617,6 +731,7 @@ def classify(
 
     Example: `clipsearch classify photo.jpg --labels imagenet --top-k 3`
     """
+    _labels_or_classifier(labels, classifier)
     with _open(library, model=model, device=device, create=model is not None) as lib:
         results = lib.classify(images, labels, templates=template or (), classifier=classifier, top_k=top_k)
     lines = []
@@ -625,30 +740,34 @@ def classify(
             _skipping(r.path, r.error)
             continue
         lines.append(r.path)
-        lines += [f"  {p.probability:.4f}\t{p.cosine:.4f}\t{p.label}" for p in r.labels]
+        lines += [f"  {p.probability:11.4f}  {p.cosine:6.4f}  {p.label}" for p in r.labels]
+    if lines:
+        lines.insert(0, f"  {'probability':>11}  {'cosine':>6}  label")
     _output(json_out, [r.to_dict() for r in results], lines)
     if any(r.error for r in results):
         raise typer.Exit(1)
 
 
 PlotOpt = Annotated[Optional[Path], typer.Option(
-    "--plot", help="Also draw it into this picture (.png, .svg or .pdf); needs the plot extra.",
+    "--plot", metavar="FILE", help="Also draw it into this picture (.png, .svg or .pdf); needs the plot extra.",
     show_default=False)]
 
 
 @command
 def eval(  # noqa: A001 - the command's name
     examples: Annotated[Path, typer.Option(
-        "--examples", "-e", help="A folder with one sub-folder of images per true label.", show_default=False)],
+        "--examples", "-e", metavar="DIR", help="A folder with one sub-folder of images per true label.",
+        show_default=False)],
     labels: Annotated[Optional[str], typer.Option(
-        "--labels", "-l", help="Take the labels' prompts, synonyms and parents from this set or file. "
+        "--labels", "-l", metavar="SET_OR_FILE",
+        help="Take the labels' prompts, synonyms and parents from this set or file. "
                                "Default: the sub-folders' names.", show_default=False)] = None,
     classifier: ClassifierOpt = None,
     template: TemplateOpt = None,
     compare_templates: Annotated[bool, typer.Option(
         "--compare-templates", help="Also score each template alone, and their ensemble.")] = False,
     few_shot: Annotated[Optional[int], typer.Option(
-        "--few-shot", min=1, help="Also train K-shot probes (1, 2, 4, ... K per label, 3 draws) and score "
+        "--few-shot", min=1, metavar="K", help="Also train K-shot probes (1, 2, 4, ... K per label, 3 draws) and score "
                                   "them against zero-shot on the held-out rest.", show_default=False)] = None,
     plot: PlotOpt = None,
     library: LibraryOpt = None,
@@ -672,6 +791,7 @@ def eval(  # noqa: A001 - the command's name
         from .plots import confusion_figure
 
         confusion_figure(result, plot)
+        _wrote(plot)
     for e in result.unreadable:
         _skipping(e.path, e.reason)
     width = max(len(c.label) for c in result.classes)
@@ -701,10 +821,10 @@ def eval(  # noqa: A001 - the command's name
 
 @command
 def matrix(
-    images: Annotated[list[str], typer.Argument(help="Image files (in the library or not), or id:N.",
-                                                show_default=False)],
-    labels: Annotated[str, typer.Option("--labels", "-l", help="A bundled label set's name, or a label file.",
-                                        show_default=False)],
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE", help="Image files (in the library or not), "
+                                                "or id:N.", show_default=False)],
+    labels: Annotated[str, typer.Option("--labels", "-l", metavar="SET_OR_FILE",
+                                        help="A bundled label set's name, or a label file.", show_default=False)],
     template: TemplateOpt = None,
     plot: PlotOpt = None,
     library: LibraryOpt = None,
@@ -725,6 +845,7 @@ def matrix(
         from .plots import similarity_figure
 
         similarity_figure(result, plot)
+        _wrote(plot)
     for e in result.unreadable:
         _skipping(e.path, e.reason)
     lines = ["\t".join(["image", *result.labels])]
@@ -734,12 +855,19 @@ def matrix(
         raise typer.Exit(1)
 
 
-tag_app = typer.Typer(no_args_is_help=False)
+tag_app = typer.Typer(cls=_Group, no_args_is_help=False)
 app.add_typer(tag_app, name="tag")
 
 
-@tag_app.callback(invoke_without_command=True)
-@_guarded
+def _labels_or_classifier(labels: str | None, classifier: str | None) -> None:
+    """A usage error (exit code 2) unless exactly one of them is given."""
+    if labels is None and classifier is None:
+        raise typer.BadParameter("give --labels SET_OR_FILE or --classifier NAME", param_hint="--labels")
+    if labels is not None and classifier is not None:
+        raise typer.BadParameter("give --labels or --classifier, not both", param_hint="--classifier")
+
+
+@command(group=tag_app, callback=True, interrupted="interrupted: the tags are as they were before this run")
 def tag(
     ctx: typer.Context,
     labels: LabelsOpt = None,
@@ -771,8 +899,7 @@ def tag(
     """
     if ctx.invoked_subcommand is not None:
         return
-    if labels is None and classifier is None:
-        raise typer.BadParameter("give --labels SET_OR_FILE or --classifier NAME", param_hint="--labels")
+    _labels_or_classifier(labels, classifier)
     stages = _Stages(quiet or json_out)
     try:
         with _open(library, device=device, create=False) as lib:
@@ -785,38 +912,42 @@ def tag(
     lines = [f"{n}\t{label}" for label, n in report.counts.items()]
     if not json_out:
         _stderr().print(f"{verb} {report.tagged} of {report.images} images with {report.tags} tags from "
-                        f"{report.label_set} ({report.source}) in {report.seconds:.1f}s")
+                        f"{report.label_set} ({report.source}) in {report.seconds:.1f}s", markup=False)
     _output(json_out, report.to_dict(), lines)
 
 
+ImageArg = Annotated[str, typer.Argument(metavar="IMAGE", help="An indexed image: its path, or id:N.",
+                                         show_default=False)]
+LabelsArg = Annotated[list[str], typer.Argument(metavar="LABEL", help="One or more labels.", show_default=False)]
+
+
 @command(group=tag_app, name="add")
-def tag_add(
-    image: Annotated[str, typer.Argument(help="An indexed image: its path, or id:N.", show_default=False)],
-    label: Annotated[list[str], typer.Argument(help="One or more labels.", show_default=False)],
-    library: LibraryOpt = None,
-) -> None:
+def tag_add(image: ImageArg, label: LabelsArg, library: LibraryOpt = None) -> None:
     """Tag an image by hand. Manual tags win over automatic ones and survive re-tagging.
 
     Example: `clipsearch tag add ~/Photos/rex.jpg dog "my dog"`
     """
-    with _open(library, create=False) as lib:
-        for one in label:
-            lib.add_tag(image, one)
+    _tag_by_hand(library, image, label, removed=False)
 
 
 @command(group=tag_app, name="remove")
-def tag_remove(
-    image: Annotated[str, typer.Argument(help="An indexed image: its path, or id:N.", show_default=False)],
-    label: Annotated[list[str], typer.Argument(help="One or more labels.", show_default=False)],
-    library: LibraryOpt = None,
-) -> None:
+def tag_remove(image: ImageArg, label: LabelsArg, library: LibraryOpt = None) -> None:
     """Take a label off an image by hand, automatic tags included; re-tagging will not put it back.
 
     Example: `clipsearch tag remove ~/Photos/rex.jpg cat`
     """
+    _tag_by_hand(library, image, label, removed=True)
+
+
+def _tag_by_hand(library: Path | None, image: str, labels: list[str], removed: bool) -> None:
     with _open(library, create=False) as lib:
-        for one in label:
-            lib.remove_tag(image, one)
+        change = lib.remove_tag if removed else lib.add_tag
+        for one in labels:
+            image_id = change(image, one)
+        path = lib.image_paths([image_id])[image_id]
+    listed = ", ".join(map(repr, labels))
+    _stderr().print(f"{'removed' if removed else 'added'} {listed} {'from' if removed else 'to'} {path} "
+                    f"(id:{image_id})", markup=False)
 
 
 class ExportFormat(str, Enum):
@@ -834,8 +965,8 @@ class SidecarStyle(str, Enum):
 def tag_export(
     fmt: Annotated[ExportFormat, typer.Argument(
         help="csv or json: every tag to stdout (or --output); xmp: keywords into each image's XMP sidecar.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write CSV/JSON to this file.",
-                                                   show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
+                                                   help="Write CSV/JSON to this file.", show_default=False)] = None,
     folder: FolderOpt = None,
     sidecar_style: Annotated[SidecarStyle, typer.Option(
         "--sidecar-style", help="XMP sidecar names: default photo.jpg.xmp (darktable, digiKam), lightroom "
@@ -864,6 +995,7 @@ def tag_export(
             sys.stdout.write(text)
         else:
             output.write_text(text, encoding="utf-8")
+            _wrote(output)
         return
     for e in report.errors:
         _skipping(e.path, e.reason)
@@ -885,7 +1017,7 @@ def tags(library: LibraryOpt = None, json_out: JsonOpt = False) -> None:
             [f"{c.images}\t{c.label}\t{','.join(c.sources)}" for c in counts], "no tags yet")
 
 
-classifier_app = typer.Typer(no_args_is_help=True)
+classifier_app = typer.Typer(cls=_Group, no_args_is_help=True)
 app.add_typer(classifier_app, name="classifier")
 
 
@@ -900,11 +1032,14 @@ def _classifier() -> None:
 
 @command(group=classifier_app, name="train")
 def classifier_train(
-    name: Annotated[str, typer.Argument(help="Name to save the classifier under.", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Name to save the classifier under.",
+                                        show_default=False)],
     examples: Annotated[Path, typer.Option(
-        "--examples", "-e", help="A folder with one sub-folder of example images per label.", show_default=False)],
+        "--examples", "-e", metavar="DIR", help="A folder with one sub-folder of example images per label.",
+        show_default=False)],
     labels: Annotated[Optional[str], typer.Option(
-        "--labels", "-l", help="Take the labels' prompts, synonyms and parents from this set or file.",
+        "--labels", "-l", metavar="SET_OR_FILE",
+        help="Take the labels' prompts, synonyms and parents from this set or file.",
         show_default=False)] = None,
     template: TemplateOpt = None,
     library: LibraryOpt = None,
@@ -944,7 +1079,8 @@ def classifier_list(library: LibraryOpt = None, json_out: JsonOpt = False) -> No
 
 
 @command(group=classifier_app, name="remove")
-def classifier_remove(name: Annotated[str, typer.Argument(help="The classifier's name.", show_default=False)],
+def classifier_remove(name: Annotated[str, typer.Argument(metavar="NAME", help="The classifier's name.",
+                                                         show_default=False)],
                       library: LibraryOpt = None) -> None:
     """Delete a trained classifier (its tags stay until re-tagged or removed).
 
@@ -952,21 +1088,24 @@ def classifier_remove(name: Annotated[str, typer.Argument(help="The classifier's
     """
     with _open(library, create=False) as lib:
         lib.remove_classifier(name)
+    _stderr().print(f"removed the classifier {name}", markup=False)
 
 
 @command
 def serve(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on. Other than loopback, anyone who "
-                                                     "can reach it sees your library.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        "--host", metavar="HOST",
+        help="Address to listen on. Other than loopback, anyone who can reach it sees your library.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="Port; 0 picks a free one.")] = 8765,
     token: Annotated[Optional[str], typer.Option(
-        "--token", envvar="CLIPSEARCH_TOKEN", help="Require this token on every request (Bearer header, or open "
+        "--token", envvar="CLIPSEARCH_TOKEN", metavar="TOKEN",
+        help="Require this token on every request (Bearer header, or open "
                                                    "/?token=... once in the browser).", show_default=False)] = None,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest request body.")] = 20.0,
     allow_remote_urls: Annotated[bool, typer.Option(
         "--allow-remote-urls", help="Let /knn-service fetch image_url from the network.")] = False,
     cors_origin: Annotated[Optional[list[str]], typer.Option(
-        "--cors-origin", help="Let pages from this origin call the API from a browser (e.g. a hosted "
+        "--cors-origin", metavar="ORIGIN", help="Let pages from this origin call the API from a browser (e.g. a hosted "
                               "clip-retrieval front end). Repeatable.", show_default=False)] = None,
     library: LibraryOpt = None,
     device: DeviceOpt = "auto",
@@ -988,8 +1127,8 @@ def serve(
         raise ClipSearchError(f"clipsearch serve needs the web extra ({exc.name} is missing)",
                               hint="pip install 'clipsearch[web]'") from None
     if host not in ("127.0.0.1", "localhost", "::1"):
-        _stderr().print(f"[bold yellow]warning:[/] listening on {host}: anyone who can reach this machine "
-                        "can browse your library" + ("" if token else "; consider --token"))
+        _warn(f"listening on {host}: anyone who can reach this machine can browse your library"
+              + ("" if token else "; consider --token"))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -1007,7 +1146,12 @@ def serve(
         # The one line a script waits for: the URL, with the port actually bound.
         print(f"clipsearch serving {lib.root} at http://{shown}:{bound}/", flush=True)
         config = uvicorn.Config(app, log_level="warning", access_log=False)
-        uvicorn.Server(config).run(sockets=[sock])
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:
+            # Ctrl-C is how a server is stopped: uvicorn has shut down (and raises the
+            # signal again once it has), and there is nothing to resume.
+            pass
 
 
 def main() -> None:

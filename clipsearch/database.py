@@ -138,6 +138,7 @@ def locate(folder: Path, url: str | None, create: bool) -> URL:
     """The database of the library in ``folder``: at ``url``, else the one the folder names,
     else the folder's own SQLite file. Only the checks that need no connection; the folder
     is made when ``create`` and missing."""
+    check_folder(folder)
     move = read_move(folder)
     if move is not None:  # which database holds the truth is not settled until it ends
         raise interrupted(folder, move)
@@ -158,11 +159,16 @@ def locate(folder: Path, url: str | None, create: bool) -> URL:
     return parsed
 
 
+def check_folder(folder: Path) -> None:
+    """A library path that names a file says so, before anything reads a file inside it."""
+    if folder.exists() and not folder.is_dir():
+        raise LibraryError(f"the library path {folder} is a file, not a folder",
+                           hint="give --library (or $CLIPSEARCH_LIBRARY) a folder: a library's own, or a new one")
+
+
 def _new_folder(folder: Path, create: bool) -> None:
     if not create:
         raise LibraryEmptyError(f"no library at {folder}", hint="index some images first: clipsearch index PATH")
-    if folder.exists() and not folder.is_dir():
-        raise LibraryError(f"{folder} is a file, not a library folder")
     folder.mkdir(parents=True, exist_ok=True)
 
 

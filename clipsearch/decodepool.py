@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -95,6 +96,11 @@ def _environment(values: dict[str, str]):
 
 
 def _worker_main(conn: Connection, limits: DecodeLimits, niceness: int = 0) -> None:
+    # Ctrl-C is the indexing process's to handle (it stops the workers); where SIGINT could
+    # not be blocked from the start (see _sigint_blocked), it is ignored from here. (Only a
+    # process's main thread may set a handler; tests run this loop in a thread.)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Keep each worker within its memory budget (its threads were set at spawn).
     if niceness and hasattr(os, "nice"):
         os.nice(niceness)
@@ -143,6 +149,23 @@ def _worker_main(conn: Connection, limits: DecodeLimits, niceness: int = 0) -> N
 
 
 @contextmanager
+def _sigint_blocked():
+    # A terminal's Ctrl-C goes to the whole process group, workers included; a worker that
+    # took it mid-file printed a KeyboardInterrupt traceback each. A child inherits the
+    # signal mask of the thread that starts it and keeps it through exec, so a worker
+    # started with SIGINT blocked never sees one, not even while it is still importing.
+    # The mask is per thread, so only the caller's thread is touched, and only briefly.
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: _worker_main ignores it instead
+        yield
+        return
+    saved = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+
+
+@contextmanager
 def _main_file_hidden():
     # A spawned child re-imports the parent's __main__ from its __file__. Workers need
     # nothing from __main__, and re-running it costs: inside a Ray actor it is Ray's worker
@@ -161,6 +184,17 @@ def _main_file_hidden():
 
 
 _STARTING = threading.Lock()
+
+
+def start_child(process, environment: dict[str, str] | None = None) -> None:
+    """Start a spawned ``process`` as every clipsearch child starts: one start at a time
+    (the environment and ``__main__`` are the whole process's, and a cluster actor starts
+    workers from two threads at once, see cluster.py), without re-running ``__main__``,
+    deaf to the terminal's Ctrl-C (its parent stops it), and with ``environment`` added
+    to what it inherits."""
+    with _STARTING, _main_file_hidden(), _environment(environment or {}), _sigint_blocked():
+        process.start()
+
 # Workers that may fail to start in one run before it gives up: a start can fail once
 # (a busy machine, a transient error), while a broken environment fails every time.
 _START_FAILURES = 3
@@ -170,10 +204,7 @@ class _Worker:
     def __init__(self, ctx, limits: DecodeLimits, niceness: int = 0):
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, limits, niceness), daemon=True)
-        # The environment and __main__ are the process's, and a cluster actor starts
-        # workers from two threads at once (cluster.py): one start at a time.
-        with _STARTING, _main_file_hidden(), _environment(_ONE_THREAD):
-            self.proc.start()
+        start_child(self.proc, _ONE_THREAD)
         child.close()
         self.key: Any = None
         self.started = 0.0

@@ -19,6 +19,7 @@ import contextlib
 import difflib
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,6 +86,8 @@ class ModelSpec:
             return cls._local(path)
         arch, _, rest = text.partition("/")
         if not rest:
+            if difflib.get_close_matches(text.lower(), ["demo"], n=1, cutoff=0.6):  # a typo, as in dmeo
+                raise ModelNotFoundError(f"unknown model {text!r}", hint="did you mean demo?")
             raise ModelNotFoundError(
                 f"model {text!r} names no pretrained weights",
                 hint=f"use ARCH/TAG, for example {DEFAULT_MODEL}; `clipsearch models` lists the tags")
@@ -115,10 +118,11 @@ def available_models(arch: str | None = None) -> dict[str, list[str]]:
 
     names = open_clip.list_models()
     if arch is not None:
-        _check_arch(names, arch)
+        _check_arch([*names, "demo"], arch)
         names = [arch]
-    table = {name: list(open_clip.list_pretrained_tags_by_model(name)) for name in names}
-    table["demo"] = ["(bundled tiny model of coloured shapes)"] if arch is None else table.get("demo", [])
+    table = {name: list(open_clip.list_pretrained_tags_by_model(name)) for name in names if name != "demo"}
+    if arch in (None, "demo"):
+        table["demo"] = ["(bundled tiny model of coloured shapes)"]
     return {k: v for k, v in table.items() if v or arch is not None}
 
 
@@ -190,6 +194,7 @@ class Encoder:
         self._settled = False
         self._int8 = None
         self._batch: int | None = None
+        self._loading = threading.RLock()
 
     # -- loading ----------------------------------------------------------------------
 
@@ -198,7 +203,14 @@ class Encoder:
         return self._model is not None
 
     def load(self, notice: Callable[[str], None] | None = None) -> "Encoder":
-        """Load the model and settle the precision; ``notice`` hears of slow one-off steps."""
+        """Load the model and settle the precision; ``notice`` hears of slow one-off steps.
+        Threads that find it unloaded (a server's first queries) wait for one load."""
+        if self._model is not None and self._settled:
+            return self
+        with self._loading:
+            return self._load(notice)
+
+    def _load(self, notice: Callable[[str], None] | None) -> "Encoder":
         if self._model is not None:
             if not self._settled:
                 self._settle(notice)

@@ -15,7 +15,9 @@
     │   ├── NoImagesError
     │   ├── QueryError               empty text, or a query image that is not an image
     │   ├── LabelError               a label set, label file or prompt template is unusable
-    │   └── ClassifierError          a few-shot classifier is unknown, or cannot be trained
+    │   ├── ClassifierError          a few-shot classifier is unknown, or cannot be trained
+    │   ├── JobNotFoundError         no such background job (jobs.py), or forgotten
+    │   └── TooManyJobsError         every background-job slot and queue place is taken
     └── ImageError                   one file could not be decoded (recorded, never fatal)
 
 Each error carries a one-line message and, where one helps, a ``hint`` that says what
@@ -96,6 +98,14 @@ class LabelError(InputError):
 
 class ClassifierError(InputError):
     """A few-shot classifier does not exist, does not fit the library, or cannot be trained."""
+
+
+class JobNotFoundError(InputError):
+    """No background job has this id, or it finished long enough ago to be forgotten."""
+
+
+class TooManyJobsError(InputError):
+    """The background jobs' slots and queue are full."""
 
 
 class ImageError(ClipSearchError):

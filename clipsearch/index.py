@@ -29,7 +29,9 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -205,11 +207,83 @@ def _search_params(index: faiss.Index, sel) -> faiss.SearchParameters:
     return faiss.SearchParameters(sel=sel)
 
 
+class SharedLock:
+    """Any number of readers at once, or one writer; both re-entrant within a thread.
+
+    A waiting writer holds off new readers (not those re-entering), so that a stream of
+    searches cannot starve the catch-up after another process indexed.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer: int | None = None
+        self._writes = 0  # the writer's depth
+        self._waiting = 0  # writers waiting
+        self._mine = threading.local()  # this thread's read depth
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        me, depth = threading.get_ident(), getattr(self._mine, "depth", 0)
+        if depth or self._writer == me:  # already inside: never wait on ourselves
+            self._mine.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._mine.depth = depth
+            return
+        with self._cond:
+            while self._writer is not None or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        self._mine.depth = 1
+        try:
+            yield
+        finally:
+            self._mine.depth = 0
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer != me:
+                if getattr(self._mine, "depth", 0):
+                    raise RuntimeError("a reader cannot become a writer: it would wait for itself")
+                self._waiting += 1
+                try:
+                    while self._writer is not None or self._readers:
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+                self._writer = me
+            self._writes += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writes -= 1
+                if not self._writes:
+                    self._writer = None
+                    self._cond.notify_all()
+
+
 class VectorIndex:
-    """Nearest-neighbour search over the live rows of a vector file, answering image ids."""
+    """Nearest-neighbour search over the live rows of a vector file, answering image ids.
+
+    Safe to share between threads: any number of searches run at once (FAISS's CPU
+    indexes answer concurrent searches of one index, and the id maps are only read), while
+    adding rows and changing whose they are wait for the searches in flight and hold off
+    new ones (:class:`SharedLock`): neither FAISS's ``add`` nor the maps may change
+    under a search.
+    """
 
     def __init__(self, index: faiss.Index, vectors: VectorFile, facts: IndexFacts,
                  delta: faiss.Index | None = None):
+        self.lock = SharedLock()
         self._index = index
         # An on-disk index's lists are never written after they are built (other processes
         # map them): rows appended since go into ``_delta``, an in-memory index of the same
@@ -261,6 +335,10 @@ class VectorIndex:
     def catch_up(self) -> None:
         """Add rows appended to the vector file since the index last saw it (as dead, until
         :meth:`assign` says whose they are)."""
+        with self.lock.writing():
+            self._catch_up()
+
+    def _catch_up(self) -> None:
         for start, block in self.file.chunks(self._rows_indexed):
             if self._delta is not None:
                 self._delta.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
@@ -275,25 +353,27 @@ class VectorIndex:
         ids, rows = np.asarray(ids, np.int64).reshape(-1), np.asarray(rows, np.int64).reshape(-1)
         if not len(ids):
             return
-        self.catch_up()
-        self.remove(ids)
-        if ids.max() >= len(self._row_of):
-            grown = np.full(max(int(ids.max()) + 1, 2 * len(self._row_of)), -1, np.int64)
-            grown[:len(self._row_of)] = self._row_of
-            self._row_of = grown
-        self._row_of[ids] = rows
-        self._labels[rows] = ids
-        self._live_bits = None
+        with self.lock.writing():
+            self._catch_up()
+            self.remove(ids)
+            if ids.max() >= len(self._row_of):
+                grown = np.full(max(int(ids.max()) + 1, 2 * len(self._row_of)), -1, np.int64)
+                grown[:len(self._row_of)] = self._row_of
+                self._row_of = grown
+            self._row_of[ids] = rows
+            self._labels[rows] = ids
+            self._live_bits = None
 
     def remove(self, ids) -> None:
         ids = np.asarray(ids, np.int64).reshape(-1)
-        ids = ids[ids < len(self._row_of)]
-        rows = self._row_of[ids]
-        rows = rows[rows >= 0]
-        if len(rows):
-            self._labels[rows] = -1
-            self._row_of[ids] = -1
-            self._live_bits = None
+        with self.lock.writing():
+            ids = ids[ids < len(self._row_of)]
+            rows = self._row_of[ids]
+            rows = rows[rows >= 0]
+            if len(rows):
+                self._labels[rows] = -1
+                self._row_of[ids] = -1
+                self._live_bits = None
 
     def ids(self) -> np.ndarray:
         return np.flatnonzero(self._row_of >= 0).astype(np.int64)
@@ -309,6 +389,10 @@ class VectorIndex:
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         xq = _as_matrix(xq, self.dim)
+        with self.lock.reading():
+            return self._search(xq, k, subset)
+
+    def _search(self, xq: np.ndarray, k: int, subset) -> tuple[np.ndarray, np.ndarray]:
         if subset is not None:
             subset = np.asarray(subset, np.int64).reshape(-1)
             subset = subset[(subset >= 0) & (subset < len(self._row_of))]
@@ -338,9 +422,14 @@ class VectorIndex:
     def _live_selector(self):
         if not self.dead:
             return None
-        if self._live_bits is None:
-            self._live_bits = np.packbits(self.live_mask(), bitorder="little")
-        return faiss.IDSelectorBitmap(len(self._labels), faiss.swig_ptr(self._live_bits))
+        bits = self._live_bits
+        if bits is None:
+            bits = self._live_bits = np.packbits(self.live_mask(), bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(self._labels), faiss.swig_ptr(bits))
+        # FAISS reads the bits through a bare pointer: the selector keeps them alive, even
+        # if a concurrent search replaces the cached array.
+        selector.bits = bits
+        return selector
 
     def _rescore(self, xq: np.ndarray, R: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores for approximate candidates, from the float16 vectors."""

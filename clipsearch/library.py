@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -118,6 +119,12 @@ class Library:
         self._vectors: VectorIndex | None = None
         self._vectors_seen: tuple[int, int] | None = None  # (vector version, generation) it reflects
         self._writing = False
+        # A server shares one Library between request threads. Searches run at once (the
+        # index is a VectorIndex, safe for that); these locks only make sure that bringing
+        # the index up to date, and loading the model or a tower, happen once, not once per
+        # thread that finds them missing.
+        self._refreshing = threading.Lock()
+        self._loading = threading.RLock()
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, model: str | None = None, *,
@@ -142,8 +149,10 @@ class Library:
         row keeps its id, so the folder's vectors and indexes stay as they are. A move that
         stops is finished by calling this again. ``progress(table, done, total)``."""
         from . import transfer
+        from .database import check_folder
 
         root = _root(path)
+        check_folder(root)
         if not root.is_dir():
             raise LibraryEmptyError(f"no library at {root}", hint="index some images first: clipsearch index PATH")
         with _Lock(root / "lock"):
@@ -168,17 +177,18 @@ class Library:
 
     @property
     def encoder(self) -> Encoder:
-        if self._encoder is None:
-            spec = self.model
-            if spec is None:
-                raise LibraryEmptyError(f"the library at {self.root} has no model yet",
-                                        hint="index some images first: clipsearch index PATH")
-            recorded = self._precisions()
-            # Queries use the library's own precision; only an index run may choose one
-            # (and pay for making an int8 tower), so a library without vectors gets fp32.
-            self._encoder = Encoder(spec, self.device, precision="auto" if recorded else "fp32",
-                                    workdir=self.root, recorded=recorded)
-        return self._encoder
+        with self._loading:
+            if self._encoder is None:
+                spec = self.model
+                if spec is None:
+                    raise LibraryEmptyError(f"the library at {self.root} has no model yet",
+                                            hint="index some images first: clipsearch index PATH")
+                recorded = self._precisions()
+                # Queries use the library's own precision; only an index run may choose one
+                # (and pay for making an int8 tower), so a library without vectors gets fp32.
+                self._encoder = Encoder(spec, self.device, precision="auto" if recorded else "fp32",
+                                        workdir=self.root, recorded=recorded)
+            return self._encoder
 
     def _precisions(self) -> list[str]:
         """The precisions this library's vectors were made at (``precision.py``). Libraries
@@ -199,15 +209,23 @@ class Library:
             return self._vectors  # we hold the writer lock: nobody else changes anything
         if self._vectors is not None and self._vectors_seen == self.store.vector_state():
             return self._vectors
+        with self._refreshing:
+            if self._vectors is not None and self._vectors_seen == self.store.vector_state():
+                return self._vectors  # another thread brought it up to date meanwhile
+            return self._refresh()
+
+    def _refresh(self) -> VectorIndex:
         if self.store.model_identity() is None:
             raise LibraryEmptyError(f"the library at {self.root} is empty",
                                     hint="index some images first: clipsearch index PATH")
         ids, rows, version = self.store.live()
         file = self.store.vector_file()
         if self._vectors is not None and self._vectors.file.generation == file.generation:
-            # Another process indexed since we looked: take its rows, forget what it removed.
-            self._vectors.remove(np.setdiff1d(self._vectors.ids(), ids))
-            self._vectors.assign(ids, rows)
+            # Another process indexed since we looked: take its rows, forget what it removed,
+            # in one step as far as searches in other threads can tell.
+            with self._vectors.lock.writing():
+                self._vectors.remove(np.setdiff1d(self._vectors.ids(), ids))
+                self._vectors.assign(ids, rows)
         else:
             path = self._index_path()
             try:
@@ -472,7 +490,7 @@ class Library:
         return self.search(query=Query((term,)), k=k)
 
     def duplicates(self, threshold: float = DUPLICATE_THRESHOLD, neighbours: int = 16,
-                   crops: bool = True) -> list[DuplicateGroup]:
+                   crops: bool = True, progress: Progress | None = None) -> list[DuplicateGroup]:
         """Groups of near-identical images, best first. No model is needed.
 
         Pairs among each image's ``neighbours`` nearest at cosine >= ``threshold`` are
@@ -494,7 +512,9 @@ class Library:
                 for score, b in zip(scores, others):
                     if b >= 0 and b != a and score >= floor:
                         pairs[(min(int(a), int(b)), max(int(a), int(b)))] = float(score)
-        pairs = self._verified(pairs, threshold)
+            if progress:
+                progress("finding neighbours", min(start + 1024, len(ids)), len(ids))
+        pairs = self._verified(pairs, threshold, progress)
 
         parent = {i: i for pair in pairs for i in pair}
 
@@ -518,7 +538,8 @@ class Library:
         groups.sort(key=lambda g: (-g.score, -len(g.images), g.images[0].path))
         return groups
 
-    def _verified(self, pairs: dict[tuple[int, int], float], threshold: float) -> dict[tuple[int, int], float]:
+    def _verified(self, pairs: dict[tuple[int, int], float], threshold: float,
+                  progress: Progress | None = None) -> dict[tuple[int, int], float]:
         """The pairs at or above ``threshold``, and those below it whose pixels match."""
         from .pixelcheck import SAME_PICTURE, same_picture, thumbnail
 
@@ -532,7 +553,9 @@ class Library:
             return thumbs[i]
 
         keep = {pair: score for pair, score in pairs.items() if score >= threshold}
-        for a, b in doubtful:
+        for n, (a, b) in enumerate(doubtful, 1):
+            if progress:
+                progress("comparing pixels", n, len(doubtful))
             ta, tb = thumb(a), thumb(b)
             if ta is not None and tb is not None and same_picture(ta, tb) >= SAME_PICTURE:
                 keep[(a, b)] = pairs[(a, b)]
@@ -588,11 +611,12 @@ class Library:
         text tower (no torch: ~0.2 s instead of ~5 s in a fresh process), else the model."""
         if self._encoder is not None and self._encoder.loaded:
             return self._encoder
-        if self._text_onnx is None and self.model is not None and not self.model.is_random:
-            from . import textonnx
+        with self._loading:
+            if self._text_onnx is None and self.model is not None and not self.model.is_random:
+                from . import textonnx
 
-            self._text_onnx = textonnx.load(self.root, str(self.model))
-        return self._text_onnx or self.encoder
+                self._text_onnx = textonnx.load(self.root, str(self.model))
+            return self._text_onnx or self.encoder
 
     def _image_encoder(self):
         """What embeds query images: the model if it is loaded already; for a library indexed
@@ -600,12 +624,13 @@ class Library:
         came from); else the model."""
         if self._encoder is not None and self._encoder.loaded:
             return self._encoder
-        if self._image_onnx is None and self._precisions()[:1] == ["int8"]:
-            from . import imageonnx
+        with self._loading:
+            if self._image_onnx is None and self._precisions()[:1] == ["int8"]:
+                from . import imageonnx
 
-            tower = imageonnx.load(self.root, str(self._model_or_fail()), cold=True)
-            self._image_onnx = tower if tower is not None and tower.pixel_spec is not None else None
-        return self._image_onnx or self.encoder
+                tower = imageonnx.load(self.root, str(self._model_or_fail()), cold=True)
+                self._image_onnx = tower if tower is not None and tower.pixel_spec is not None else None
+            return self._image_onnx or self.encoder
 
     def _image_vectors(self, images: Iterable[Term | str | os.PathLike | int], unreadable: dict[int, str] | None = None,
                        ) -> tuple[np.ndarray, list[int | None], list[str]]:
@@ -820,13 +845,17 @@ class Library:
         if self.store.model_identity() is None:
             raise LibraryEmptyError(f"the library at {self.root} is empty",
                                     hint="index some images first: clipsearch index PATH")
+        started = time.perf_counter()
         head = self.head(labels, templates=templates, classifier=classifier, progress=progress)
         options = dict(threshold=threshold, top_k=top_k, min_cosine=min_cosine, folders=_folders(folders),
                        dry_run=dry_run, progress=progress)
         if dry_run:
-            return tag_images(self.store, head, **options)
-        with _Lock(self.root / "lock"):
-            return tag_images(self.store, head, **options)
+            report = tag_images(self.store, head, **options)
+        else:
+            with _Lock(self.root / "lock"):
+                report = tag_images(self.store, head, **options)
+        report.seconds = time.perf_counter() - started  # the whole run: embedding the labels too
+        return report
 
     def add_tag(self, image: str | os.PathLike | int, label: str) -> int:
         """Tag an indexed image by hand; returns its id. Manual tags win over automatic ones."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -163,7 +167,12 @@ def test_broken_files_are_skipped_and_listed(small_library):
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["search", ""], 1, "the query text is empty"),
+    (["search", ""], 2, "the query text is empty"),
+    (["search", "  "], 2, "the query text is empty"),
+    (["classify", "id:1"], 2, "give --labels SET_OR_FILE or --classifier NAME"),
+    (["classify", "id:1", "-l", "demo-shapes", "-c", "pets"], 2, "give --labels or --classifier, not both"),
+    (["search", "a cat", "--not", "0:people"], 1, "how hard it pushes away"),
+    (["search", "a cat", "--and", "0:a dog"], 1, "use --not to subtract a term"),
     (["search", "--image", "{tmp}/notes.png"], 1, "cannot use"),
     (["search", "--image", "{tmp}/absent.png"], 1, "image not found"),
     (["index", "{tmp}/absent"], 1, "no such file or folder"),
@@ -312,3 +321,178 @@ def test_duplicates_lists_a_copy_as_a_group(small_library):
     assert {line.split("\t")[1] for line in lines[1:3]} == {str(original), str(copy)}
     groups = json.loads(cli("duplicates", "-t", "0.9999", "--json", "-L", str(lib)).stdout)
     assert len(groups) == 1 and groups[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+# -- query terms, usage and messages -----------------------------------------------------
+
+def test_an_image_by_id_and_by_a_winding_path_is_the_indexed_image(demo_library, demo_images):
+    lib = str(demo_library)
+    path = demo_images[5]
+    itself = json.loads(cli("search", "--image", str(path), "-n", "1", "--include-query", "--json", "-L", lib).stdout)
+    by_path = json.loads(cli("search", "--image", str(path), "-n", "5", "--json", "-L", lib).stdout)
+    result = cli("search", "--image", f"id:{itself[0]['id']}", "-n", "5", "--json", "-L", lib)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == by_path and itself[0]["id"] not in {h["id"] for h in by_path}
+    winding = f"{path.parent}/../{path.parent.name}/./{path.name}"
+    similar = cli("similar", winding, "-n", "5", "--json", "-L", lib)
+    assert similar.exit_code == 0, similar.stderr
+    assert similar.stdout == cli("similar", str(path), "-n", "5", "--json", "-L", lib).stdout
+    assert json.loads(similar.stdout) == by_path  # the stored vector, the image itself left out
+
+
+def test_a_library_path_that_is_a_file_is_called_a_file(small_library, tmp_path):
+    photos, _ = small_library
+    file = tmp_path / "library.txt"
+    file.write_text("not a library")
+    for args in (["info"], ["search", "a cat"], ["index", str(photos), "--model", "demo"], ["move-db", "sqlite"]):
+        result = cli(*args, "-L", str(file))
+        assert result.exit_code == 1, (args, result.stderr)
+        assert result.stderr.startswith(f"error: the library path {file} is a file, not a folder\n"), result.stderr
+        assert "moving" not in result.stderr
+    assert file.read_text() == "not a library"
+
+
+def test_version_is_the_package_version_and_needs_no_torch():
+    import importlib.metadata
+
+    import clipsearch
+
+    out, imported = run_counting_torch(["clipsearch", "--version"])
+    assert out == f"clipsearch {clipsearch.__version__}" and not imported
+    assert importlib.metadata.version("clipsearch") == clipsearch.__version__
+
+
+def test_a_misspelt_model_name_suggests_the_right_one(tmp_path):
+    photos = tmp_path / "photos"
+    demoworld.write_images(photos, 1, size_range=(64, 64))
+    result = cli("index", str(photos), "-L", str(tmp_path / "lib"), "--model", "dmeo")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == ["error: unknown model 'dmeo'", "hint: did you mean demo?"]
+    assert "did you mean demo?" in cli("models", "dmeo").stderr
+    assert json.loads(cli("models", "demo", "--json").stdout) == {"demo": ["(bundled tiny model of coloured shapes)"]}
+
+
+def test_messages_stay_whole_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch):
+    # rich wraps at $COLUMNS (else 80) where stderr is not a terminal, as in a log file.
+    monkeypatch.setenv("COLUMNS", "40")
+    photos = tmp_path / ("a-folder-with-a-long-name-" * 3) / "photos"
+    [(first, _)] = demoworld.write_images(photos, 1, size_range=(64, 64))
+    broken = photos / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a JPEG")
+    lib = str(tmp_path / ("a-library-with-a-long-name-" * 3))
+    lines = cli("index", str(photos), "-L", lib, "--model", "demo").stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"skipping {broken}: not an image"), lines
+    assert re.fullmatch(r"added 1, updated 0, moved 0, unchanged 0, removed 0, errors 1 in \d+\.\ds, "
+                        r"precision fp32", lines[1]), lines
+    lines = cli("tag", "--labels", "demo-colours", "-L", lib).stderr.splitlines()  # no blank progress-bar lines
+    assert len(lines) == 1 and re.fullmatch(
+        r"tagged 1 of 1 images with 1 tags from demo-colours \(zero-shot\) in \d+\.\ds", lines[0]), lines
+    lines = cli("tag", "add", str(first), "a label with quite a few words in it", "-L", lib).stderr.splitlines()
+    assert len(lines) == 1 and re.fullmatch(rf"added 'a label with quite a few words in it' to {re.escape(str(first))} "
+                                            r"\(id:\d+\)", lines[0]), lines
+    missing = tmp_path / ("no-library-here-" * 4)
+    assert cli("info", "-L", str(missing)).stderr.splitlines() == [
+        f"error: no library at {missing}", "hint: index some images first: clipsearch index PATH"]
+
+
+def test_manual_tags_say_what_they_did(small_library):
+    photos, lib = small_library
+    path = sorted(photos.iterdir())[0]
+    added = cli("tag", "add", str(path), "dog", "my dog", "-L", str(lib))
+    assert added.exit_code == 0, added.stderr
+    [line] = added.stderr.splitlines()
+    assert re.fullmatch(rf"added 'dog', 'my dog' to {re.escape(str(path))} \(id:\d+\)", line)
+    removed = cli("tag", "remove", f"id:{line.rsplit(':', 1)[1].rstrip(')')}", "dog", "-L", str(lib))
+    assert removed.stderr.splitlines() == [line.replace("added 'dog', 'my dog' to", "removed 'dog' from")]
+    assert [c["label"] for c in json.loads(cli("tags", "--json", "-L", str(lib)).stdout)] == ["my dog"]
+
+
+def test_classify_prints_column_headers(small_library):
+    photos, lib = small_library
+    paths = [str(p) for p in sorted(photos.iterdir())[:2]]
+    result = cli("classify", *paths, "-l", "demo-shapes", "-k", "2", "-L", str(lib))
+    assert result.exit_code == 0, result.stderr
+    header, first, row, _, second, _, _ = result.stdout.splitlines()  # two labels per image
+    assert header.split() == ["probability", "cosine", "label"] and [first, second] == paths
+    probability, cosine, label = row.split(None, 2)
+    assert 0 < float(probability) <= 1 and -1 <= float(cosine) <= 1 and label in demoworld.SHAPES
+    # The columns line up under the header.
+    assert header.index("cosine") + len("cosine") == row.index(cosine) + len(cosine)
+
+
+def test_optimize_and_info_show_sizes_and_times_in_units_and_json_keeps_the_numbers(small_library):
+    _, lib = small_library
+    result = cli("optimize", "--memory-budget", "512MB", "--target-recall", "0.9", "-L", str(lib))
+    assert result.exit_code == 0, result.stderr
+    shown = {k: v for k, _, v in (line.partition(" ") for line in result.stdout.splitlines())}
+    shown = {k: v.strip() for k, v in shown.items()}
+    assert shown["memory_budget"] == "512.0 MB" and shown["target_recall"] == "0.900"
+    assert re.fullmatch(r"\d+\.\d KB", shown["index_bytes"]) and re.fullmatch(r"\d+\.\ds", shown["seconds"])
+    raw = json.loads(cli("optimize", "--json", "-L", str(lib)).stdout)
+    assert raw["memory_budget"] == 512 * 2 ** 20 and isinstance(raw["index_bytes"], int)
+    assert isinstance(raw["seconds"], float)
+    info = {k: v.strip() for k, _, v in (line.partition(" ") for line in cli("info", "-L", str(lib)).stdout.splitlines())}
+    assert re.fullmatch(r"\d+\.\d KB", info["database_bytes"]) and info["images"] == "12"
+    assert isinstance(json.loads(cli("info", "--json", "-L", str(lib)).stdout)["database_bytes"], int)
+
+
+def test_tag_reports_the_wall_time_of_the_whole_run(tmp_path, fake_encoder):
+    """Embedding the labels is most of a first run; tag once said "in 0.0s" after seconds of it."""
+    import time
+
+    from PIL import Image
+
+    from clipsearch import Library
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(photos / "red.png")
+    labels = tmp_path / "colours.txt"
+    labels.write_text("red\ngreen\nblue\n")
+    encode = fake_encoder.encode_texts
+    fake_encoder.encode_texts = lambda texts: (time.sleep(0.3), encode(texts))[1]
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        lib.index([photos])
+        report = lib.tag(labels, templates=["{}"])
+    assert fake_encoder.texts and report.tagged == 1
+    assert report.seconds >= 0.3  # the labels' embedding, which alone slept that long
+
+
+def _decode_workers(pid: int) -> list[int]:
+    children = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children.update(int(c) for c in (task / "children").read_text().split())
+    workers = []
+    for child in children:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(child)
+    return workers
+
+
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+                    reason="finds the decode workers through /proc")
+def test_ctrl_c_during_index_exits_130_with_one_message_and_no_traceback(tmp_path):
+    from clipsearch.cli import RESUMABLE
+
+    photos = tmp_path / "photos"
+    demoworld.write_images(photos, 40, size_range=(64, 128))
+    # Its own session, as a terminal's job is its own process group: Ctrl-C reaches every
+    # process in it, the decode workers included.
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "index", str(photos), "-L", str(tmp_path / "lib"),
+                             "--model", "demo", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        # Once the workers are up (still importing, or taking files) and before the model
+        # that they wait for is loaded: the run is under way and far from done.
+        while len(_decode_workers(proc.pid)) < 2:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.splitlines() == [RESUMABLE], err

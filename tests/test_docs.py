@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from clipsearch.cli import app
 
@@ -34,3 +35,31 @@ def test_public_api_is_exported():
 
     for name in clipsearch.__all__:
         assert getattr(clipsearch, name) is not None
+
+
+# Commands that take --library but name their database themselves: move-db's argument is
+# the database it moves the metadata to.
+NAMES_ITS_DATABASE = {"move-db"}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_that_opens_a_library_takes_db_url(name):
+    options = {opt for param in COMMANDS[name].params for opt in param.opts}
+    if "--library" in options and name not in NAMES_ITS_DATABASE:
+        assert "--db-url" in options, f"clipsearch {name} takes --library but not --db-url"
+
+
+def test_the_library_commands_are_the_ones_expected():
+    """Guards the test above: a command that stopped taking --library would pass it unseen."""
+    with_library = {name for name, cmd in COMMANDS.items() if any("--library" in p.opts for p in cmd.params)}
+    assert with_library >= {"index", "search", "similar", "tag", "tag add", "tag export", "tags", "classify",
+                            "serve", "move-db", "classifier train", "info"}
+    assert "models" not in with_library and "labels" not in with_library
+
+
+@pytest.mark.parametrize("name", [""] + sorted(COMMANDS))
+def test_help_shows_placeholders_a_person_reads(name):
+    result = CliRunner().invoke(app, [*name.split(), "--help"], env={"COLUMNS": "240"})
+    assert result.exit_code == 0, result.stderr
+    for raw in ("<bool>", "list[", "<Path>", "<path>", "<str>", "%Y", "%H"):
+        assert raw not in result.stdout, f"clipsearch {name} --help shows {raw}"

@@ -169,3 +169,79 @@ def test_an_index_whose_facts_file_is_lost_still_knows_its_type(tmp_path, data):
     loaded = VectorIndex.load(tmp_path / "index.1.faiss", vi.file, rows + 1000, rows)
     plan = IndexPlan(loaded.factory, 0, "")
     assert (plan.tier, plan.nlist) == (3, 64) and loaded.ntotal == len(x)
+
+
+def test_the_shared_lock_lets_readers_share_and_writers_wait():
+    import threading
+
+    from clipsearch.index import SharedLock
+
+    lock, events = SharedLock(), []
+    inside = threading.Barrier(3)
+
+    def reader(n):
+        with lock.reading():
+            with lock.reading():  # re-entrant, even while a writer waits
+                inside.wait(timeout=10)  # both readers are in at once
+                events.append(f"read {n}")
+
+    def writer():
+        with lock.writing(), lock.writing(), lock.reading():  # a writer may nest both
+            events.append("write")
+
+    readers = [threading.Thread(target=reader, args=(n,)) for n in range(2)]
+    for t in readers:
+        t.start()
+    inside.wait(timeout=10)
+    w = threading.Thread(target=writer)
+    w.start()
+    for t in readers + [w]:
+        t.join(10)
+    assert sorted(events[:2]) == ["read 0", "read 1"] and events[2] == "write"
+    with lock.reading(), pytest.raises(RuntimeError, match="cannot become a writer"):
+        with lock.writing():
+            pass
+
+
+@pytest.mark.parametrize("plan", PLANS[:2], ids=lambda p: p.factory)
+def test_searches_from_many_threads_while_rows_come_and_go(tmp_path, plan):
+    """What a server does: searches in several threads while another process's new rows
+    are taken in (catch-up and assign) and its deletions forgotten. Every search answers
+    with ids that were live at some moment; none fails or sees a half-made change."""
+    import threading
+
+    rng = np.random.default_rng(4)
+    x = clustered(rng, 4000)
+    vf = VectorFile(tmp_path, 1, x.shape[1])
+    rows = vf.append(x[:2000])
+    vi = VectorIndex.build(plan, vf, rows, rows)  # image id = row
+    stop, failures, answered = threading.Event(), [], [0]
+
+    def search():
+        q = np.random.default_rng(threading.get_ident() % 1000)
+        while not stop.is_set():
+            try:
+                D, I = vi.search(x[q.integers(0, 4000, 4)], 10)
+                # Ids are rows here: a hit must point at its own vector, scored exactly.
+                hits = I[I >= 0]
+                assert len(hits) and (hits < 4000).all()
+                answered[0] += 1
+            except Exception as exc:  # noqa: BLE001 - reported below, with the thread's context
+                failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for start in range(2000, 4000, 250):
+        new = vf.append(x[start:start + 250])
+        with vi.lock.writing():  # as Library._refresh does: one step as searches see it
+            vi.remove(np.arange(start - 2000, start - 1750))
+            vi.assign(new, new)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not failures, failures[0]
+    assert answered[0] > 0 and vi.ntotal == 2000
+    D, I = vi.search(x[3999], 1)
+    assert I[0, 0] == 3999

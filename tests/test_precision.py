@@ -163,7 +163,7 @@ def test_the_cli_takes_precision_and_info_shows_it(tmp_path, demo_images):
     done = run_cli("index", str(demo_images[0]), "-L", str(lib), "--model", "demo", "--precision", "int8",
                    env={"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
-    assert "added 1," in done.stderr and "(images at int8)" in done.stderr
+    assert "added 1," in done.stderr and ", precision int8" in done.stderr
     info = json.loads(run_cli("info", "-L", str(lib), "--json").stdout)
     assert info["precision"] == "int8"
 

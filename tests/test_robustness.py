@@ -4,7 +4,10 @@ skipped with their reason, and nothing stops the run. The corpus is generated he
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -127,9 +130,13 @@ def run_pool(paths, limits, known=lambda h: False):
     return {r.key: r for r in pool.run([(i, str(p)) for i, p in enumerate(paths)])}
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="a file that never finishes reading is a FIFO")
 def test_a_decode_that_runs_too_long_is_abandoned_and_the_next_file_still_works(tmp_path):
-    slow = _save(tmp_path / "slow.png", Image.fromarray(
-        np.random.default_rng(1).integers(0, 255, (4000, 4000, 3), np.uint8)))
+    # The time limit covers reading and decoding. A FIFO that no one writes to is a file
+    # whose read never ends (like one on a hung network disk): too slow on any machine,
+    # where a large picture's decode time depends on how fast and busy the machine is.
+    slow = tmp_path / "slow.png"
+    os.mkfifo(slow)
     ok = _save(tmp_path / "ok.png", Image.new("RGB", (50, 40), RED))
     results = run_pool([ok, slow, ok], DecodeLimits(timeout_s=0.2))
     assert results[1].error.startswith("decoding took longer than 0.2s")
@@ -216,3 +223,39 @@ def test_a_kept_worker_that_died_while_idle_is_replaced(tmp_path, noticed):
     results = {r.key: r for r in pool.run([(i, str(p)) for i, p in enumerate(ok)])}
     assert sorted(results) == [0, 1, 2] and all(r.error is None for r in results.values())
     assert all(r.pixels.shape == (32, 32, 3) for r in results.values())
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="holds a worker mid-file with a FIFO")
+def test_ctrl_c_reaches_no_decode_worker_and_its_file_still_decodes(tmp_path, capfd):
+    # A terminal's Ctrl-C goes to every process of the job, decode workers included; the
+    # indexing process stops them, so a worker must neither die of it nor print a
+    # KeyboardInterrupt traceback. The FIFO holds the worker inside its file: opening it
+    # for writing returns once the worker has opened it to read.
+    fifo = tmp_path / "held.png"
+    os.mkfifo(fifo)
+    png = io.BytesIO()
+    Image.new("RGB", (50, 40), RED).save(png, "PNG")
+    pool = DecodePool(1, lambda: SPEC, lambda _hash: False, DecodeLimits(timeout_s=120))
+    results = []
+    others = set(multiprocessing.active_children())
+    consumer = threading.Thread(target=lambda: results.extend(pool.run([(0, str(fifo))])))
+    consumer.start()
+    try:
+        deadline = time.monotonic() + 120  # only against a hang
+        while True:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # fails (ENXIO) until a reader has it open
+                break
+            except OSError:
+                assert time.monotonic() < deadline and consumer.is_alive(), results
+                time.sleep(0.01)
+        [worker] = set(multiprocessing.active_children()) - others
+        os.kill(worker.pid, signal.SIGINT)
+        os.write(fd, png.getvalue())
+        os.close(fd)
+    finally:
+        consumer.join(120)
+    [result] = results
+    assert result.error is None and result.pixels.shape == (32, 32, 3), result.error
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

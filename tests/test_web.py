@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,19 @@ def served(tmp_path_factory):
     client = TestClient(create_app(lib, max_upload_bytes=1_000_000), raise_server_exceptions=False)
     yield client, lib, photos, outside
     lib.close()
+
+
+def finished(client, response, timeout_s: float = 300) -> dict:
+    """The job a request started (202), followed to its end."""
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/api/jobs/{job['id']}"
+    deadline = time.monotonic() + timeout_s
+    while job["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"job {job} did not finish"
+        time.sleep(0.05)
+        job = client.get(f"/api/jobs/{job['id']}").json()
+    return job
 
 
 def _ids(response) -> list[int]:
@@ -104,7 +118,8 @@ def test_tags_classify_duplicates_info(served):
     result = client.post("/api/classify", files={"image": ("o.jpg", data, "image/jpeg")},
                          data={"labels": "demo-colours", "top_k": "2"}).json()
     assert result["labels"][0]["label"] == "yellow" and len(result["labels"]) == 2
-    assert client.get("/api/duplicates").json() == []
+    job = finished(client, client.post("/api/duplicates", json={}))
+    assert job["state"] == "done" and job["result"] == [] and job["params"] == {"threshold": 0.995, "crops": True}
     assert client.get("/api/info").json()["images"] == 24
     assert "/api/search" in client.get("/openapi.json").json()["paths"]
 
@@ -322,10 +337,10 @@ def test_the_matrix_and_eval_views(served, tmp_path):
         (labelled / f.name.split("_")[0]).mkdir(parents=True, exist_ok=True)
         (labelled / f.name.split("_")[0] / f.name).write_bytes(f.read_bytes())
     try:
-        result = client.post("/api/eval", json={"folder": str(labelled), "labels": "demo-colours",
-                                                "compare_templates": True})
-        assert result.status_code == 200, result.text
-        body = result.json()
+        job = finished(client, client.post("/api/eval", json={"folder": str(labelled), "labels": "demo-colours",
+                                                              "compare_templates": True}))
+        assert job["state"] == "done", job["error"]
+        body = job["result"]
         assert body["images"] == 24 and body["top1"] == lib.evaluate(labelled, "demo-colours").top1
         assert body["templates"] and body["confusion"]
         assert all(m["id"] is None for m in body["misses"])  # copies, not indexed themselves
@@ -562,9 +577,9 @@ def test_eval_reads_no_file_through_a_symlink_leading_out(served, tmp_path):
     (labelled / "stolen").symlink_to(elsewhere)  # a whole label leading out
     try:
         inside = len(list(labelled.glob("*/*.jpg"))) - 1 - len(list(elsewhere.iterdir()))
-        result = client.post("/api/eval", json={"folder": str(labelled)})
-        assert result.status_code == 200, result.text
-        body = result.json()
+        job = finished(client, client.post("/api/eval", json={"folder": str(labelled)}))
+        assert job["state"] == "done", job["error"]
+        body = job["result"]
         assert body["images"] == inside == 12
         assert "stolen" not in body["labels"] and not any("secret" in m["path"] for m in body["misses"])
         # The CLI (the library's default) reads the folder as the user made it.

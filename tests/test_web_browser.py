@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -54,11 +55,7 @@ def server(library):
     from conftest import serving
 
     with serving(library) as base:
-        # The server loads the model in the background, holding the library's lock; any
-        # call that takes the lock (as /api/info does) returns once that is done, so no
-        # test's first request pays for it.
-        with urllib.request.urlopen(base + "/api/info", timeout=120) as response:
-            assert response.status == 200
+        warmed(base)
         yield base + "/"
 
 
@@ -89,8 +86,7 @@ def eval_server(demo_images, tmp_path_factory):
         report = lib.index([photos])
     assert report.added == 2 * len(demo_images) and not report.errors
     with serving(root / "library") as base:
-        with urllib.request.urlopen(base + "/api/info", timeout=120) as response:
-            assert response.status == 200
+        warmed(base)
         yield base + "/", photos
 
 
@@ -182,12 +178,32 @@ def save_screenshot(page, name: str, tmp_path_factory, full_page: bool = False) 
     return paths
 
 
+def warmed(base: str) -> None:
+    """Returns once the server's model is loaded (it loads in the background at start; a
+    text query waits for it), so that no test's first request pays for it."""
+    with urllib.request.urlopen(base + "/api/search?q=warm+up", timeout=120) as response:
+        assert response.status == 200
+
+
 def post_json(server: str, path: str, body: dict) -> dict:
     """What the API answers ``body`` with, asked directly (the servers here need no token)."""
     request = urllib.request.Request(server + path, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.load(response)
+
+
+def job_result(server: str, path: str, body: dict, timeout_s: float = 300) -> dict:
+    """The result of the background job that posting ``body`` to ``path`` starts."""
+    job = post_json(server, path, body)
+    deadline = time.monotonic() + timeout_s
+    while job["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"job {job} did not finish"
+        time.sleep(0.1)
+        with urllib.request.urlopen(f"{server}api/jobs/{job['id']}", timeout=60) as response:
+            job = json.load(response)
+    assert job["state"] == "done", job
+    return job["result"]
 
 
 def drop_file(page, data: bytes, name: str, kind: str) -> None:
@@ -546,7 +562,7 @@ def test_eval_view_on_a_labelled_folder(browser, eval_server, tmp_path_factory):
         view.get_by_role("button", name="Run").click()
         top1 = page.locator("#eval-top1")
         expect(top1).to_be_visible()
-        api = post_json(base, "api/eval", {"folder": colours, "labels": "demo-colours"})
+        api = job_result(base, "api/eval", {"folder": colours, "labels": "demo-colours"})
         assert float(top1.get_attribute("data-value")) == api["top1"]
         expect(top1).to_have_text(f"{100 * api['top1']:.1f}%")
         rows = page.locator(".confusion tbody tr")
@@ -566,10 +582,13 @@ def test_eval_view_on_a_labelled_folder(browser, eval_server, tmp_path_factory):
         view.get_by_label("Few-shot K").press("Enter")
         expect(page.locator("#eval-run")).to_be_disabled()
         expect(page.locator("#eval-result")).to_have_attribute("aria-busy", "true")
+        # A background job: the page follows it, saying how far it is, with a way to stop it.
+        expect(page.locator("#eval-result [role=status]")).to_contain_text("Evaluating")
+        expect(page.locator("#eval-result").get_by_role("button", name="Cancel")).to_be_visible()
         expect(page.locator("#eval-result .stats")).to_be_visible(timeout=120_000)
         expect(page.locator("#eval-run")).to_be_enabled()
         assert params(page)["compare"] == ["1"] and params(page)["shots"] == ["4"]
-        api = post_json(base, "api/eval", {"folder": shapes, "labels": "demo-shapes", "compare_templates": True,
+        api = job_result(base, "api/eval", {"folder": shapes, "labels": "demo-shapes", "compare_templates": True,
                                            "few_shot": 4})
         assert float(top1.get_attribute("data-value")) == api["top1"]
         expect(rows).to_have_count(6)
@@ -590,6 +609,21 @@ def test_eval_view_on_a_labelled_folder(browser, eval_server, tmp_path_factory):
             f"from {beat} shot" if beat else "No probe beat zero-shot")
         view.get_by_label("Few-shot K").blur()
         save_screenshot(page, "web-eval.png", tmp_path_factory, full_page=True)
+
+        # Cancelling stops the server's job (nobody else joined it) and says so.
+        view.get_by_label("Few-shot K").fill("8")
+        view.get_by_label("Few-shot K").press("Enter")
+        page.locator("#eval-result").get_by_role("button", name="Cancel").click()
+        expect(page.locator("#eval-result")).to_contain_text("Cancelled")
+        expect(page.locator("#eval-run")).to_be_enabled()
+        deadline = time.monotonic() + 30
+        while True:  # the page's DELETE is on its way
+            with urllib.request.urlopen(base + "api/jobs", timeout=60) as response:
+                latest = [j for j in json.load(response) if j["kind"] == "eval"][-1]
+            if latest["state"] != "running" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert latest["params"]["few_shot"] == 8 and latest["state"] == "cancelled"
 
         # A folder outside the indexed ones: the server's error, with its hint.
         view.get_by_label("Labelled folder").fill(str(photos.parent))

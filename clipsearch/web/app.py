@@ -1,8 +1,15 @@
 """The HTTP API and the web page, as a FastAPI application over one :class:`Library`.
 
 Every endpoint calls the facade, so the API means what the CLI means. The library and
-its model are loaded once and stay warm; calls into it are serialised by a lock (one
-user's browser, or a script, at a time is what a personal library serves).
+its model are loaded once and stay warm, and requests run side by side: there is no
+lock around them. That is safe because what they share is safe to share: the search
+index (``VectorIndex``: concurrent searches, with the catch-up after another process
+indexed holding them off only while it changes the index), the model (torch inference
+and onnxruntime sessions may run from several threads; loading happens once, under a
+lock in ``Library`` and ``Encoder``) and the database (a connection pool, a session per
+call). Long work never runs in the server at all: duplicates, evaluations and tag runs
+are background jobs in processes of their own (``jobs.py``), started by a request that
+answers at once with the job, whose progress and result ``GET /api/jobs/{id}`` gives.
 
 Security, by construction:
 
@@ -29,10 +36,9 @@ import logging
 import mimetypes
 import re
 import threading
-from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
@@ -46,17 +52,19 @@ from starlette.routing import Match
 
 from .. import __version__
 from ..errors import (
-    ClipSearchError, InputError, LibraryEmptyError, LibraryLockedError, ModelError, PathNotFoundError,
+    ClipSearchError, InputError, JobNotFoundError, LibraryEmptyError, LibraryLockedError, ModelError,
+    PathNotFoundError, TooManyJobsError,
 )
+from ..jobs import Job, Jobs
 from ..library import Library
 from ..query import MAX_IMAGE_ID, Term
 from ..query import Query as SearchQuery
 from ..results import SearchHit
 from .compat import add_routes as add_clip_retrieval_routes
 from .schemas import (
-    FILE_RESPONSES, INPUT_ERRORS, MODEL_ERRORS, SEARCH_REQUEST_BODY, THUMBNAIL_RESPONSES, UPLOAD_ERRORS, EvalBody,
-    Filters, LabelSetName, MatrixBody, Name, Page, SearchBody, SearchParams, errors, label_file, parse_fields,
-    parse_json,
+    FILE_RESPONSES, INPUT_ERRORS, JOB_ERRORS, MAX_NAME, MODEL_ERRORS, SEARCH_REQUEST_BODY, THUMBNAIL_RESPONSES,
+    UPLOAD_ERRORS, DuplicatesBody, EvalBody, Filters, LabelSetName, MatrixBody, Name, Page, SearchBody, SearchParams,
+    TagBody, errors, label_file, parse_fields, parse_json,
 )
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
@@ -125,8 +133,10 @@ def _error(status: int, message: str, hint: str | None = None, headers: dict | N
 
 
 def _status(exc: ClipSearchError) -> int:
-    if isinstance(exc, (PathNotFoundError, LibraryEmptyError)):
+    if isinstance(exc, (PathNotFoundError, LibraryEmptyError, JobNotFoundError)):
         return 404
+    if isinstance(exc, TooManyJobsError):
+        return 429
     if isinstance(exc, LibraryLockedError):
         return 409
     if isinstance(exc, ModelError):
@@ -135,43 +145,41 @@ def _status(exc: ClipSearchError) -> int:
 
 
 ImageIdParam = Annotated[int, PathParam(ge=0, le=MAX_IMAGE_ID, description="An indexed image's id.")]
+JobIdParam = Annotated[str, PathParam(max_length=MAX_NAME, description="A job's id, as its start gave it.")]
 
 
 def create_app(library: Library, *, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
-               allow_remote_urls: bool = False, cors_origins: tuple[str, ...] = (), warm: bool = False) -> FastAPI:
+               allow_remote_urls: bool = False, cors_origins: tuple[str, ...] = (), warm: bool = False,
+               max_jobs: int = 1) -> FastAPI:
     """The application serving ``library`` (which it does not close). With ``warm``, the
     index and the model load in the background as soon as the server starts, so that the
-    first query does not pay for them. An empty ``token`` is refused, not taken for none."""
+    first query does not pay for them. ``max_jobs`` background jobs run at a time (one
+    leaves the other cores to searches); more wait their turn (``jobs.py``). An empty
+    ``token`` is refused, not taken for none."""
     if token is not None and not (token and token.isascii() and token.isprintable() and " " not in token):
         raise InputError("the token must be a non-empty word of printable ASCII" if token else "the token is empty",
                          hint="leave --token out to serve without one, or give one such as the output of "
                               "`python -c 'import secrets; print(secrets.token_urlsafe())'`")
-    # Searches share the index and the model, which load lazily and refresh themselves, so
-    # they take turns. Reading one image's facts, file or thumbnail touches only the
-    # database and the disk: those run in parallel, so a page of thumbnails is made on
-    # every core.
-    lock = threading.Lock()
+    jobs = Jobs(library.root, device=library.device, max_running=max_jobs)
 
     @asynccontextmanager
     async def lifespan(_app):
         def load() -> None:
-            with lock:
-                try:
-                    library.vectors
-                    library.encoder.load()
-                except ClipSearchError as exc:  # reported again, to whoever asks, on first use
-                    log.warning("could not preload the library: %s", exc.message)
+            try:
+                library.vectors
+                library.encoder.load()
+            except ClipSearchError as exc:  # reported again, to whoever asks, on first use
+                log.warning("could not preload the library: %s", exc.message)
 
         if warm:
             threading.Thread(target=load, daemon=True, name="clipsearch-warm").start()
-        yield
+        try:
+            yield
+        finally:
+            jobs.close()  # a job outliving its server would be work nobody can collect
 
     app = FastAPI(title="clipsearch", summary="Search an image library by meaning, with CLIP.",
                   version=__version__, lifespan=lifespan, responses=errors(401) if token else None)
-
-    def call(fn: Callable, *args, **kwargs) -> Any:
-        with lock:
-            return fn(*args, **kwargs)
 
     # -- errors and the token gate ------------------------------------------------------
 
@@ -234,15 +242,18 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
 
     # -- helpers -------------------------------------------------------------------------
 
+    def links(image_id: int, path: str) -> dict:
+        return {"name": Path(path).name, "thumbnail": f"/api/images/{image_id}/thumbnail",
+                "file": f"/api/images/{image_id}/file"}
+
     def hit(h: SearchHit) -> dict:
-        return {**h.to_dict(), "name": Path(h.path).name, "thumbnail": f"/api/images/{h.id}/thumbnail",
-                "file": f"/api/images/{h.id}/file"}
+        return {**h.to_dict(), **links(h.id, h.path)}
 
     def page_of(hits: list[SearchHit], n: int, offset: int) -> dict:
         return {"results": [hit(h) for h in hits], "n": n, "offset": offset, "has_more": len(hits) == n}
 
     def search(query: SearchQuery, n: int, offset: int, filters: dict) -> dict:
-        return page_of(call(library.search, query=query, k=n, offset=offset, **filters), n, offset)
+        return page_of(library.search(query=query, k=n, offset=offset, **filters), n, offset)
 
     async def upload_bytes(upload: UploadFile) -> bytes:
         data = await upload.read()
@@ -289,14 +300,13 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
     @app.get("/api/similar/{image_id}", summary="Images like an indexed one (no model needed)",
              responses=INPUT_ERRORS)
     def similar(image_id: ImageIdParam, page: Annotated[Page, Query()]):
-        hits = call(library.search, query=SearchQuery((Term("id", image_id),)), k=page.n, offset=page.offset)
+        hits = library.search(query=SearchQuery((Term("id", image_id),)), k=page.n, offset=page.offset)
         return page_of(hits, page.n, page.offset)
 
     @app.get("/api/images/{image_id}", summary="An image's facts and tags", responses=INPUT_ERRORS)
     def image(image_id: ImageIdParam):
         info = library.image(image_id).to_dict()
-        return {**info, "name": Path(info["path"]).name, "thumbnail": f"/api/images/{image_id}/thumbnail",
-                "file": f"/api/images/{image_id}/file"}
+        return {**info, **links(image_id, info["path"])}
 
     @app.get("/api/images/{image_id}/thumbnail", summary="A WebP (or JPEG) thumbnail, cached",
              response_class=Response, responses={**THUMBNAIL_RESPONSES, **INPUT_ERRORS})
@@ -326,8 +336,8 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
                        classifier: Annotated[Name | None, Form()] = None,
                        top_k: Annotated[int, Form(ge=1, le=100)] = 5):
         data = await upload_bytes(image)
-        [result] = await run_in_threadpool(call, library.classify, [Term("data", data)],
-                                           label_file(labels or None), classifier=classifier or None, top_k=top_k)
+        [result] = await run_in_threadpool(library.classify, [Term("data", data)], label_file(labels or None),
+                                           classifier=classifier or None, top_k=top_k)
         if result.error:
             raise InputError(f"the upload is not a usable image: {result.error}")
         return {**result.to_dict(), "path": image.filename or ""}
@@ -335,31 +345,72 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
     @app.post("/api/matrix", summary="Cosine similarity of indexed images to a bundled label set's labels",
               responses=UPLOAD_ERRORS)
     def matrix(body: MatrixBody):
-        found = call(library.similarity_matrix, body.images, label_file(body.labels), templates=body.templates)
+        found = library.similarity_matrix(body.images, label_file(body.labels), templates=body.templates)
         return {**found.to_dict(), "images": [{"id": i, "name": Path(p).name, "thumbnail": f"/api/images/{i}/thumbnail"}
                                               for i, p in zip(body.images, found.paths)]}
 
-    @app.post("/api/eval", summary="Evaluate a bundled label set or a classifier on a labelled folder "
-                                   "inside the indexed folders", responses=UPLOAD_ERRORS)
+    # -- background jobs ----------------------------------------------------------------
+
+    def started(job: Job, joined: bool) -> JSONResponse:
+        # 202: accepted, under way; where to follow it is in Location and the body.
+        return JSONResponse({**job.to_dict(result=False), "joined": joined}, status_code=202,
+                            headers={"Location": f"/api/jobs/{job.id}"})
+
+    def shown(job: Job) -> dict:
+        """A job as the API shows it: its result with the links the page needs."""
+        out = job.to_dict()
+        if job.result is not None and job.kind == "duplicates":
+            out["result"] = [{**g, "images": [{**h, **links(h["id"], h["path"])} for h in g["images"]]}
+                             for g in job.result]
+        elif job.result is not None and job.kind == "eval":
+            for miss in out["result"]["misses"]:  # thumbnails for the misses the library holds
+                image_id = library.image_id(miss["path"])
+                miss.update(id=image_id, thumbnail=f"/api/images/{image_id}/thumbnail" if image_id else None)
+        return out
+
+    @app.post("/api/duplicates", status_code=202, responses=JOB_ERRORS,
+              summary="Start looking for groups of near-identical images (a background job)")
+    def duplicates(body: DuplicatesBody | None = None):
+        body = body or DuplicatesBody()
+        return started(*jobs.submit("duplicates", {"threshold": body.threshold, "crops": body.crops}))
+
+    @app.post("/api/eval", status_code=202, responses=JOB_ERRORS,
+              summary="Start evaluating a bundled label set or a classifier on a labelled folder inside the "
+                      "indexed folders (a background job)")
     def evaluate(body: EvalBody):
         folder = library.within_roots(body.folder)
-        result = call(library.evaluate, folder, label_file(body.labels), classifier=body.classifier or None,
-                      templates=body.templates, compare_templates=body.compare_templates,
-                      few_shot=body.few_shot or None, roots_only=True)
-        data = result.to_dict()
-        for miss in data["misses"]:  # thumbnails for the misses the library holds
-            image_id = library.image_id(miss["path"])
-            miss.update(id=image_id, thumbnail=f"/api/images/{image_id}/thumbnail" if image_id else None)
-        return data
+        return started(*jobs.submit("eval", {
+            "folder": str(folder), "labels": body.labels, "classifier": body.classifier or None,
+            "templates": body.templates, "compare_templates": body.compare_templates,
+            "few_shot": body.few_shot or None, "roots_only": True}))
 
-    @app.get("/api/duplicates", summary="Groups of near-identical images", responses=INPUT_ERRORS)
-    def duplicates(threshold: float = Query(0.995, gt=0, le=1), crops: bool = True):
-        groups = call(library.duplicates, threshold, crops=crops)
-        return [{"score": g.score, "images": [hit(h) for h in g.images]} for g in groups]
+    @app.post("/api/tag", status_code=202, responses=JOB_ERRORS,
+              summary="Start tagging the library with a bundled label set or a classifier (a background job)")
+    def tag(body: TagBody):
+        if (body.labels is None) == (body.classifier is None):
+            raise InputError("give either 'labels' (a bundled label set) or 'classifier'")
+        return started(*jobs.submit("tag", {
+            "labels": body.labels, "classifier": body.classifier, "templates": body.templates,
+            "threshold": body.threshold, "top_k": body.top_k, "min_cosine": body.min_cosine,
+            "folders": body.folders, "dry_run": body.dry_run}))
+
+    @app.get("/api/jobs", summary="The background jobs, running, waiting and recently finished (no results)")
+    def list_jobs():
+        return [job.to_dict(result=False) for job in jobs.list()]
+
+    @app.get("/api/jobs/{job_id}", summary="A background job: its state, progress and, once done, its result",
+             responses=errors(404, 422))
+    def get_job(job_id: JobIdParam):
+        return shown(jobs.get(job_id))
+
+    @app.delete("/api/jobs/{job_id}", summary="Cancel a background job (once every request that joined it has)",
+                responses=errors(404, 422))
+    def cancel_job(job_id: JobIdParam):
+        return jobs.cancel(job_id).to_dict(result=False)
 
     @app.get("/api/info", summary="What the library holds, and this server's upload limit")
     def info():
-        return {**call(library.info).to_dict(), "max_upload_bytes": max_upload_bytes}
+        return {**library.info().to_dict(), "max_upload_bytes": max_upload_bytes}
 
     # -- the page -----------------------------------------------------------------------
 
@@ -367,7 +418,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
     def index_page():
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    add_clip_retrieval_routes(app, library, call, allow_remote_urls=allow_remote_urls, max_bytes=max_upload_bytes)
+    add_clip_retrieval_routes(app, library, allow_remote_urls=allow_remote_urls, max_bytes=max_upload_bytes)
     app.mount("/static", _Revalidated(directory=STATIC), name="static")
     app.add_middleware(_BodyLimit, limit=max_upload_bytes)
     if cors_origins:
@@ -377,6 +428,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
                            allow_headers=["*"], allow_credentials=bool(token))
     app.add_middleware(_SingleSlashes)
     app.state.library = library
+    app.state.jobs = jobs
     return app
 
 

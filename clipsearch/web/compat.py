@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import binascii
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -82,9 +81,8 @@ def _body_of(model: type[BaseModel]) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-def add_routes(app: FastAPI, library: Library, call: Callable, *, allow_remote_urls: bool,
-               max_bytes: int) -> None:
-    """Register the clip-retrieval endpoints on ``app``; ``call`` runs a library call under its lock."""
+def add_routes(app: FastAPI, library: Library, *, allow_remote_urls: bool, max_bytes: int) -> None:
+    """Register the clip-retrieval endpoints on ``app``."""
 
     def url(request: Request, image_id: int) -> str:
         return f"{str(request.base_url).rstrip('/')}/api/images/{image_id}/file"
@@ -103,7 +101,7 @@ def add_routes(app: FastAPI, library: Library, call: Callable, *, allow_remote_u
         wanted = max(shown, query.num_result_ids or shown)
         dedupe = bool(query.deduplicate)
         fetch = min(MAX_RESULTS, wanted * 2 if dedupe else wanted)
-        hits = await run_in_threadpool(call, library.search, query=Query((term,)), k=fetch,
+        hits = await run_in_threadpool(library.search, query=Query((term,)), k=fetch,
                                        include_query_images=True)
         if dedupe and hits:
             hits = [hits[i] for i in _distinct(library.stored_vectors([h.id for h in hits]))]

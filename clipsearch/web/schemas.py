@@ -21,8 +21,9 @@ from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, WithJsonSchema,
 )
 
-from ..errors import InputError
-from ..labels import available_label_sets, available_templates
+from ..errors import InputError, LabelError
+from ..labels import available_label_sets, available_templates, resolve_templates
+from ..library import DUPLICATE_THRESHOLD
 from ..query import MAX_IMAGE_ID
 
 # A query text is read by CLIP's 77-token context, which no text of more than a few
@@ -83,9 +84,17 @@ def whole(low: int, high: int):
 ImageId = whole(0, MAX_IMAGE_ID)
 LabelSetName = Annotated[str, AfterValidator(_label_set),
                          WithJsonSchema({"type": "string", "enum": list(available_label_sets())})]
-# A template is checked where it is used (``labels.resolve_templates``); the schema says
-# what passes there.
-Template = Annotated[Text, WithJsonSchema({"anyOf": [
+def _template(spec: str) -> str:
+    # Checked at once, as ``labels.resolve_templates`` will: a background job must not be
+    # started only to fail on it.
+    try:
+        resolve_templates([spec])
+    except LabelError as exc:
+        raise ValueError(exc.message) from None
+    return spec
+
+
+Template = Annotated[Text, AfterValidator(_template), WithJsonSchema({"anyOf": [
     {"type": "string", "enum": list(available_templates()), "description": "A bundled template set."},
     {"type": "string", "pattern": r"\{\}", "maxLength": MAX_TEXT, "description": "A prompt; {} stands for the label."},
 ]})]
@@ -185,6 +194,33 @@ class EvalBody(BaseModel):
     few_shot: whole(0, MAX_FEW_SHOT) | None = Field(None, description="Add K-shot probes against zero-shot.")
 
 
+class DuplicatesBody(BaseModel):
+    """`POST /api/duplicates`: the scan's threshold, and whether crops count."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    threshold: float = Field(DUPLICATE_THRESHOLD, gt=0, le=1, description="The cosine at or above which two "
+                                                                          "images are duplicates.")
+    crops: bool = Field(True, description="Below the threshold, pairs whose pixels show one picture up to a crop.")
+
+
+class TagBody(BaseModel):
+    """`POST /api/tag`: tag the library (or the images `in` some folders) with a bundled
+    label set or a trained classifier."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    labels: LabelSetName | None = Field(None, description="A bundled label set.")
+    classifier: Name | None = Field(None, description="A trained few-shot classifier's name.")
+    templates: list[Template] = Field([], max_length=MAX_TEMPLATES)
+    threshold: float = Field(0.1, ge=0, le=1, description="The least probability a tag needs.")
+    top_k: whole(1, 100) = Field(5, description="Tags per image at most.")
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="The least cosine a tag needs.")
+    folders: list[Folder] = Field([], alias="in", max_length=MAX_FILTER_ITEMS,
+                                  description="Only the images inside these folders.")
+    dry_run: bool = Field(False, description="Count what would be tagged, change nothing.")
+
+
 def parse_json(model: type[M], raw: bytes) -> M:
     """``raw`` as a ``model``, parsed strictly (see the module docstring). Text that is not
     JSON, or nests too deep, is a 400; JSON of the wrong shape a 422, as FastAPI's own."""
@@ -223,6 +259,7 @@ _WHY = {
     404: "No such image, the file is missing or outside the indexed folders, or nothing is indexed yet.",
     413: "The request body is over the server's limit (`serve --max-upload-mb`).",
     422: "A parameter or body field is missing, of the wrong type or out of range.",
+    429: "Too many background jobs are waiting already.",
     503: "The model could not be loaded.",
 }
 
@@ -236,6 +273,7 @@ def errors(*codes: int) -> dict[int | str, dict]:
 INPUT_ERRORS = errors(400, 404, 422)  # reads parameters, names images
 MODEL_ERRORS = errors(400, 404, 422, 503)  # ... and may need the model
 UPLOAD_ERRORS = errors(400, 404, 413, 422, 503)  # ... and takes a body
+JOB_ERRORS = errors(400, 404, 413, 422, 429)  # starts a background job
 
 
 # -- what is not JSON -----------------------------------------------------------------

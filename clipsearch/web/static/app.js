@@ -8,6 +8,7 @@
 // forward (popstate) all just call render() on the state read from the URL.
 
 import { ApiError, api, errorBox, postJSON } from "./api.js";
+import { describe, runJob } from "./jobs.js";
 import {
   basename, breakable, dirname, fmtBytes, fmtDate, fmtPercent, fmtScore, h, heat, heatGradient, icon, isTyping,
   plural, thumbUrl, toast,
@@ -515,6 +516,9 @@ function renderTagList() {
 // A box showing the answer to one request at a time, named by `key`: show() with the key
 // shown already does nothing; a new key aborts the request before it and shows `busy`
 // until the answer is drawn, or the error with its hint (asked again, it tries again).
+// A box that shows one answer at a time. `request(signal, progress)` fetches it; a
+// background job's request calls `progress(job)`, which shows how far the job is, with
+// a button that cancels it.
 function answerBox(box, { busy, failed, onBusy = () => {} }) {
   let shown = { key: null, controller: null };
   const setBusy = (on) => {
@@ -528,9 +532,26 @@ function answerBox(box, { busy, failed, onBusy = () => {} }) {
       const mine = { key, controller: new AbortController() };
       shown = mine;
       setBusy(true);
-      box.replaceChildren(h("p", { class: "loading-more", role: "status" }, h("span", { class: "spinner", "aria-hidden": "true" }), busy));
+      const status = h("span", { text: busy });
+      const bar = h("progress", { class: "job-progress", hidden: true, "aria-label": "Progress" });
+      const stop = h("button", { type: "button", class: "button", hidden: true, text: "Cancel", onclick: () => {
+        mine.controller.abort();
+        mine.key = null;
+        setBusy(false);
+        box.replaceChildren(h("p", { class: "end-note", role: "status", text: "Cancelled. Change a setting, or reload, to run it again." }));
+      } });
+      box.replaceChildren(h("div", { class: "loading-more job", role: "status" },
+        h("span", { class: "spinner", "aria-hidden": "true" }), status, bar, stop));
+      const progress = (job) => {
+        if (shown !== mine) return;
+        status.textContent = `${busy} ${describe(job)}`;
+        const { done, total } = job.progress || {};
+        bar.hidden = !total;
+        if (total) Object.assign(bar, { max: total, value: done });
+        stop.hidden = false;
+      };
       try {
-        const answer = await request(mine.controller.signal);
+        const answer = await request(mine.controller.signal, progress);
         if (shown === mine) box.replaceChildren(...[draw(answer)].flat().filter(Boolean));
       } catch (err) {
         if (shown !== mine || err.name === "AbortError") return;
@@ -583,7 +604,7 @@ function openLink(id, ...children) {
 
 // -- the duplicates view ---------------------------------------------------------------
 
-const dupsBox = answerBox(ui.dupsList, { busy: "Looking for near-duplicates…", failed: "Could not look for duplicates" });
+const dupsBox = answerBox(ui.dupsList, { busy: "Looking for near-duplicates.", failed: "Could not look for duplicates" });
 let dupItems = []; // the tiles shown, in order, for the detail view's arrows
 
 function showDuplicates() {
@@ -592,7 +613,7 @@ function showDuplicates() {
   ui.dupsValue.textContent = threshold.toFixed(3);
   ui.dupsCrops.checked = state.crops;
   dupsBox.show(`${threshold}:${state.crops}`,
-    (signal) => api(`/api/duplicates?threshold=${threshold}&crops=${state.crops}`, { signal }),
+    (signal, onProgress) => runJob("/api/duplicates", { threshold, crops: state.crops }, { signal, onProgress }),
     (groups) => drawDuplicates(groups, threshold));
 }
 
@@ -672,7 +693,7 @@ function drawMatrix(m) {
 // -- the eval view ---------------------------------------------------------------------
 
 const evalBox = answerBox(ui.evalResult, {
-  busy: "Evaluating… a big folder, or few-shot probes, can take tens of seconds.",
+  busy: "Evaluating: a big folder, or few-shot probes, can take tens of seconds.",
   failed: "The evaluation failed",
   onBusy: (on) => {
     ui.evalRun.disabled = on;
@@ -694,7 +715,8 @@ function showEval() {
   const body = { folder: state.folder, compare_templates: state.compare };
   if (state.labels) body.labels = state.labels;
   if (state.shots) body.few_shot = state.shots;
-  evalBox.show(JSON.stringify(body), (signal) => postJSON("/api/eval", body, { signal }), drawEvaluation);
+  evalBox.show(JSON.stringify(body), (signal, onProgress) => runJob("/api/eval", body, { signal, onProgress }),
+    drawEvaluation);
 }
 
 function drawEvaluation(r) {
