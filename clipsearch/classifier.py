@@ -251,9 +251,11 @@ def _write_json(path: Path, data: dict) -> None:
 
 # -- few-shot: a linear probe pulled toward the zero-shot weights ---------------------
 
-def example_folders(folder: str | os.PathLike) -> dict[str, list[Path]]:
+def example_folders(folder: str | os.PathLike,
+                    keep: Callable[[Path], bool] | None = None) -> dict[str, list[Path]]:
     """``label -> image files`` of an examples folder: one sub-folder per label (hidden
-    ones and empty ones skipped), images found at any depth inside it."""
+    ones and empty ones skipped), images found at any depth inside it; with ``keep``, only
+    the files it keeps."""
     from .errors import PathNotFoundError
     from .images import is_image_path
 
@@ -261,7 +263,11 @@ def example_folders(folder: str | os.PathLike) -> dict[str, list[Path]]:
     if not root.is_dir():
         raise PathNotFoundError(f"no examples folder at {folder}",
                                 hint="make one sub-folder per label, holding a few images each")
-    classes = {d.name: sorted(p for p in d.rglob("*") if p.is_file() and is_image_path(p))
+
+    def wanted(p: Path) -> bool:
+        return p.is_file() and is_image_path(p) and (keep is None or keep(p))
+
+    classes = {d.name: sorted(filter(wanted, d.rglob("*")))
                for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     classes = {label: files for label, files in classes.items() if files}
     if len(classes) < 2:

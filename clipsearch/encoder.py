@@ -266,6 +266,10 @@ class Encoder:
         self._std = torch.tensor(spec.std, device=self.device).view(1, 3, 1, 1)
         with torch.inference_mode():  # not through encode_texts: it would settle first
             self._dim = int(model.encode_text(tokenizer([""]).to(self.device)).shape[1])
+        if isinstance(getattr(tokenizer, "cache", None), dict):  # open_clip's BPE cache has no bound
+            from .tokenizer import BoundedCache
+
+            tokenizer.cache = BoundedCache(tokenizer.cache)
         self._model, self._pixel_spec, self._tokenizer = model, spec, tokenizer
         self._settle(notice)
         return self

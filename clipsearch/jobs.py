@@ -58,7 +58,8 @@ def _duplicates(lib, params: dict, progress) -> Any:
 def _evaluate(lib, params: dict, progress) -> Any:
     return lib.evaluate(params["folder"], params.get("labels"), templates=params.get("templates", ()),
                         classifier=params.get("classifier"), compare_templates=params.get("compare_templates", False),
-                        few_shot=params.get("few_shot"), progress=progress).to_dict()
+                        few_shot=params.get("few_shot"), roots_only=params.get("roots_only", False),
+                        progress=progress).to_dict()
 
 
 def _tag(lib, params: dict, progress) -> Any:

@@ -697,7 +697,10 @@ class Library:
     def within_roots(self, path: str | os.PathLike) -> Path:
         """``path`` with symlinks resolved, if it lies inside a folder given to ``index``
         (what the web app lets a request name); raises :class:`PathNotFoundError` otherwise."""
-        real = self._within_roots(Path(path).expanduser(), default_root=False)
+        try:
+            real = self._within_roots(Path(path).expanduser(), default_root=False)
+        except ValueError:  # a NUL byte, or text no file name can hold
+            real = None
         if real is None or not real.exists():
             raise PathNotFoundError(f"{path} is missing or lies outside the indexed folders",
                                     hint="name a folder inside one given to `clipsearch index`")
@@ -878,13 +881,17 @@ class Library:
 
     def evaluate(self, examples: str | os.PathLike, labels: str | os.PathLike | LabelSet | None = None, *,
                  templates: Iterable[str] = (), classifier: str | None = None, compare_templates: bool = False,
-                 few_shot: int | None = None, progress: Progress | None = None) -> Evaluation:
+                 few_shot: int | None = None, progress: Progress | None = None,
+                 roots_only: bool = False) -> Evaluation:
         """How well a label set (zero-shot, with ``templates``) or a trained ``classifier``
         names the images of ``examples``, a folder with one sub-folder per true label; see
         ``evaluation.py``. Without ``labels`` or ``classifier`` the sub-folders' names are
         the labels. ``compare_templates`` scores each template alone and their ensemble;
-        ``few_shot`` K adds K-shot probes (1, 2, 4, ... K) against zero-shot."""
-        classes = example_folders(examples)
+        ``few_shot`` K adds K-shot probes (1, 2, 4, ... K) against zero-shot. With
+        ``roots_only``, only files that lie inside the indexed folders once symlinks are
+        resolved are read (what a web request may read)."""
+        classes = example_folders(examples, keep=(lambda p: self._within_roots(p, default_root=False) is not None)
+                                  if roots_only else None)
         if classifier is not None:
             if compare_templates or few_shot:
                 raise ClassifierError("--compare-templates and --few-shot evaluate label sets, not a trained "
@@ -1067,12 +1074,14 @@ def _example_labels(name: str, classes: dict[str, list[Path]], labels: str | os.
 
 
 def _epoch_ns(when: datetime | None) -> int | None:
-    """Nanoseconds since the epoch; a naive datetime is read as UTC, as EXIF times are."""
+    """Nanoseconds since the epoch; a naive datetime is read as UTC, as EXIF times are.
+    Times past what 64 bits of nanoseconds hold (1677 to 2262) are clamped to that range:
+    every stored time lies inside it, so the clamped bound selects the same images."""
     if when is None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return int(when.timestamp() * 1e9)
+    return min(max(int(when.timestamp() * 1e9), -2**63), 2**63 - 1)
 
 
 def _unit_vector(value, dim: int) -> np.ndarray:

@@ -17,10 +17,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import QueryError
+from .errors import PathNotFoundError, QueryError
 
 _WEIGHT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+):(.*)$", re.DOTALL)
 _IMAGE_ID = re.compile(r"^id:(\d+)$")
+MAX_IMAGE_ID = 2**63 - 1  # image ids are 64-bit row ids (SQLite's rowid, PostgreSQL's bigint)
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,8 @@ class Term:
             raise QueryError(f"the weight in {raw!r} must be positive",
                              hint="use --not to subtract a term" if sign > 0 else
                              "a --not term's weight says how hard it pushes away, e.g. 2:people")
-        if m_id := _IMAGE_ID.match(text):
-            return cls("id", int(m_id.group(1)), sign * weight)
+        if (image_id := _image_id(text)) is not None:
+            return cls("id", image_id, sign * weight)
         if files and os.path.isfile(os.path.expanduser(text)):
             return cls("image", _absolute(text), sign * weight)
         return cls("text", text, sign * weight)
@@ -58,9 +59,20 @@ class Term:
     def image(cls, ref: str | os.PathLike, weight: float = 1.0) -> "Term":
         """An image, never text: ``id:N`` for an indexed one, else a file's path."""
         text = os.fspath(ref)
-        if m_id := _IMAGE_ID.match(text.strip()):
-            return cls("id", int(m_id.group(1)), weight)
+        if (image_id := _image_id(text.strip())) is not None:
+            return cls("id", image_id, weight)
         return cls("image", _absolute(text), weight)
+
+
+def _image_id(text: str) -> int | None:
+    """N of ``id:N``, else None. No image has an id past 64 bits, and the database cannot
+    even be asked about one."""
+    if not (m := _IMAGE_ID.match(text)):
+        return None
+    image_id = int(m.group(1))
+    if image_id > MAX_IMAGE_ID:
+        raise PathNotFoundError(f"no indexed image has id {image_id}")
+    return image_id
 
 
 def _absolute(path: str) -> str:

@@ -98,7 +98,9 @@ def _walk(folder: str, options: ScanOptions, ancestors: set[tuple[int, int]]) ->
                                     problem="symlink loop: folder already being scanned")
                     continue
                 yield from _walk(entry.path, options, ancestors | {key})
-            elif is_image_path(Path(entry.name)) and entry.is_file():
+            # A link to a file is followed only when links are (as for folders): else a link
+            # inside a root would bring in, and show the size and hash of, a file outside it.
+            elif is_image_path(Path(entry.name)) and entry.is_file(follow_symlinks=options.follow_symlinks):
                 st = entry.stat()
                 escaped = _printable(entry.path)
                 if escaped is not None:

@@ -26,6 +26,26 @@ SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
 _NEEDS_FIX = regex.compile(r"[^\t\n\r\x20-\x25\x27-\x7e]")
 
 
+class BoundedCache(dict):
+    """A BPE cache that starts over once its words and their merges add up to ``limit``
+    characters, keeping the entries it began with (the special tokens, which must never be
+    split). A tokenizer caches every word it meets, and a server meets whatever words its
+    requests make up: unbounded, that is a leak. 10^6 characters hold ~10^5 common words,
+    in at most a few MB (a character takes one to four bytes)."""
+
+    def __init__(self, initial: dict[str, str], limit: int = 1_000_000):
+        super().__init__(initial)
+        self._initial, self._limit, self._chars = dict(initial), limit, 0
+
+    def __setitem__(self, word: str, merged: str) -> None:
+        self._chars += len(word) + len(merged)
+        if self._chars > self._limit:
+            self.clear()
+            self.update(self._initial)
+            self._chars = len(word) + len(merged)
+        super().__setitem__(word, merged)
+
+
 @lru_cache()
 def bytes_to_unicode() -> dict[int, str]:
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -83,7 +103,7 @@ class ClipTokenizer:
         self.encoder = dict(zip(vocab, range(len(vocab))))
         # Keyed by the raw "first second" line: no tuples to build while loading.
         self.bpe_ranks = dict(zip(merges, range(len(merges))))
-        self.cache = {t: t for t in SPECIAL_TOKENS}
+        self.cache = BoundedCache({t: t for t in SPECIAL_TOKENS})
         self.pat = regex.compile(
             "|".join(SPECIAL_TOKENS) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
             regex.IGNORECASE)

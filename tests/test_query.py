@@ -132,6 +132,29 @@ def test_date_filters_and_sorting(tmp_path, fake_encoder):
             lib.search(text="red", sort="size")
 
 
+def test_dates_past_64_bits_of_nanoseconds_bound_the_search_as_they_say(tmp_path, fake_encoder):
+    from datetime import datetime
+
+    make_images(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        lib.index([tmp_path / "photos"])
+        every = len(lib.search(text="red", k=100))
+        # Stored times are 64-bit nanoseconds (1677 to 2262); bounds beyond them mean all or nothing.
+        assert lib.search(text="red", k=100, after=datetime(9999, 12, 31, 23, 59, 59)) == []
+        assert lib.search(text="red", k=100, before=datetime(1, 1, 1)) == []
+        assert len(lib.search(text="red", k=100, after=datetime(1, 1, 1), before=datetime(9999, 12, 31))) == every
+
+
+def test_an_id_past_64_bits_is_no_image():
+    from clipsearch.errors import PathNotFoundError
+    from clipsearch.query import MAX_IMAGE_ID
+
+    assert Term.parse(f"id:{MAX_IMAGE_ID}") == Term("id", MAX_IMAGE_ID, 1.0)
+    for parse in (Term.parse, Term.image):
+        with pytest.raises(PathNotFoundError, match="no indexed image has id"):
+            parse(f"id:{MAX_IMAGE_ID + 1}")  # the database could not even be asked
+
+
 def test_paging_is_stable_when_duplicates_tie(tmp_path, fake_encoder):
     folder = tmp_path / "photos"
     folder.mkdir()

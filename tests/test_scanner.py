@@ -66,6 +66,18 @@ def test_symlinked_folders_and_loops(tmp_path):
     assert loop.path.endswith("loop") and "symlink loop" in loop.problem
 
 
+def test_symlinked_files_are_followed_only_with_follow_symlinks(tmp_path):
+    from clipsearch.scanner import ScanOptions
+
+    touch(tmp_path, "root/own.jpg", "outside/secret.jpg")
+    (tmp_path / "root" / "link.jpg").symlink_to(tmp_path / "outside" / "secret.jpg")
+    root = tmp_path / "root"
+    assert names(root) == ["own.jpg"]  # a link to a file is skipped, as a link to a folder is
+    assert names(root, ScanOptions(follow_symlinks=True)) == ["link.jpg", "own.jpg"]
+    # A file named as a root is taken as given, link or not.
+    assert [f.path for f in scan(resolve_roots([root / "link.jpg"]))] == [str(root / "link.jpg")]
+
+
 def test_undecodable_names_are_flagged_with_a_printable_path(tmp_path):
     raw = os.fsencode(str(tmp_path)) + b"/caf\xe9.jpg"
     with open(raw, "wb") as f:

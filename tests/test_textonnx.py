@@ -47,6 +47,28 @@ def test_the_standalone_tokenizer_gives_open_clips_ids(merges, model):
     assert np.array_equal(mine(texts), theirs(texts).numpy())
 
 
+def test_the_bpe_caches_are_bounded_and_starting_over_changes_no_id(merges):
+    """A server tokenises whatever words its requests make up: both tokenizers' caches start
+    over past a bound, keeping the special tokens, and give the same ids as before."""
+    from clipsearch.encoder import Encoder
+    from clipsearch.tokenizer import BoundedCache
+
+    texts = _corpus(300)
+    expected = ClipTokenizer(merges)(texts)
+    small = ClipTokenizer(merges)
+    small.cache = BoundedCache({t: t for t in ("<start_of_text>", "<end_of_text>")}, limit=200)
+    assert np.array_equal(small(texts), expected)  # it started over many times on the way
+    assert sum(len(k) + len(v) for k, v in small.cache.items()) <= 200 + 2 * len("<start_of_text>")
+    assert {"<start_of_text>", "<end_of_text>"} <= set(small.cache)
+
+    theirs = Encoder("demo").load()._tokenizer  # open_clip's, as the loaded model uses it
+    assert isinstance(theirs.cache, BoundedCache)
+    rng = random.Random(1)
+    made_up = [" ".join("".join(rng.choice("abcdefghij") for _ in range(12)) for _ in range(30)) for _ in range(3000)]
+    theirs(made_up)
+    assert sum(len(k) + len(v) for k, v in theirs.cache.items()) <= 1_000_000 + 1000
+
+
 @pytest.fixture(scope="module")
 def demo_export(tmp_path_factory):
     from clipsearch.encoder import Encoder

@@ -1,6 +1,7 @@
 """The HTTP API on a library built with the demo model, and its security suite."""
 
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -170,14 +171,13 @@ def test_a_file_replaced_by_a_symlink_leading_out_is_not_served(tmp_path):
         lib.index([photos])
         client = TestClient(create_app(lib))
         ids = {Path(h.path).name: h.id for h in lib.search("x", k=10)}
-        victim = sorted(n for n in ids if n != "link.jpg")[0]
+        assert "link.jpg" not in ids  # a link to a file is not followed without --follow-symlinks
+        victim = sorted(ids)[0]
         assert client.get(f"/api/images/{ids[victim]}/file").status_code == 200
         (photos / victim).unlink()
         os.symlink(outside, photos / victim)  # swapped for a link to a file outside the library
-        for name in (victim, "link.jpg"):
-            for suffix in ("file", "thumbnail"):
-                response = client.get(f"/api/images/{ids[name]}/{suffix}") if name in ids else None
-                assert response is None or response.status_code == 404, (name, suffix)
+        for suffix in ("file", "thumbnail"):
+            assert client.get(f"/api/images/{ids[victim]}/{suffix}").status_code == 404, suffix
 
 
 def test_uploads_are_bounded_and_must_be_images(served):
@@ -195,8 +195,8 @@ def test_uploads_are_bounded_and_must_be_images(served):
 
 
 @pytest.mark.parametrize("body,status", [
-    (b"{not json", 400), (b"[1, 2]", 400), (b'{"text": 5}', 400), (b'{"images": "1"}', 400),
-    (b'{"text": "x", "n": "many"}', 400), (b'{"text": "x", "n": 100000}', 400),
+    (b"{not json", 400), (b"[1, 2]", 422), (b'{"text": 5}', 422), (b'{"images": "1"}', 422),
+    (b'{"text": "x", "n": "many"}', 422), (b'{"text": "x", "n": 100000}', 422), (b'{"txt": "x"}', 422),
 ])
 def test_malformed_json_gets_a_4xx_with_a_message(served, body, status):
     client, *_ = served
@@ -308,7 +308,7 @@ def test_an_upload_takes_the_same_filters_as_a_json_search(served):
     assert hits and all(h["name"].startswith("yellow") for h in hits)
     assert [h["path"] for h in hits] == sorted(h["path"] for h in hits)
     bad = client.post("/api/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"min_score": "high"})
-    assert bad.status_code == 400 and "not a number" in bad.json()["error"]
+    assert bad.status_code == 422 and "min_score" in bad.json()["error"]
 
 
 def test_info_names_the_roots_and_the_upload_limit(served):
@@ -328,8 +328,8 @@ def test_the_matrix_and_eval_views(served, tmp_path):
     assert [i["id"] for i in data["images"]] == ids and data["images"][0]["thumbnail"] == f"/api/images/{ids[0]}/thumbnail"
     # Label sets by bundled name only: a request does not name files on the server.
     named = client.post("/api/matrix", json={"images": ids, "labels": str(outside)})
-    assert named.status_code == 400 and "unknown label set" in named.json()["error"]
-    assert client.post("/api/matrix", json={"images": [], "labels": "demo-colours"}).status_code == 400
+    assert named.status_code == 422 and "unknown label set" in named.json()["error"]
+    assert client.post("/api/matrix", json={"images": [], "labels": "demo-colours"}).status_code == 422
 
     # A labelled folder inside the indexed folders: one sub-folder per colour.
     labelled = photos / "labelled"
@@ -352,3 +352,288 @@ def test_the_matrix_and_eval_views(served, tmp_path):
         import shutil
 
         shutil.rmtree(labelled)
+
+
+# -- what a request may send: every answer a 4xx, nothing read on request text --------------
+
+PAST_64_BITS = 2**63  # one past the largest row id
+
+
+def _deep(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+@pytest.mark.parametrize("method,url,body", [
+    ("get", f"/api/images/{PAST_64_BITS}", None), ("get", f"/api/images/{PAST_64_BITS}/file", None),
+    ("get", f"/api/images/{PAST_64_BITS}/thumbnail", None), ("get", f"/api/similar/{PAST_64_BITS}", None),
+    ("get", f"/api/search?image={PAST_64_BITS}", None), ("post", "/api/search", {"images": [PAST_64_BITS]}),
+    ("post", "/metadata", {"ids": [PAST_64_BITS]}), ("post", "/api/matrix", {"images": [PAST_64_BITS],
+                                                                            "labels": "demo-colours"}),
+])
+def test_ids_past_64_bits_are_refused(served, method, url, body):
+    client, *_ = served
+    response = client.get(url) if method == "get" else client.post(url, json=body)
+    assert response.status_code == 422 and "less than or equal" in response.json()["error"]
+
+
+def test_an_id_term_past_64_bits_is_no_image(served):
+    client, *_ = served
+    for params in ({"and": f"id:{PAST_64_BITS}"}, {"q": "x", "not": f"2:id:{PAST_64_BITS}"}):
+        response = client.get("/api/search", params=params)
+        assert response.status_code == 404 and "no indexed image" in response.json()["error"]
+
+
+@pytest.mark.parametrize("url", ["/api/search", "/knn-service", "/metadata", "/api/matrix", "/api/eval"])
+def test_deeply_nested_json_is_refused(served, url):
+    client, *_ = served
+    body = '{"text": %s, "ids": %s, "images": %s}' % ((_deep(5000),) * 3)
+    response = client.post(url, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"]
+
+
+def test_dates_past_what_nanoseconds_hold_filter_as_they_say(served):
+    client, *_ = served
+    every = len(_ids(client.get("/api/search", params={"q": "a shape", "n": 100})))
+    assert _ids(client.get("/api/search", params={"q": "a shape", "after": "9999-12-31T23:59:59"})) == []
+    assert _ids(client.get("/api/search", params={"q": "a shape", "before": "0001-01-01T00:00:00"})) == []
+    everything = client.post("/api/search", json={"text": "a shape", "n": 100, "after": "0001-01-01",
+                                                  "before": "9999-12-31T23:59:59+14:00"})
+    assert len(_ids(everything)) == every == 24
+
+
+@pytest.mark.parametrize("field", ["ext", "in", "tag", "no_tag", "and", "not", "images"])
+@pytest.mark.parametrize("item", [1, None, {}, [1], True])
+def test_filter_and_term_lists_take_only_their_kind_of_item(served, field, item):
+    client, *_ = served
+    if field == "images" and item == 1:
+        item = "1"  # an image id is the one number
+    response = client.post("/api/search", json={"text": "x", field: [item]})
+    assert response.status_code == 422 and field in response.json()["error"]
+
+
+@pytest.mark.parametrize("field,item", [("ext", "jpg"), ("in", "/photos"), ("tag", "red"), ("no_tag", "red"),
+                                        ("and", "red"), ("not", "red"), ("images", 1)])
+def test_request_lists_are_bounded(served, field, item):
+    from clipsearch.web.schemas import MAX_FILTER_ITEMS, MAX_TERMS
+
+    client, *_ = served
+    most = MAX_TERMS if field in ("and", "not", "images") else MAX_FILTER_ITEMS
+    assert client.post("/api/search", json={"text": "x", field: [item] * most}).status_code in (200, 404)
+    for too_many in (most + 1, 10_000):
+        response = client.post("/api/search", json={"text": "x", field: [item] * too_many})
+        assert response.status_code == 422 and f"at most {most} items" in response.json()["error"]
+    query = client.get("/api/search", params={"q": "x", field if field != "images" else "image": [item] * (most + 1)})
+    assert query.status_code == 422
+
+
+def test_text_is_bounded_and_numbers_are_numbers(served):
+    from clipsearch.web.schemas import MAX_TEXT
+
+    client, *_ = served
+    assert client.post("/api/search", json={"text": "a " * (MAX_TEXT // 2)}).status_code == 200
+    for body in ({"text": "a" * (MAX_TEXT + 1)}, {"text": "a" * 19_000_000}, {"and": ["a" * (MAX_TEXT + 1)]},
+                 {"text": "x", "n": True}, {"text": "x", "n": 1.5}, {"text": "x", "n": "5"}, {"text": "x", "n": 501},
+                 {"text": "x", "offset": -1}, {"text": "x", "min_score": "0.5"}, {"text": "x", "min_score": 2}):
+        response = client.post("/api/search", content=json.dumps(body), headers={"content-type": "application/json"})
+        assert response.status_code in (413, 422), (str(body)[:80], response.status_code)
+    assert client.post("/api/search", json={"text": "x", "n": 2.0}).json()["n"] == 2  # JSON Schema's integer
+    assert client.get("/api/search", params={"q": "x", "n": "1.5"}).status_code == 422
+    assert client.get("/api/search", params={"q": "a" * (MAX_TEXT + 1)}).status_code == 422
+    assert client.post("/knn-service", content=json.dumps({"text": "x", "num_images": True})).status_code == 422
+
+
+@pytest.mark.parametrize("url,body", [
+    ("/api/search", '{"text": "\\ud800"}'), ("/api/search", '{"text": "x", "and": ["\\udfff"]}'),
+    ("/knn-service", '{"text": "\\ud800"}'),
+    ("/api/matrix", '{"images": [1], "labels": "demo-colours", "templates": ["\\ud800 {}"]}'),
+    ("/api/eval", '{"folder": "/\\ud800", "labels": "demo-colours"}'),
+])
+def test_a_lone_surrogate_is_refused(served, url, body):
+    client, *_ = served
+    response = client.post(url, content=body, headers={"content-type": "application/json"})
+    assert response.status_code in (400, 422) and response.json()["error"]
+
+
+def test_an_error_quoting_a_lone_surrogate_still_renders():
+    from clipsearch.web.app import _error
+
+    response = _error(400, "no such thing: \ud800", hint="try \udfff")
+    assert json.loads(response.body) == {"error": "no such thing: ?", "hint": "try ?"}
+
+
+def test_a_nul_byte_in_the_eval_folder_is_not_found(served):
+    client, _, photos, _ = served
+    response = client.post("/api/eval", json={"folder": f"{photos}\x00/x", "labels": "demo-colours"})
+    assert response.status_code == 404 and "outside the indexed folders" in response.json()["error"]
+
+
+def test_folders_a_request_names_are_absolute(served):
+    client, *_ = served
+    for body in ({"text": "x", "in": ["~root/photos"]}, {"text": "x", "in": ["photos"]}):
+        response = client.post("/api/search", json=body)
+        assert response.status_code == 422 and "absolute" in response.json()["error"]
+    assert client.post("/api/eval", json={"folder": "~/photos"}).status_code == 422
+
+
+def test_a_token_that_is_not_ascii_is_refused_not_a_crash(served):
+    _, lib, *_ = served
+    client = TestClient(create_app(lib, token="s3cret"), raise_server_exceptions=False)
+    assert client.get("/api/info", headers={"Authorization": "Bearer s3crét".encode()}).status_code == 401
+    assert client.get("/api/info", headers={"Cookie": "clipsearch_token=s3crét".encode()}).status_code == 401
+    assert client.get("/?token=s3cr%C3%A9t", follow_redirects=False).status_code == 401
+    assert client.get("/?token=%ED%A0%80", follow_redirects=False).status_code == 401
+    assert client.get("/api/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+@pytest.mark.parametrize("token", ["", "two words", "s3crét", "tab\there"])
+def test_serving_refuses_an_empty_or_unsendable_token(served, token):
+    from clipsearch.errors import InputError
+
+    _, lib, *_ = served
+    with pytest.raises(InputError, match="token"):
+        create_app(lib, token=token)
+
+
+def test_serve_with_an_empty_token_says_so(served):
+    from typer.testing import CliRunner
+
+    from clipsearch.cli import app
+
+    _, lib, *_ = served
+    result = CliRunner().invoke(app, ["serve", "--port", "0", "--token", "", "-L", str(lib.root)])
+    assert result.exit_code == 1 and "the token is empty" in result.stderr
+
+
+def test_whether_a_path_exists_never_changes_a_ranking(served, tmp_path):
+    """Query terms are text on the web: a term naming a server path ranks the same whether
+    or not the path exists (else the ranking says which paths exist)."""
+    client, _, photos, _ = served
+    probe = tmp_path / "probe.jpg"  # will hold a picture the library holds, so reading it would show
+    requests = [("get", {"params": {"and": f"2:{probe}", "n": 10}}),
+                ("get", {"params": {"q": "a blue star", "and": str(probe), "not": f"0.5:{probe}", "n": 10}}),
+                ("post", {"json": {"text": "a shape", "and": [f"2:{probe}"], "not": [str(probe)], "n": 10}})]
+
+    def answers():
+        return [getattr(client, method)("/api/search", **kw).json() for method, kw in requests]
+
+    missing = answers()
+    probe.write_bytes((photos / "blue_star_0010.jpg").read_bytes())
+    assert answers() == missing and all(a["results"] for a in missing)
+
+
+def test_no_request_text_reaches_the_file_system(served, monkeypatch):
+    """Every text field of every endpoint but /api/eval's folder (checked against the
+    indexed folders on purpose) carries a marker; no stat, listing, open or user look-up on
+    the server may see it."""
+    import builtins
+    import pwd
+
+    client, _, photos, _ = served
+    upload = (photos / "blue_star_0010.jpg").read_bytes()
+    marker = "zqmarker"
+    seen = []
+
+    def spy(real):
+        def wrapper(path, *args, **kwargs):
+            if marker in str(path):
+                seen.append((real.__name__, str(path)))
+            return real(path, *args, **kwargs)
+        return wrapper
+
+    for module, name in [(os, "stat"), (os, "lstat"), (os, "scandir"), (os, "listdir"), (builtins, "open"),
+                         (pwd, "getpwnam")]:
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    os.path.exists(f"/{marker}")  # the spy sees what Path.exists and os.path do
+    assert seen == [("stat", f"/{marker}")]
+    seen.clear()
+
+    m, path = marker, f"/{marker}/x.jpg"
+    texts = {"q": m, "and": [path, f"2:{path}", f"~{m}/x.jpg"], "not": [f"0.5:{path}"], "in": [f"/{m}"],
+             "ext": [m], "tag": [m], "no_tag": [m]}
+    client.get("/api/search", params=texts)
+    client.post("/api/search", json={"text": path, **{k: v for k, v in texts.items() if k != "q"}})
+    client.post("/api/search", files={"image": ("q.jpg", upload, "image/jpeg")},
+                data={"q": path, "and": path, "in": f"/{m}"})
+    client.post("/api/classify", files={"image": (path, upload, "image/jpeg")}, data={"classifier": m})
+    client.post("/api/matrix", json={"images": [1], "labels": "demo-colours", "templates": [f"{path} {{}}"]})
+    client.post("/knn-service", content=json.dumps({"text": path}))
+    client.post("/knn-service", content=json.dumps({"image_url": f"file://{path}"}))
+    client.post("/knn-service", content=json.dumps({"image": m}))
+    client.get(f"/api/images/{m}")
+    assert seen == []
+
+
+def test_eval_reads_no_file_through_a_symlink_leading_out(served, tmp_path):
+    client, lib, photos, outside = served
+    labelled = photos / "labelled-links"
+    elsewhere = tmp_path / "elsewhere"  # outside the indexed folders
+    elsewhere.mkdir()
+    for f in sorted(photos.glob("*.jpg"))[:12]:
+        (labelled / f.name.split("_")[0]).mkdir(parents=True, exist_ok=True)
+        (labelled / f.name.split("_")[0] / f.name).symlink_to(f)  # links inside the roots are fine
+        (elsewhere / f.name).write_bytes(f.read_bytes())
+    (labelled / "red" / "secret.jpg").parent.mkdir(exist_ok=True)
+    (labelled / "red" / "secret.jpg").symlink_to(outside)
+    (labelled / "stolen").symlink_to(elsewhere)  # a whole label leading out
+    try:
+        inside = len(list(labelled.glob("*/*.jpg"))) - 1 - len(list(elsewhere.iterdir()))
+        job = finished(client, client.post("/api/eval", json={"folder": str(labelled)}))
+        assert job["state"] == "done", job["error"]
+        body = job["result"]
+        assert body["images"] == inside == 12
+        assert "stolen" not in body["labels"] and not any("secret" in m["path"] for m in body["misses"])
+        # The CLI (the library's default) reads the folder as the user made it.
+        assert lib.evaluate(labelled).images == 12 + 1 + len(list(elsewhere.iterdir()))
+    finally:
+        import shutil
+
+        shutil.rmtree(labelled)
+
+
+def test_the_schema_lists_what_each_endpoint_answers(served):
+    client, lib, *_ = served
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    for path in ("/api/images/{image_id}", "/api/images/{image_id}/file", "/api/images/{image_id}/thumbnail",
+                 "/api/similar/{image_id}"):
+        responses = paths[path]["get"]["responses"]
+        assert {"400", "404", "422"} <= set(responses), path
+        assert responses["404"]["content"]["application/json"]["schema"] == error
+    assert set(paths["/api/images/{image_id}/file"]["get"]["responses"]["200"]["content"]) == {
+        "image/*", "application/octet-stream"}
+    thumbnail = paths["/api/images/{image_id}/thumbnail"]["get"]["responses"]
+    assert set(thumbnail["200"]["content"]) == {"image/webp", "image/jpeg"} and "304" in thumbnail
+    for path, kinds in [("/api/search", {"application/json", "multipart/form-data"}),
+                        ("/api/classify", {"multipart/form-data"}), ("/api/matrix", {"application/json"}),
+                        ("/api/eval", {"application/json"}), ("/knn-service", {"application/json"}),
+                        ("/metadata", {"application/json"})]:
+        body = paths[path]["post"]["requestBody"]
+        assert set(body["content"]) == kinds, path
+        assert all(c["schema"] for c in body["content"].values())
+        assert {"413", "422"} <= set(paths[path]["post"]["responses"]), path
+    search = paths["/api/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert search["properties"]["n"]["maximum"] == 500 and search["properties"]["in"]["maxItems"] == 100
+    # Every status a route may answer with is an {"error", "hint"}, FastAPI's own 422 shape nowhere.
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    assert "securitySchemes" not in spec.get("components", {})
+    gated = TestClient(create_app(lib, token="s3cret")).get("/openapi.json", headers={
+        "Authorization": "Bearer s3cret"}).json()
+    assert gated["security"] == [{"bearer": []}, {"cookie": []}]
+    assert all("401" in op["responses"] for ops in gated["paths"].values() for op in ops.values())
+
+
+def test_a_405_names_every_method_of_the_path(served):
+    client, *_ = served
+    for method, url, allow in [("put", "/api/search", "GET, POST"), ("delete", "/api/images/1", "GET"),
+                               ("get", "/api/matrix", "POST"), ("patch", "/knn-service", "POST")]:
+        response = client.request(method.upper(), url)
+        assert response.status_code == 405 and response.headers["allow"] == allow, (method, url)
+        assert response.json()["error"]
+
+
+def test_a_json_endpoint_needs_a_body(served):
+    client, *_ = served
+    for url in ("/api/search", "/knn-service", "/metadata"):
+        response = client.post(url)
+        assert response.status_code == 400 and "no body" in response.json()["error"], url

@@ -77,11 +77,12 @@ def test_jobs_over_http_join_cancel_and_refuse(served):
     missing = client.get("/api/jobs/nope")
     assert missing.status_code == 404 and "no job" in missing.json()["error"]
     # Refused before any job starts: bad values, and folders outside the indexed ones.
-    assert client.post("/api/duplicates", json={"threshold": 2}).status_code == 400
-    assert client.post("/api/duplicates", json={"crops": "yes"}).status_code == 400
+    assert client.post("/api/duplicates", json={"threshold": 2}).status_code == 422
+    assert client.post("/api/duplicates", json={"crops": "yes"}).status_code == 422
     assert client.post("/api/eval", json={"folder": "/", "labels": "demo-colours"}).status_code == 404
     assert client.post("/api/tag", json={}).status_code == 400
-    assert client.post("/api/tag", json={"labels": str(photos)}).status_code == 400  # bundled sets only
+    assert client.post("/api/tag", json={"labels": str(photos)}).status_code == 422  # bundled sets only
+    assert client.post("/api/tag", json={"labels": "demo-colours", "in": ["photos"]}).status_code == 422
     assert client.get("/api/jobs").json()[-1]["id"] == job.id  # nothing else was started
 
 

@@ -15,14 +15,17 @@ Security, by construction:
 
 * files are served by image id only, from the path in the database, and only when that
   path, symlinks resolved, lies inside a folder given to ``index`` (``Library.file``);
-* request bodies are bounded (``max_upload_bytes``) before they are parsed, uploaded
-  images by the indexer's megapixel cap, and what is not an image gets 400;
+* request bodies are bounded (``max_upload_bytes``) before they are parsed, JSON bodies
+  in depth while they are parsed, every value a request sends in length and range
+  (``schemas.py``), uploaded images by the indexer's megapixel cap, and what is not an
+  image gets 400;
 * a request never names a file on the server: query terms that look like paths are text,
   label sets are bundled names only, and the one folder a request may name (``/api/eval``'s
-  labelled examples) must lie inside a folder given to ``index`` (``Library.within_roots``);
+  labelled examples) must lie inside a folder given to ``index`` (``Library.within_roots``),
+  as must every file read from it, symlinks resolved;
 * remote URLs are never fetched unless ``allow_remote_urls``;
-* with a ``token``, every request must carry it (``Authorization: Bearer``, or the cookie
-  that opening ``/?token=...`` sets);
+* with a ``token`` (never an empty one), every request must carry it (``Authorization:
+  Bearer``, or the cookie that opening ``/?token=...`` sets);
 * errors are JSON ``{"error", "hint"}`` with a 4xx status; a bug is a bare 500.
 """
 
@@ -30,20 +33,22 @@ from __future__ import annotations
 
 import hmac
 import logging
+import mimetypes
 import re
 import threading
 from contextlib import asynccontextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
-from fastapi.middleware.cors import CORSMiddleware
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import __version__
 from ..errors import (
@@ -51,15 +56,18 @@ from ..errors import (
     PathNotFoundError, TooManyJobsError,
 )
 from ..jobs import Job, Jobs
-from ..library import DUPLICATE_THRESHOLD, Library
+from ..library import Library
+from ..query import MAX_IMAGE_ID, Term
 from ..query import Query as SearchQuery
-from ..query import Term
 from ..results import SearchHit
 from .compat import add_routes as add_clip_retrieval_routes
-from .params import iso_date, number, whole
+from .schemas import (
+    FILE_RESPONSES, INPUT_ERRORS, JOB_ERRORS, MAX_NAME, MODEL_ERRORS, SEARCH_REQUEST_BODY, THUMBNAIL_RESPONSES,
+    UPLOAD_ERRORS, DuplicatesBody, EvalBody, Filters, LabelSetName, MatrixBody, Name, Page, SearchBody, SearchParams,
+    TagBody, errors, label_file, parse_fields, parse_json,
+)
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
-MAX_MATRIX_IMAGES = 64  # columns a similarity matrix can show legibly
 TOKEN_COOKIE = "clipsearch_token"
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("clipsearch.web")
@@ -117,8 +125,11 @@ class _Revalidated(StaticFiles):
         return response
 
 
-def _error(status: int, message: str, hint: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "hint": hint}, status_code=status)
+def _error(status: int, message: str, hint: str | None = None, headers: dict | None = None) -> JSONResponse:
+    # A message may quote what a request sent, lone surrogates included: those cannot be
+    # encoded, and must not turn the error into a 500.
+    message, hint = (None if t is None else t.encode("utf-8", "replace").decode("utf-8") for t in (message, hint))
+    return JSONResponse({"error": message, "hint": hint}, status_code=status, headers=headers)
 
 
 def _status(exc: ClipSearchError) -> int:
@@ -133,13 +144,22 @@ def _status(exc: ClipSearchError) -> int:
     return 400
 
 
+ImageIdParam = Annotated[int, PathParam(ge=0, le=MAX_IMAGE_ID, description="An indexed image's id.")]
+JobIdParam = Annotated[str, PathParam(max_length=MAX_NAME, description="A job's id, as its start gave it.")]
+
+
 def create_app(library: Library, *, token: str | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD,
                allow_remote_urls: bool = False, cors_origins: tuple[str, ...] = (), warm: bool = False,
                max_jobs: int = 1) -> FastAPI:
     """The application serving ``library`` (which it does not close). With ``warm``, the
     index and the model load in the background as soon as the server starts, so that the
     first query does not pay for them. ``max_jobs`` background jobs run at a time (one
-    leaves the other cores to searches); more wait their turn (``jobs.py``)."""
+    leaves the other cores to searches); more wait their turn (``jobs.py``). An empty
+    ``token`` is refused, not taken for none."""
+    if token is not None and not (token and token.isascii() and token.isprintable() and " " not in token):
+        raise InputError("the token must be a non-empty word of printable ASCII" if token else "the token is empty",
+                         hint="leave --token out to serve without one, or give one such as the output of "
+                              "`python -c 'import secrets; print(secrets.token_urlsafe())'`")
     jobs = Jobs(library.root, device=library.device, max_running=max_jobs)
 
     @asynccontextmanager
@@ -159,7 +179,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
             jobs.close()  # a job outliving its server would be work nobody can collect
 
     app = FastAPI(title="clipsearch", summary="Search an image library by meaning, with CLIP.",
-                  version=__version__, lifespan=lifespan)
+                  version=__version__, lifespan=lifespan, responses=errors(401) if token else None)
 
     # -- errors and the token gate ------------------------------------------------------
 
@@ -174,8 +194,12 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
         return _error(422, f"invalid request: {where + ': ' if where else ''}{first.get('msg', 'malformed')}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request, exc: StarletteHTTPException):
-        return _error(exc.status_code, str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException):
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route on the path only.
+            headers = {**(headers or {}), "Allow": ", ".join(_methods(app, request.scope))}
+        return _error(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_request, _exc):
@@ -192,15 +216,29 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
             given = request.headers.get("authorization", "")
             given = given[7:] if given.lower().startswith("bearer ") else request.cookies.get(TOKEN_COOKIE, "")
             if request.url.path == "/" and request.query_params.get("token"):
-                if not hmac.compare_digest(request.query_params["token"], token):
+                if not _same(request.query_params["token"], token):
                     return _error(401, "wrong token")
                 response = RedirectResponse("/", status_code=303)
                 response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
                 return response
-            if not hmac.compare_digest(given, token):
+            if not _same(given, token):
                 return _error(401, "this server needs a token",
                               hint="send 'Authorization: Bearer TOKEN', or open /?token=TOKEN once")
             return await call_next(request)
+
+        default_openapi = app.openapi
+
+        def openapi() -> dict:
+            """The schema, saying that every operation needs the token, either way."""
+            if app.openapi_schema is None:
+                schema = default_openapi()
+                schema.setdefault("components", {})["securitySchemes"] = {
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                    "cookie": {"type": "apiKey", "in": "cookie", "name": TOKEN_COOKIE}}
+                schema["security"] = [{"bearer": []}, {"cookie": []}]
+            return app.openapi_schema
+
+        app.openapi = openapi
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -211,11 +249,11 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
     def hit(h: SearchHit) -> dict:
         return {**h.to_dict(), **links(h.id, h.path)}
 
-    def page(hits: list[SearchHit], n: int, offset: int) -> dict:
+    def page_of(hits: list[SearchHit], n: int, offset: int) -> dict:
         return {"results": [hit(h) for h in hits], "n": n, "offset": offset, "has_more": len(hits) == n}
 
     def search(query: SearchQuery, n: int, offset: int, filters: dict) -> dict:
-        return page(library.search(query=query, k=n, offset=offset, **filters), n, offset)
+        return page_of(library.search(query=query, k=n, offset=offset, **filters), n, offset)
 
     async def upload_bytes(upload: UploadFile) -> bytes:
         data = await upload.read()
@@ -225,32 +263,12 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
 
     # -- the API ------------------------------------------------------------------------
 
-    class F:  # the filter parameters every search takes, declared once
-        folder = Query([], alias="in", description="Only images inside this folder (repeatable).")
-        ext = Query([], description="Only files with this extension (repeatable).")
-        after = Query(None, description="Taken on or after (ISO date).")
-        before = Query(None, description="Taken before (ISO date).")
-        tag = Query([], description="Only images with this tag (repeatable, all required).")
-        no_tag = Query([], description="Only images without this tag (repeatable).")
-        min_score = Query(None, description="Drop hits with a lower cosine score.")
-        sort = Query("score", pattern="^(score|date|path)$")
-        n = Query(30, ge=1, le=500, description="Results per page.")
-        offset = Query(0, ge=0, le=100_000)
+    @app.get("/api/search", summary="Search by text, by indexed images, or both", responses=MODEL_ERRORS)
+    def get_search(params: Annotated[SearchParams, Query()]):
+        return body_search(params.q, params.image, params.also, params.exclude, params, None)
 
-    @app.get("/api/search", summary="Search by text, by indexed images, or both")
-    def get_search(q: str | None = Query(None, description="What to look for, in words."),
-                   image: list[int] = Query([], description="Ids of indexed images to search with."),
-                   also: list[str] = Query([], alias="and", description="More terms: text or id:N, W:TERM."),
-                   exclude: list[str] = Query([], alias="not", description="Terms to subtract."),
-                   folder: list[str] = F.folder, ext: list[str] = F.ext, after: datetime | None = F.after,
-                   before: datetime | None = F.before, tag: list[str] = F.tag, no_tag: list[str] = F.no_tag,
-                   min_score: float | None = F.min_score, sort: str = F.sort, n: int = F.n, offset: int = F.offset):
-        # The same search as a JSON body's: FastAPI has checked the parameters' types already.
-        return body_search({"text": q, "images": image, "and": also, "not": exclude, "in": folder, "ext": ext,
-                            "after": after, "before": before, "tag": tag, "no_tag": no_tag, "min_score": min_score,
-                            "sort": sort, "n": n, "offset": offset}, None)
-
-    @app.post("/api/search", summary="Search by an uploaded image (multipart) or a JSON query")
+    @app.post("/api/search", summary="Search by an uploaded image (multipart) or a JSON query",
+              responses=UPLOAD_ERRORS, openapi_extra={"requestBody": SEARCH_REQUEST_BODY})
     async def post_search(request: Request):
         upload = None
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -260,46 +278,39 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
                 raise InputError("send the query image as the multipart field 'image'")
             upload = Term("data", await upload_bytes(field))
             # The form's other fields mean what the JSON body's do.
-            body = {"text": form.get("q"), **{k: form.getlist(k) for k in ("in", "ext", "tag", "no_tag", "and", "not")},
-                    **{k: form.get(k) for k in ("n", "offset", "after", "before", "min_score", "sort")}}
+            lists = ("images", "in", "ext", "tag", "no_tag", "and", "not")
+            body = parse_fields(SearchBody, {"text": form.get("q"), **{k: form.getlist(k) for k in lists}, **{
+                k: form.get(k) for k in ("n", "offset", "after", "before", "min_score", "sort")}})
         else:
-            try:
-                body = await request.json()
-            except ValueError:
-                raise InputError("the body is not valid JSON") from None
-            if not isinstance(body, dict):
-                raise InputError("the JSON body must be an object")
+            body = parse_json(SearchBody, await request.body())
         # Off the event loop: a search may wait for the model, and must not stall the server.
-        return await run_in_threadpool(body_search, body, upload)
+        return await run_in_threadpool(body_search, body.text, body.images, body.also, body.exclude, body, upload)
 
-    def body_search(body: dict, upload: Term | None) -> dict:
-        text = body.get("text")
+    def body_search(text: str | None, images: list[int], also: list[str], exclude: list[str], filters: Filters,
+                    upload: Term | None) -> dict:
         terms = [upload] if upload else []
-        terms += [Term("id", whole(i, 0, 0, 2**62)) for i in _list(body, "images")]
-        terms += [_term(str(t)) for t in _list(body, "and")] + [_term(str(t), -1.0) for t in _list(body, "not")]
-        query = SearchQuery(SearchQuery.build(text).terms if isinstance(text, str) and text.strip() else ())
-        query = SearchQuery(query.terms + tuple(terms))
+        terms += [Term("id", i) for i in images]
+        terms += [_term(t) for t in also] + [_term(t, -1.0) for t in exclude]
+        query = SearchQuery((SearchQuery.build(text).terms if text and text.strip() else ()) + tuple(terms))
         if not any(t.weight > 0 for t in query.terms):
             raise InputError("give a text, an image or an 'and' term to search for",
                              hint="for example /api/search?q=a+dog+on+the+beach")
-        n, offset = whole(body.get("n"), 30, 1, 500), whole(body.get("offset"), 0, 0, 100_000)
-        return search(query, n, offset, dict(
-            folders=_list(body, "in"), extensions=_list(body, "ext"), after=iso_date(body.get("after")),
-            before=iso_date(body.get("before")), tags=_list(body, "tag"), no_tags=_list(body, "no_tag"),
-            min_score=number(body.get("min_score")), sort=str(body.get("sort") or "score")))
+        return search(query, filters.n, filters.offset, filters.library_filters())
 
-    @app.get("/api/similar/{image_id}", summary="Images like an indexed one (no model needed)")
-    def similar(image_id: int, n: int = F.n, offset: int = F.offset):
-        hits = library.search(query=SearchQuery((Term("id", image_id),)), k=n, offset=offset)
-        return page(hits, n, offset)
+    @app.get("/api/similar/{image_id}", summary="Images like an indexed one (no model needed)",
+             responses=INPUT_ERRORS)
+    def similar(image_id: ImageIdParam, page: Annotated[Page, Query()]):
+        hits = library.search(query=SearchQuery((Term("id", image_id),)), k=page.n, offset=page.offset)
+        return page_of(hits, page.n, page.offset)
 
-    @app.get("/api/images/{image_id}", summary="An image's facts and tags")
-    def image(image_id: int):
+    @app.get("/api/images/{image_id}", summary="An image's facts and tags", responses=INPUT_ERRORS)
+    def image(image_id: ImageIdParam):
         info = library.image(image_id).to_dict()
         return {**info, **links(image_id, info["path"])}
 
-    @app.get("/api/images/{image_id}/thumbnail", summary="A WebP (or JPEG) thumbnail, cached")
-    def thumbnail(request: Request, image_id: int, size: int = Query(256, ge=16, le=1024),
+    @app.get("/api/images/{image_id}/thumbnail", summary="A WebP (or JPEG) thumbnail, cached",
+             response_class=Response, responses={**THUMBNAIL_RESPONSES, **INPUT_ERRORS})
+    def thumbnail(request: Request, image_id: ImageIdParam, size: int = Query(256, ge=16, le=1024),
                   fmt: str = Query("webp", alias="format", pattern="^(webp|jpeg)$")):
         thumb = library.thumbnail(image_id, size, fmt)
         etag = f'"{thumb.etag}"'
@@ -308,34 +319,35 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
             return Response(status_code=304, headers=headers)
         return FileResponse(thumb.path, media_type=thumb.media_type, headers=headers)
 
-    @app.get("/api/images/{image_id}/file", summary="The original file")
-    def original(image_id: int):
-        return FileResponse(library.file(image_id), headers={"Cache-Control": "private, max-age=3600"})
+    @app.get("/api/images/{image_id}/file", summary="The original file", response_class=Response,
+             responses={**FILE_RESPONSES, **INPUT_ERRORS})
+    def original(image_id: ImageIdParam):
+        path = library.file(image_id)
+        return FileResponse(path, media_type=_media_type(path), headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/tags", summary="Every tag with its image count")
     def tags():
         return [t.to_dict() for t in library.tags()]
 
-    @app.post("/api/classify", summary="Labels of an uploaded image, from a label set or classifier")
-    async def classify(image: Annotated[UploadFile, File()], labels: Annotated[str | None, Form()] = None,
-                       classifier: Annotated[str | None, Form()] = None,
+    @app.post("/api/classify", summary="Labels of an uploaded image, from a label set or classifier",
+              responses=UPLOAD_ERRORS)
+    async def classify(image: Annotated[UploadFile, File()],
+                       labels: Annotated[LabelSetName | None, Form()] = None,
+                       classifier: Annotated[Name | None, Form()] = None,
                        top_k: Annotated[int, Form(ge=1, le=100)] = 5):
         data = await upload_bytes(image)
-        [result] = await run_in_threadpool(library.classify, [Term("data", data)],
-                                           _label_set(labels) if labels else None, classifier=classifier, top_k=top_k)
+        [result] = await run_in_threadpool(library.classify, [Term("data", data)], label_file(labels or None),
+                                           classifier=classifier or None, top_k=top_k)
         if result.error:
             raise InputError(f"the upload is not a usable image: {result.error}")
         return {**result.to_dict(), "path": image.filename or ""}
 
-    @app.post("/api/matrix", summary="Cosine similarity of indexed images to a bundled label set's labels")
-    def matrix(body: dict):
-        ids = [whole(i, 0, 0, 2**62) for i in _list(body, "images")]
-        if not 1 <= len(ids) <= MAX_MATRIX_IMAGES:
-            raise InputError(f"give 1 to {MAX_MATRIX_IMAGES} image ids in 'images'")
-        found = library.similarity_matrix(ids, _label_set(body.get("labels")),
-                     templates=[str(t) for t in _list(body, "templates")])
-        return {**found.to_dict(), "images": [
-            {"id": i, "name": Path(p).name, "thumbnail": f"/api/images/{i}/thumbnail"} for i, p in zip(ids, found.paths)]}
+    @app.post("/api/matrix", summary="Cosine similarity of indexed images to a bundled label set's labels",
+              responses=UPLOAD_ERRORS)
+    def matrix(body: MatrixBody):
+        found = library.similarity_matrix(body.images, label_file(body.labels), templates=body.templates)
+        return {**found.to_dict(), "images": [{"id": i, "name": Path(p).name, "thumbnail": f"/api/images/{i}/thumbnail"}
+                                              for i, p in zip(body.images, found.paths)]}
 
     # -- background jobs ----------------------------------------------------------------
 
@@ -356,62 +368,44 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
                 miss.update(id=image_id, thumbnail=f"/api/images/{image_id}/thumbnail" if image_id else None)
         return out
 
-    @app.post("/api/duplicates", status_code=202,
+    @app.post("/api/duplicates", status_code=202, responses=JOB_ERRORS,
               summary="Start looking for groups of near-identical images (a background job)")
-    def duplicates(body: dict | None = None):
-        body = body or {}
-        threshold = number(body.get("threshold"))
-        threshold = DUPLICATE_THRESHOLD if threshold is None else threshold
-        if not 0 < threshold <= 1:
-            raise InputError(f"the threshold is a cosine similarity in (0, 1], not {threshold}")
-        crops = body.get("crops", True)
-        if not isinstance(crops, bool):
-            raise InputError("'crops' must be true or false")
-        return started(*jobs.submit("duplicates", {"threshold": threshold, "crops": crops}))
+    def duplicates(body: DuplicatesBody | None = None):
+        body = body or DuplicatesBody()
+        return started(*jobs.submit("duplicates", {"threshold": body.threshold, "crops": body.crops}))
 
-    @app.post("/api/eval", status_code=202,
+    @app.post("/api/eval", status_code=202, responses=JOB_ERRORS,
               summary="Start evaluating a bundled label set or a classifier on a labelled folder inside the "
                       "indexed folders (a background job)")
-    def evaluate(body: dict):
-        folder = library.within_roots(str(body.get("folder") or ""))
-        classifier = body.get("classifier") or None
-        labels = _label_set(body["labels"]) if body.get("labels") else None
-        few_shot = whole(body.get("few_shot"), 0, 0, 64) or None
+    def evaluate(body: EvalBody):
+        folder = library.within_roots(body.folder)
         return started(*jobs.submit("eval", {
-            "folder": str(folder), "labels": labels, "classifier": classifier,
-            "templates": [str(t) for t in _list(body, "templates")],
-            "compare_templates": bool(body.get("compare_templates")), "few_shot": few_shot}))
+            "folder": str(folder), "labels": body.labels, "classifier": body.classifier or None,
+            "templates": body.templates, "compare_templates": body.compare_templates,
+            "few_shot": body.few_shot or None, "roots_only": True}))
 
-    @app.post("/api/tag", status_code=202,
+    @app.post("/api/tag", status_code=202, responses=JOB_ERRORS,
               summary="Start tagging the library with a bundled label set or a classifier (a background job)")
-    def tag(body: dict):
-        classifier = body.get("classifier") or None
-        labels = _label_set(body["labels"]) if body.get("labels") else None
-        if (labels is None) == (classifier is None):
+    def tag(body: TagBody):
+        if (body.labels is None) == (body.classifier is None):
             raise InputError("give either 'labels' (a bundled label set) or 'classifier'")
-        threshold = number(body.get("threshold"))
-        min_cosine = number(body.get("min_cosine"))
-        params = {"labels": labels, "classifier": classifier,
-                  "templates": [str(t) for t in _list(body, "templates")],
-                  "threshold": 0.1 if threshold is None else threshold, "top_k": whole(body.get("top_k"), 5, 1, 100),
-                  "min_cosine": min_cosine, "folders": [str(f) for f in _list(body, "in")],
-                  "dry_run": bool(body.get("dry_run"))}
-        if not 0 <= params["threshold"] <= 1:
-            raise InputError(f"the threshold is a probability in [0, 1], not {params['threshold']}")
-        if min_cosine is not None and not -1 <= min_cosine <= 1:
-            raise InputError(f"min_cosine is a cosine similarity in [-1, 1], not {min_cosine}")
-        return started(*jobs.submit("tag", params))
+        return started(*jobs.submit("tag", {
+            "labels": body.labels, "classifier": body.classifier, "templates": body.templates,
+            "threshold": body.threshold, "top_k": body.top_k, "min_cosine": body.min_cosine,
+            "folders": body.folders, "dry_run": body.dry_run}))
 
     @app.get("/api/jobs", summary="The background jobs, running, waiting and recently finished (no results)")
     def list_jobs():
         return [job.to_dict(result=False) for job in jobs.list()]
 
-    @app.get("/api/jobs/{job_id}", summary="A background job: its state, progress and, once done, its result")
-    def get_job(job_id: str):
+    @app.get("/api/jobs/{job_id}", summary="A background job: its state, progress and, once done, its result",
+             responses=errors(404, 422))
+    def get_job(job_id: JobIdParam):
         return shown(jobs.get(job_id))
 
-    @app.delete("/api/jobs/{job_id}", summary="Cancel a background job (once every request that joined it has)")
-    def cancel_job(job_id: str):
+    @app.delete("/api/jobs/{job_id}", summary="Cancel a background job (once every request that joined it has)",
+                responses=errors(404, 422))
+    def cancel_job(job_id: JobIdParam):
         return jobs.cancel(job_id).to_dict(result=False)
 
     @app.get("/api/info", summary="What the library holds, and this server's upload limit")
@@ -444,19 +438,20 @@ def _term(raw: str, sign: float = 1.0) -> Term:
     return Term.parse(raw, sign=sign, files=False)
 
 
-def _label_set(name) -> str:
-    """A bundled label set's name from a request. Never a file: a request does not get to
-    name paths on the server."""
-    from ..labels import available_label_sets
-
-    known = available_label_sets()
-    if not isinstance(name, str) or name not in known:
-        raise InputError(f"unknown label set {name!r}", hint=f"the bundled sets: {', '.join(sorted(known))}")
-    return name
+def _methods(app: FastAPI, scope) -> list[str]:
+    """Every method some route answers at ``scope``'s path."""
+    return sorted({m for route in app.router.routes if route.matches(scope)[0] != Match.NONE
+                   for m in getattr(route, "methods", None) or ()})
 
 
-def _list(body: dict, key: str) -> list:
-    value = body.get(key) or []
-    if not isinstance(value, list):
-        raise InputError(f"'{key}' must be a list")
-    return value
+def _same(given: str, token: str) -> bool:
+    """Whether ``given`` is the token, in constant time. As bytes: ``compare_digest`` refuses
+    text that is not ASCII, and a request may send any."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("ascii"))
+
+
+def _media_type(path: Path) -> str:
+    """An image file's media type; a kind the system does not know (some RAW formats) is
+    sent as bytes."""
+    guessed = mimetypes.guess_type(path.name)[0]
+    return guessed if guessed and guessed.startswith("image/") else "application/octet-stream"

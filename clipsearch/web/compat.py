@@ -17,40 +17,72 @@ Ignored, as a library has no such models: the safety and violence filters, the a
 embeddings and multilingual CLIP. There is no caption index, so ``modality`` "text" is
 answered from the images as well. ``image_url`` is fetched only with
 ``allow_remote_urls`` (``serve --allow-remote-urls``).
+
+The bodies are read by hand, whatever their content type, then checked by the models
+below, which also give their schemas to ``/openapi.json``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import urllib.request
+from typing import Any
+
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError
 from ..library import Library
 from ..query import Query, Term
-from .params import whole
+from .schemas import UPLOAD_ERRORS, ImageId, PathText, Text, errors, parse_json, whole
 
 INDEX_NAME = "clipsearch"
 DEDUPLICATE_AT = 0.94  # clip-retrieval's connected-components threshold
 MAX_RESULTS = 10_000
+MAX_DIM = 8192  # numbers in an embedding; CLIP's widest is 1280
 URL_TIMEOUT_S = 10
+_IGNORED = "Accepted and ignored: a library has no such model."
+
+
+class KnnQuery(BaseModel):
+    """`POST /knn-service`: the first of `text`, `image`, `image_url` and `embedding_input`
+    given is the query. Other fields clip-retrieval's clients send are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    text: Text | None = None
+    image: str | None = Field(None, description="The base64 of an image file.")
+    image_url: PathText | None = Field(None, description="Fetched only by `serve --allow-remote-urls`.")
+    embedding_input: list[float] | None = Field(None, max_length=MAX_DIM, description="A query embedding.")
+    num_images: whole(1, MAX_RESULTS) | None = Field(None, description="Results with url and caption (40).")
+    num_result_ids: whole(1, MAX_RESULTS) | None = Field(None, description="Results in all.")
+    deduplicate: bool | None = Field(None, description=f"Drop results within {DEDUPLICATE_AT} cosine of a better one.")
+    modality: str | None = Field(None, description="Ignored: there is no caption index, only images.")
+    indice_name: str | None = Field(None, description=f"Ignored: every name means this library ({INDEX_NAME}).")
+    use_mclip: Any = Field(None, description=_IGNORED)
+    use_safety_model: Any = Field(None, description=_IGNORED)
+    use_violence_detector: Any = Field(None, description=_IGNORED)
+    aesthetic_score: Any = Field(None, description=_IGNORED)
+    aesthetic_weight: Any = Field(None, description=_IGNORED)
+
+
+class MetadataQuery(BaseModel):
+    """`POST /metadata`: the images to describe."""
+
+    model_config = ConfigDict(extra="allow")
+
+    ids: list[ImageId] = Field([], max_length=MAX_RESULTS)
+
+
+def _body_of(model: type[BaseModel]) -> dict:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def add_routes(app: FastAPI, library: Library, *, allow_remote_urls: bool, max_bytes: int) -> None:
     """Register the clip-retrieval endpoints on ``app``."""
-
-    async def body(request: Request) -> dict:
-        try:
-            data = json.loads(await request.body() or b"null")
-        except ValueError:
-            raise InputError("the body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise InputError("the JSON body must be an object")
-        return data
 
     def url(request: Request, image_id: int) -> str:
         return f"{str(request.base_url).rstrip('/')}/api/images/{image_id}/file"
@@ -59,13 +91,15 @@ def add_routes(app: FastAPI, library: Library, *, allow_remote_urls: bool, max_b
     def indices_list():
         return [INDEX_NAME]
 
-    @app.post("/knn-service", summary="clip-retrieval: nearest images to a text, image or embedding")
+    @app.post("/knn-service", summary="clip-retrieval: nearest images to a text, image or embedding",
+              responses=UPLOAD_ERRORS, openapi_extra=_body_of(KnnQuery))
     async def knn_service(request: Request):
-        query = await body(request)
+        # Read by hand: clip-retrieval's client sends JSON without saying so.
+        query = parse_json(KnnQuery, await request.body())
         term = await run_in_threadpool(_term, query, allow_remote_urls, max_bytes)  # may fetch a URL
-        shown = whole(query.get("num_images"), 40, 1, MAX_RESULTS)
-        wanted = max(shown, whole(query.get("num_result_ids"), shown, 1, MAX_RESULTS))
-        dedupe = bool(query.get("deduplicate"))
+        shown = query.num_images or 40
+        wanted = max(shown, query.num_result_ids or shown)
+        dedupe = bool(query.deduplicate)
         fetch = min(MAX_RESULTS, wanted * 2 if dedupe else wanted)
         hits = await run_in_threadpool(library.search, query=Query((term,)), k=fetch,
                                        include_query_images=True)
@@ -77,31 +111,27 @@ def add_routes(app: FastAPI, library: Library, *, allow_remote_urls: bool, max_b
             out.append({**item, "id": h.id, "similarity": h.score})
         return out
 
-    @app.post("/metadata", summary="clip-retrieval: url and caption of images by id")
+    @app.post("/metadata", summary="clip-retrieval: url and caption of images by id",
+              responses=errors(400, 413, 422), openapi_extra=_body_of(MetadataQuery))
     async def metadata(request: Request):
-        ids = (await body(request)).get("ids") or []
-        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-            raise InputError("'ids' must be a list of image ids")
+        ids = parse_json(MetadataQuery, await request.body()).ids
         found = library.image_paths(ids)
         return [{"id": i, "metadata": {"url": url(request, i), "caption": found[i].rsplit("/", 1)[-1]}}
                 for i in ids if i in found]
 
 
-def _term(query: dict, allow_remote_urls: bool, max_bytes: int) -> Term:
-    text, image, image_url, embedding = (query.get(k) for k in ("text", "image", "image_url", "embedding_input"))
-    if isinstance(text, str) and text.strip():
-        return Term("text", text.strip())
-    if image:
+def _term(query: KnnQuery, allow_remote_urls: bool, max_bytes: int) -> Term:
+    if query.text and query.text.strip():
+        return Term("text", query.text.strip())
+    if query.image:
         try:
-            return Term("data", base64.b64decode(str(image), validate=True))
+            return Term("data", base64.b64decode(query.image, validate=True))
         except (binascii.Error, ValueError):
             raise InputError("'image' must be the base64 of an image file") from None
-    if image_url:
-        return Term("data", _download(str(image_url), allow_remote_urls, max_bytes))
-    if embedding is not None:
-        if not isinstance(embedding, list):
-            raise InputError("'embedding_input' must be a list of numbers")
-        return Term("vector", tuple(embedding))
+    if query.image_url:
+        return Term("data", _download(query.image_url, allow_remote_urls, max_bytes))
+    if query.embedding_input is not None:
+        return Term("vector", tuple(query.embedding_input))
     raise InputError("give text, image, image_url or embedding_input")
 
 
