@@ -302,7 +302,7 @@ def index(
         help="Skip files and folders matching this glob (name or full path). Repeatable.",
         show_default=False)] = None,
     include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Also index hidden files and folders.")] = False,
-    follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="Descend into symlinked folders.")] = False,
+    follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="Follow symlinks to folders and files (off: links are skipped).")] = False,
     max_megapixels: Annotated[float, typer.Option(
         "--max-megapixels", min=0.01, help="Skip images larger than this (decompression bombs).")] = 200.0,
     decode_timeout: Annotated[float, typer.Option(
@@ -1145,7 +1145,9 @@ def serve(
         shown = f"[{host}]" if ":" in host else host
         # The one line a script waits for: the URL, with the port actually bound.
         print(f"clipsearch serving {lib.root} at http://{shown}:{bound}/", flush=True)
-        config = uvicorn.Config(app, log_level="warning", access_log=False)
+        # A GET's query string may hold what the schema allows (100 folders of 4096
+        # characters, percent-encoded: ~1.2 MB), not just h11's 16 KB request line.
+        config = uvicorn.Config(app, log_level="warning", access_log=False, h11_max_incomplete_event_size=4 * 2**20)
         try:
             uvicorn.Server(config).run(sockets=[sock])
         except KeyboardInterrupt:

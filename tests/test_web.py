@@ -637,3 +637,19 @@ def test_a_json_endpoint_needs_a_body(served):
     for url in ("/api/search", "/knn-service", "/metadata"):
         response = client.post(url)
         assert response.status_code == 400 and "no body" in response.json()["error"], url
+
+
+def test_a_live_server_takes_the_longest_query_string_its_schema_allows(demo_library):
+    """100 folders of 4096 characters are a valid search; uvicorn's default 16 KB request
+    line would reset the connection before the app saw it."""
+    import urllib.parse
+    import urllib.request
+
+    from conftest import serving
+
+    folders = [("in", "/" + "d" * 4095)] * 100
+    with serving(demo_library) as base:
+        url = f"{base}/api/search?" + urllib.parse.urlencode([("q", "a red circle"), *folders])
+        assert len(url) > 400_000
+        with urllib.request.urlopen(url, timeout=120) as response:
+            assert response.status == 200 and json.load(response)["results"] == []

@@ -138,3 +138,14 @@ def test_searches_are_answered_while_another_process_indexes(served, tmp_path):
             os.kill(indexer.pid, signal.SIGCONT)
             indexer.kill()
     assert client.get("/api/info").json()["images"] == IMAGES + 160
+
+
+def test_a_jobs_label_set_is_the_bundled_one_whatever_lies_in_the_servers_folder(served, tmp_path, monkeypatch):
+    client, _, _ = served
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "demo-colours").write_text("zorp\nquib\n")  # a file named like a bundled set
+    monkeypatch.chdir(tmp_path / "cwd")
+    done = finished(client, client.post("/api/tag", json={"labels": "demo-colours", "threshold": 0, "top_k": 1,
+                                                          "dry_run": True}))
+    assert done["state"] == "done", done["error"]
+    assert set(done["result"]["counts"]) <= set(demoworld.COLOURS) and "zorp" not in done["result"]["counts"]

@@ -374,13 +374,19 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
         body = body or DuplicatesBody()
         return started(*jobs.submit("duplicates", {"threshold": body.threshold, "crops": body.crops}))
 
+    def job_labels(name: str | None) -> str | None:
+        # The bundled set's file, not its name: a job's process would take a file of that
+        # name in its working folder first.
+        found = label_file(name)
+        return None if found is None else str(found)
+
     @app.post("/api/eval", status_code=202, responses=JOB_ERRORS,
               summary="Start evaluating a bundled label set or a classifier on a labelled folder inside the "
                       "indexed folders (a background job)")
     def evaluate(body: EvalBody):
         folder = library.within_roots(body.folder)
         return started(*jobs.submit("eval", {
-            "folder": str(folder), "labels": body.labels, "classifier": body.classifier or None,
+            "folder": str(folder), "labels": job_labels(body.labels), "classifier": body.classifier or None,
             "templates": body.templates, "compare_templates": body.compare_templates,
             "few_shot": body.few_shot or None, "roots_only": True}))
 
@@ -390,7 +396,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
         if (body.labels is None) == (body.classifier is None):
             raise InputError("give either 'labels' (a bundled label set) or 'classifier'")
         return started(*jobs.submit("tag", {
-            "labels": body.labels, "classifier": body.classifier, "templates": body.templates,
+            "labels": job_labels(body.labels), "classifier": body.classifier, "templates": body.templates,
             "threshold": body.threshold, "top_k": body.top_k, "min_cosine": body.min_cosine,
             "folders": body.folders, "dry_run": body.dry_run}))
 
