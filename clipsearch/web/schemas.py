@@ -76,6 +76,8 @@ PathText = Annotated[str, StringConstraints(max_length=MAX_PATH), AfterValidator
 Folder = Annotated[PathText, AfterValidator(_absolute), Field(json_schema_extra={"pattern": "^/"})]
 Name = Annotated[str, StringConstraints(max_length=MAX_NAME), AfterValidator(_unicode)]
 QueryTerm = Annotated[str, StringConstraints(max_length=MAX_TEXT, pattern=r"\S"), AfterValidator(_unicode)]
+
+
 def whole(low: int, high: int):
     """A whole number in ``[low, high]``."""
     return Annotated[int, Field(ge=low, le=high), BeforeValidator(_integral)]
@@ -84,6 +86,8 @@ def whole(low: int, high: int):
 ImageId = whole(0, MAX_IMAGE_ID)
 LabelSetName = Annotated[str, AfterValidator(_label_set),
                          WithJsonSchema({"type": "string", "enum": list(available_label_sets())})]
+
+
 def _template(spec: str) -> str:
     # Checked at once, as ``labels.resolve_templates`` will: a background job must not be
     # started only to fail on it.
