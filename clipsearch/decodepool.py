@@ -158,6 +158,12 @@ def _sigint_blocked():
     if not hasattr(signal, "pthread_sigmask"):  # Windows: _worker_main ignores it instead
         yield
         return
+    # A process's first spawned child also starts multiprocessing's resource tracker, and
+    # that start unblocks SIGINT in this thread when it is done (resource_tracker.py), so
+    # the child itself would start with it open. Started first, the tracker leaves it be.
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
     saved = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield

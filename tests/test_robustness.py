@@ -7,6 +7,8 @@ import io
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -259,3 +261,30 @@ def test_ctrl_c_reaches_no_decode_worker_and_its_file_still_decodes(tmp_path, ca
     assert result.error is None and result.pixels.shape == (32, 32, 3), result.error
     err = capfd.readouterr().err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_every_child_starts_deaf_to_ctrl_c_even_the_first_of_a_process():
+    # The first spawned child of a process also starts multiprocessing's resource tracker,
+    # which unblocks SIGINT in the starting thread on its way out: that first worker then
+    # started able to take Ctrl-C while still importing, and printed a traceback from its
+    # site module (seen in CI, where start-up is slow). Each child here raises SIGINT at
+    # itself as soon as it runs: blocked, it stays pending and the child exits 0. A fresh
+    # interpreter, because this one's tracker may already be running.
+    script = (
+        "import multiprocessing, signal\n"
+        "from clipsearch.decodepool import start_child\n"
+        "ctx = multiprocessing.get_context('spawn')\n"
+        "codes = []\n"
+        "for _ in range(2):\n"
+        "    child = ctx.Process(target=signal.raise_signal, args=(signal.SIGINT,))\n"
+        "    start_child(child)\n"
+        "    child.join(60)\n"
+        "    codes.append(child.exitcode)\n"
+        "print(codes, signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # Both children exited cleanly, and the parent's own mask is as it was: SIGINT open.
+    assert done.stdout.split("\n")[0] == "[0, 0] False", done.stdout + done.stderr
+    assert "KeyboardInterrupt" not in done.stderr, done.stderr
