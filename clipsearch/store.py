@@ -493,9 +493,13 @@ class Store:
 
     def find_by_hash(self, content_hash: str) -> tuple[int, str] | None:
         """An indexed file with exactly this content, as ``(id, path)``."""
+        # Status is checked here, not in SQL: given both conditions, SQLite (which keeps no
+        # statistics) walks the status index, every indexed row, on each call, and indexing
+        # asks once per new file. A content has few rows, so this reads the hash index only.
         with Session(self.engine) as s:
-            row = s.execute(select(ImageRow.id, ImageRow.path).where(
-                ImageRow.content_hash == content_hash, ImageRow.status == STATUS_INDEXED).limit(1)).first()
+            rows = s.execute(select(ImageRow.id, ImageRow.path, ImageRow.status)
+                             .where(ImageRow.content_hash == content_hash).order_by(ImageRow.id))
+            row = next((r for r in rows if r.status == STATUS_INDEXED), None)
         return (row.id, row.path) if row else None
 
     def id_for_path(self, path: str) -> int | None:

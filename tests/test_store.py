@@ -328,3 +328,24 @@ def test_vectors_in_sqlite_move_to_the_vector_file_on_upgrade(tmp_path):
         blobs = dict(conn.exec_driver_sql("select image_id, vector from embeddings").fetchall())
     engine.dispose()
     assert np.allclose(np.frombuffer(blobs[1], np.float32), vectors[1], atol=1e-3)
+
+
+def test_finding_content_by_hash_reads_the_hash_index_and_skips_failed_rows(tmp_path):
+    # Indexing asks once per new file; through the status index that was a walk over every
+    # indexed row each time (a 100k-image index ran 39 minutes instead of 5).
+    from sqlalchemy import event
+
+    s = store(tmp_path, None)
+    s.commit_batch([item("/a.jpg"), IndexedImage("/b.jpg", 10, 1, "hshared", 4, 3, np.array((1.0, 0.0), np.float32))],
+                   failed=[FailedImage("/0.jpg", 5, 9, "broken image")])
+    s.commit_batch(failed=[FailedImage("/b.jpg", 5, 9, "broken image")])
+    s.commit_batch([IndexedImage("/c.jpg", 10, 1, "hshared", 4, 3, np.array((0.0, 1.0), np.float32))])
+    seen = []
+    event.listen(s.engine, "before_cursor_execute", lambda conn, cursor, sql, params, *_: seen.append((sql, params)))
+    assert s.find_by_hash("hshared") == (s.id_for_path("/c.jpg"), "/c.jpg")  # /b.jpg failed since
+    assert s.find_by_hash("h/a.jpg") == (s.id_for_path("/a.jpg"), "/a.jpg")
+    assert s.find_by_hash("nowhere") is None
+    [(sql, params)] = [(q, p) for q, p in seen if "content_hash" in q][:1]
+    plan = " ".join(str(r) for r in sqlite3.connect(tmp_path / "library.db").execute("EXPLAIN QUERY PLAN " + sql, params))
+    assert "content_hash" in plan and "status" not in plan, plan
+    s.close()
