@@ -178,9 +178,10 @@ class RayEmbedder:
                     yield Decoded(key, content, error=error)
                     continue
                 taken = int(out["taken_ns"][i])
+                signature = out["signature"][i] if "signature" in out else b""
                 yield Decoded(key, content, same_content=is_known(content), width=int(out["width"][i]),
                               height=int(out["height"][i]), taken_ns=None if taken == _NO_TIME else taken,
-                              vector=vectors[i])
+                              vector=vectors[i], signature=np.frombuffer(signature, np.uint8) if signature else None)
 
 
 def _cluster_error(exc: BaseException) -> ClipSearchError:
@@ -286,7 +287,7 @@ class _EmbedActor:
         self.pools: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(_CALLS):
             self.pools.put(DecodePool(max(1, decoders), lambda: spec, lambda _hash: False, limits,
-                                      keep_workers=True))
+                                      keep_workers=True, signatures=True))
         self.model_lock = threading.Lock()
         self.shards = Path(shards) if shards else None
 
@@ -312,6 +313,9 @@ class _EmbedActor:
             "height": np.asarray([d.height for d in done], np.int64),
             "taken_ns": np.asarray([_NO_TIME if d.taken_ns is None else d.taken_ns for d in done], np.int64),
             "precision": np.asarray([self.encoder.precision] * len(keys), dtype=object),
+            # duplicates' pixel signatures, as a local run keeps them (b"": none)
+            "signature": np.asarray([b"" if d.signature is None else d.signature.tobytes() for d in done],
+                                    dtype=object),
         }
         if self.shards is None:
             out["vector"] = vectors

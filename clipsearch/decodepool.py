@@ -70,6 +70,7 @@ class Decoded:
     height: int = 0
     taken_ns: int | None = None
     pixels: Any = None  # uint8 (size, size, 3)
+    signature: Any = None  # uint8 (pixelcheck.SIGNATURE_BYTES,), from a pool asked for them
     vector: Any = None  # float32 (dim,), where the file was embedded elsewhere (cluster.py)
 
 
@@ -95,7 +96,7 @@ def _environment(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def _worker_main(conn: Connection, limits: DecodeLimits, niceness: int = 0) -> None:
+def _worker_main(conn: Connection, limits: DecodeLimits, niceness: int = 0, signatures: bool = False) -> None:
     # Ctrl-C is the indexing process's to handle (it stops the workers); where SIGINT could
     # not be blocked from the start (see _sigint_blocked), it is ignored from here. (Only a
     # process's main thread may set a handler; tests run this loop in a thread.)
@@ -116,6 +117,7 @@ def _worker_main(conn: Connection, limits: DecodeLimits, niceness: int = 0) -> N
 
     from .errors import ImageError
     from .images import decode_image, hash_bytes, read_file
+    from .pixelcheck import PIXEL_SPEC, signature
     from .pixels import model_pixels
 
     # Our megapixel cap is the one that applies, not Pillow's built-in default.
@@ -138,8 +140,16 @@ def _worker_main(conn: Connection, limits: DecodeLimits, niceness: int = 0) -> N
                 continue  # the library already has this content
             picture = decode_image(data, spec.size, limits.max_megapixels, os.path.splitext(path)[1])
             del data
-            conn.send(("done", key, picture.width, picture.height, picture.taken_ns,
-                       model_pixels(picture.image, spec)))
+            pixels = model_pixels(picture.image, spec)
+            # duplicates' signature of the picture, while it is decoded anyway (duplicates
+            # would decode every file again for it); never worth failing a file for.
+            sig = None
+            if signatures:
+                try:
+                    sig = signature(model_pixels(picture.image, PIXEL_SPEC), picture.width, picture.height)
+                except Exception:
+                    pass
+            conn.send(("done", key, picture.width, picture.height, picture.taken_ns, pixels, sig))
         except ImageError as exc:
             conn.send(("error", key, exc.message))
         except MemoryError:
@@ -207,9 +217,9 @@ _START_FAILURES = 3
 
 
 class _Worker:
-    def __init__(self, ctx, limits: DecodeLimits, niceness: int = 0):
+    def __init__(self, ctx, limits: DecodeLimits, niceness: int = 0, signatures: bool = False):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, limits, niceness), daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, limits, niceness, signatures), daemon=True)
         start_child(self.proc, _ONE_THREAD)
         child.close()
         self.key: Any = None
@@ -251,18 +261,20 @@ class DecodePool:
 
     ``pixel_spec`` is called (once) when the first file needs decoding, so a run that only
     finds moved files never loads a model. ``is_known(content_hash)`` says whether the
-    library already holds that content.
+    library already holds that content. With ``signatures``, each decoded file also
+    comes with its pixel signature for ``duplicates`` (``pixelcheck.signature``).
     """
 
     def __init__(self, workers: int, pixel_spec: Callable[[], PixelSpec], is_known: Callable[[str], bool],
                  limits: DecodeLimits = DecodeLimits(), ahead: int = 64, niceness: int = DECODE_NICENESS,
-                 keep_workers: bool = False):
+                 keep_workers: bool = False, signatures: bool = False):
         if workers < 1:
             raise ValueError(f"need at least one decode worker, got {workers}")
         self.workers = workers
         self.limits = limits
         self.ahead = ahead
         self.niceness = niceness
+        self.signatures = signatures
         self._pixel_spec = pixel_spec
         self._spec: PixelSpec | None = None
         self._is_known = is_known
@@ -300,7 +312,7 @@ class DecodePool:
             for w in [w for w in workers if not w.proc.is_alive()]:  # died while kept idle
                 workers.remove(w)
                 w.kill()
-            workers += [_Worker(ctx, self.limits, self.niceness)
+            workers += [self._worker(ctx)
                         for _ in range(min(self.workers, max(len(todo), 1)) - len(workers))]
             while not stop.is_set():
                 for i, w in enumerate(workers):
@@ -311,7 +323,7 @@ class DecodePool:
                         except OSError:  # it died while idle, so the file never reached it
                             todo.appendleft(job)
                             w.kill()
-                            workers[i] = _Worker(ctx, self.limits, self.niceness)
+                            workers[i] = self._worker(ctx)
                 if not todo and not any(w.busy for w in workers):
                     break
                 listening = [w for w in workers if w.busy or not w.ready]
@@ -327,7 +339,7 @@ class DecodePool:
                         out.put(Decoded(w.key, w.content_hash,
                                         error=f"decoding took longer than {self.limits.timeout_s:g}s; abandoned"))
                         w.kill()
-                        workers[i] = _Worker(ctx, self.limits, self.niceness)
+                        workers[i] = self._worker(ctx)
         except BaseException as exc:  # hand it to the consumer rather than hang it
             out.put(exc)
         finally:
@@ -337,6 +349,9 @@ class DecodePool:
                 else:
                     w.stop()
             out.put(None)
+
+    def _worker(self, ctx) -> _Worker:
+        return _Worker(ctx, self.limits, self.niceness, self.signatures)
 
     def _lost(self, w: _Worker, ctx, out: queue.Queue) -> _Worker:
         """A worker's process ended: its file failed (if it had one); a new worker replaces it."""
@@ -350,7 +365,7 @@ class DecodePool:
             out.put(Decoded(w.key, w.content_hash,
                             error=f"the decoder crashed on this file (exit code {w.proc.exitcode})"))
         w.kill()
-        return _Worker(ctx, self.limits, self.niceness)
+        return self._worker(ctx)
 
     def _handle(self, w: _Worker, ctx, out: queue.Queue) -> _Worker:
         try:
@@ -375,7 +390,8 @@ class DecodePool:
                 w.key = None
             return w
         if kind == "done":
-            out.put(Decoded(key, w.content_hash, width=msg[2], height=msg[3], taken_ns=msg[4], pixels=msg[5]))
+            out.put(Decoded(key, w.content_hash, width=msg[2], height=msg[3], taken_ns=msg[4], pixels=msg[5],
+                            signature=msg[6]))
         else:
             out.put(Decoded(key, w.content_hash, error=msg[2]))
         w.key = None

@@ -6,8 +6,10 @@
    outright. Every other pair is compared pixel by pixel (``pixelcheck.py``): CLIP
    similarity alone groups different pictures (on the demo model distinct pictures of
    one colour and shape reach cosine 0.9995) and misses crops. The pixels come from a
-   signature per content hash, kept in ``pixels/`` in the library folder, so a file is
-   decoded once (by the decode workers, in parallel), not on every run.
+   signature per content hash, kept in ``pixels/`` in the library folder. ``index``
+   makes them while it decodes each file for the model; for a file indexed before it
+   did, the decode workers make it (in parallel) the first time the file is in a
+   doubtful pair. A file deleted or changed since it was indexed is in no pair.
 3. groups: the connected components of the duplicate pairs (:func:`connected_groups`).
 
 Only numpy and Pillow: nothing here imports torch.
@@ -16,6 +18,7 @@ Only numpy and Pillow: nothing here imports torch.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -57,10 +60,17 @@ def find_groups(store: Store, index: VectorIndex, folder: Path, threshold: float
     floor = min(threshold, CROP_CANDIDATE) if crops else threshold
     ids, rows, _ = store.live()
     a, b, score = candidate_pairs(index, ids, rows, neighbours, floor, progress)
-    keep = verify(store, folder / SIGNATURES, a, b, score, crops, progress, workers)
     # Byte copies are duplicates whether or not the index found them (an approximate one
     # misses a few among many identical vectors); they share one vector, so cosine 1.
     ca, cb = _copies(store)
+    # A file deleted or changed since it was indexed is in no pair: its vector and its kept
+    # signature show what it was, and a user who just deleted one of two copies must not
+    # be shown it again. Only the files of candidate pairs are looked at.
+    files = _unchanged_files(store, np.unique(np.concatenate([a, b, ca, cb])))
+    here = np.array(sorted(files), np.int64)
+    a, b, score = (x[np.isin(a, here) & np.isin(b, here)] for x in (a, b, score))
+    ca, cb = (x[np.isin(ca, here) & np.isin(cb, here)] for x in (ca, cb))
+    keep = verify(store, folder / SIGNATURES, files, a, b, score, crops, progress, workers)
     a, b = np.concatenate([a[keep], ca]), np.concatenate([b[keep], cb])
     score = np.concatenate([score[keep], np.ones(len(ca), np.float32)])
     best: dict[int, float] = {}
@@ -98,13 +108,13 @@ def candidate_pairs(index: VectorIndex, ids: np.ndarray, rows: np.ndarray, neigh
     return a[first], b[first], s[first]
 
 
-def verify(store: Store, folder: Path, a: np.ndarray, b: np.ndarray, score: np.ndarray, crops: bool = True,
-           progress: Progress | None = None, workers: int | None = None) -> np.ndarray:
-    """Which of the pairs ``(a[i], b[i])`` show the same picture: a mask. Byte copies and
-    identical vectors do without pixels; otherwise a file that cannot be read now
-    (deleted, broken, changed since it was indexed) is in no pair."""
+def verify(store: Store, folder: Path, files: dict[int, tuple[str, str | None]], a: np.ndarray, b: np.ndarray,
+           score: np.ndarray, crops: bool = True, progress: Progress | None = None,
+           workers: int | None = None) -> np.ndarray:
+    """Which of the pairs ``(a[i], b[i])`` show the same picture: a mask. ``files`` gives
+    ``id -> (path, content hash)``. Byte copies and identical vectors do without pixels;
+    otherwise a file without a kept signature that cannot be read now is in no pair."""
     ids = np.unique(np.concatenate([a, b]))
-    files = _files(store, ids)
     # Each id's content as a number (-1: none recorded), to compare pairs in one go.
     codes: dict[str, int] = {}
     content = np.array([codes.setdefault(files[i][1], len(codes)) if files.get(i, ("", None))[1] else -1
@@ -177,15 +187,23 @@ def _live_digests(store: Store) -> set[bytes]:
         return {bytes.fromhex(h) for (h,) in conn.execute(stmt)}
 
 
-def _files(store: Store, ids: np.ndarray) -> dict[int, tuple[str, str | None]]:
-    """``id -> (path, content hash)`` of indexed images, read in slices (SQLite caps the
-    number of parameters of a statement)."""
+def _unchanged_files(store: Store, ids: np.ndarray) -> dict[int, tuple[str, str | None]]:
+    """``id -> (path, content hash)`` of those indexed images whose file is still there with
+    the size and modification time it was indexed with (as ``index`` tells changes),
+    read in slices (SQLite caps the number of parameters of a statement)."""
     out = {}
     with store.engine.connect() as conn:
         for start in range(0, len(ids), 10_000):
             chunk = [int(i) for i in ids[start:start + 10_000]]
-            stmt = select(ImageRow.id, ImageRow.path, ImageRow.content_hash).where(ImageRow.id.in_(chunk))
-            out.update({i: (p, h) for i, p, h in conn.execute(stmt)})
+            stmt = (select(ImageRow.id, ImageRow.path, ImageRow.content_hash, ImageRow.size, ImageRow.mtime_ns)
+                    .where(ImageRow.id.in_(chunk)))
+            for i, path, content, size, mtime_ns in conn.execute(stmt):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+                    out[i] = (path, content)
     return out
 
 
@@ -195,7 +213,8 @@ class SignatureStore:
     Each run that computes new signatures writes them to a new file, whole or not at all
     (a temporary name, then a rename), so concurrent runs and crashes leave no half-written
     record; a file that does not read back as one of ours is deleted and its signatures
-    made again. ``merge`` puts the ones still in use into one file (``verify`` calls it
+    made again. ``index`` adds the signatures of what it decodes (``Indexer``), so most
+    are there before ``duplicates`` first runs. ``merge`` puts the ones still in use into one file (``verify`` calls it
     past ``_MERGE_AT`` files).
     """
 
@@ -229,7 +248,10 @@ class SignatureStore:
                 made[digest] = len(table) + len(made)
             todo = {d: ids[1:] for d, ids in todo.items() if d not in made and len(ids) > 1}
         if made:
-            self._write(list(made), new[:len(made)])
+            try:
+                self.add(list(made), new[:len(made)])
+            except OSError as exc:  # they serve this run all the same
+                log.warning("duplicates: could not keep pixel signatures in %s: %s", self.folder, exc)
             table = np.concatenate([table, new[:len(made)]])
         # A file whose content is not what was indexed has changed since: its vector is stale.
         row_of.update({i: made[d] for i, d in wanted.items() if i not in row_of and d in made})
@@ -297,7 +319,9 @@ class SignatureStore:
             return None
         return np.frombuffer(data, np.uint8, offset=head).reshape(count, self.record)
 
-    def _write(self, digests: Sequence[bytes], table: np.ndarray) -> Path:
+    def add(self, digests: Sequence[bytes], table: np.ndarray) -> Path:
+        """Keep the signatures ``table[n]`` of the contents ``digests[n]`` (16-byte content
+        hashes), in a file of their own."""
         self.folder.mkdir(parents=True, exist_ok=True)
         records = np.concatenate([np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 16), table], 1)
         # Named by time, so files sort oldest first and later signatures win.
@@ -309,7 +333,7 @@ class SignatureStore:
         """One file of the signatures of the content hashes in ``live``, for all the others."""
         digests, table, segments = self._load()
         keep = [(d, n) for d, n in digests.items() if d in live]
-        merged = self._write([d for d, _ in keep], table[[n for _, n in keep]])
+        merged = self.add([d for d, _ in keep], table[[n for _, n in keep]])
         for path in segments:
             if path != merged:
                 path.unlink(missing_ok=True)

@@ -22,12 +22,13 @@ decoded, and the hash costs 0.14 ms per 3 MB.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -40,9 +41,15 @@ from .results import FileError, IndexReport, ModelIdentity
 from .scanner import FoundFile, ScanOptions, scan
 from .store import FailedImage, IndexedImage, KnownFile, MovedImage, Store
 
+if TYPE_CHECKING:
+    from .duplicates import SignatureStore
+
 # Batches decoded ahead of the one being encoded: enough to hide a slow file, few
 # enough that memory stays small.
 _BATCHES_AHEAD = 2
+# Pixel signatures kept in memory before they are written out: 50 MB, and a file each.
+_SIGNATURES_PER_FILE = 8192
+log = logging.getLogger(__name__)
 
 
 class IndexProgress(Protocol):
@@ -99,7 +106,8 @@ class Indexer:
     def __init__(self, store: Store, encoder: Encoder, vectors: Callable[[], VectorIndex],
                  batch_size: int | None = None, workers: int = 2,
                  before_encoding: Callable[[ModelIdentity, str], None] = lambda identity, precision: None,
-                 limits: DecodeLimits = DecodeLimits(), embedder: Embedder | None = None):
+                 limits: DecodeLimits = DecodeLimits(), embedder: Embedder | None = None,
+                 signatures: SignatureStore | None = None):
         self.store = store
         self.encoder = encoder
         self._vectors = vectors
@@ -107,6 +115,9 @@ class Indexer:
         self.workers = workers
         self.limits = limits
         self.embedder = embedder  # None: decode here and encode with ``encoder``
+        # Where the decode workers' pixel signatures of new content go, for duplicates.
+        self.signatures = signatures
+        self._new_signatures: dict[bytes, np.ndarray] = {}
         self._before_encoding = before_encoding
         self._hash_lock = threading.Lock()
         self._hashes_this_run: dict[str, int] = {}
@@ -126,21 +137,10 @@ class Indexer:
         if problems:
             self._commit(problems, report, progress)
         if decodable:
-            if self.embedder is None:
-                batch_size = self.batch_size or self.encoder.batch_size()
-                results = DecodePool(self.workers, self._pixel_spec, self._known_content, self.limits,
-                                     ahead=batch_size * _BATCHES_AHEAD).run(decodable)
-            else:
-                batch_size = self.batch_size or self.embedder.batch_size()
-                results = self.embedder.run(decodable, self._known_content, self._model_ready)
-            batch: list[tuple[_Job, Decoded]] = []
-            for decoded in results:
-                batch.append((jobs[decoded.key], decoded))
-                if len(batch) >= batch_size:
-                    self._commit(batch, report, progress)
-                    batch = []
-            if batch:
-                self._commit(batch, report, progress)
+            try:
+                self._decode_and_commit(jobs, decodable, report, progress)
+            finally:  # an interrupted run keeps the signatures of what it committed too
+                self._write_signatures()
         if self._gone:  # not claimed by a moved file: deleted
             gone = list(self._gone)
             self.store.commit_batch(removed=gone)
@@ -149,6 +149,25 @@ class Indexer:
         report.seconds = time.perf_counter() - started
         report.precision = self._precision
         return report
+
+    def _decode_and_commit(self, jobs: list[_Job], decodable: list[tuple[int, str]], report: IndexReport,
+                           progress: IndexProgress) -> None:
+        if self.embedder is None:
+            batch_size = self.batch_size or self.encoder.batch_size()
+            results = DecodePool(self.workers, self._pixel_spec, self._known_content, self.limits,
+                                 ahead=batch_size * _BATCHES_AHEAD,
+                                 signatures=self.signatures is not None).run(decodable)
+        else:
+            batch_size = self.batch_size or self.embedder.batch_size()
+            results = self.embedder.run(decodable, self._known_content, self._model_ready)
+        batch: list[tuple[_Job, Decoded]] = []
+        for decoded in results:
+            batch.append((jobs[decoded.key], decoded))
+            if len(batch) >= batch_size:
+                self._commit(batch, report, progress)
+                batch = []
+        if batch:
+            self._commit(batch, report, progress)
 
     def _plan(self, roots: list[Path], scan_options: ScanOptions, retry_errors: bool, report: IndexReport,
               progress: IndexProgress) -> list[_Job]:
@@ -206,6 +225,8 @@ class Indexer:
                  else self._hashes_this_run.get(d.content_hash) for _, d in good}
         first_with: dict[str, Decoded] = {}
         vectors = {}
+        new_signatures = {d.content_hash: d.signature for _, d in good
+                          if known[d.content_hash] is None and d.signature is not None}
         for _, d in good:
             if known[d.content_hash] is None and d.vector is not None:  # embedded on a cluster
                 vectors.setdefault(d.content_hash, (d.vector, d.width, d.height, d.taken_ns))
@@ -247,10 +268,23 @@ class Indexer:
         with self._hash_lock:
             for item, image_id in zip(indexed, ids):
                 self._hashes_this_run.setdefault(item.content_hash, int(image_id))
+        if self.signatures is not None:
+            self._new_signatures.update((bytes.fromhex(h), sig) for h, sig in new_signatures.items())
+            if len(self._new_signatures) >= _SIGNATURES_PER_FILE:
+                self._write_signatures()
         for job, d in bad:
             report.errors.append(FileError(job.file.path, d.error))
             progress.skipped(job.file.path, d.error)
         progress.advance(len(batch))
+
+    def _write_signatures(self) -> None:
+        new, self._new_signatures = self._new_signatures, {}
+        if not new or self.signatures is None:
+            return
+        try:
+            self.signatures.add(list(new), np.stack(list(new.values())))
+        except OSError as exc:  # duplicates makes them itself then: no reason to fail a run
+            log.warning("could not keep pixel signatures for duplicates: %s", exc)
 
     def _source_of(self, content_hash: str) -> int | None:
         """The id of an indexed row with this content, if there is one."""

@@ -42,7 +42,7 @@ from .errors import (
 from .cluster import ENGINES, RayEmbedder, RayOptions
 from .classifier import FEW_SHOT, Head, example_folders, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
-from .duplicates import DUPLICATE_THRESHOLD, find_groups
+from .duplicates import DUPLICATE_THRESHOLD, SIGNATURES, SignatureStore, find_groups
 from .index import (
     DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, IndexPlan, VectorIndex, choose_index, ivf_plan,
 )
@@ -386,7 +386,8 @@ class Library:
                       embedder) -> IndexReport:
         indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
                           workers=workers or default_workers(), before_encoding=self._record_model,
-                          limits=limits, embedder=embedder)
+                          limits=limits, embedder=embedder,
+                          signatures=SignatureStore(self.root / SIGNATURES))
         version = self.store.vectors_version()
         report = indexer.run(roots, progress, retry_errors=retry_errors, scan_options=options)
         # Saved only after a complete run: the index of an interrupted one lags the vector

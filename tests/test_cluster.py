@@ -14,6 +14,7 @@ import pytest
 
 from clipsearch import Library
 from clipsearch.cluster import SHARD_FOLDER, RayOptions
+from clipsearch.duplicates import SIGNATURES, SignatureStore
 from clipsearch.errors import RayUnavailableError, WeightsUnavailableError
 
 from conftest import run_cli
@@ -63,7 +64,14 @@ def test_a_ray_index_is_the_local_index(cluster, tmp_path, demo_images, demo_lib
         again = lib.index([demo_images[0].parent], engine="ray", ray=RayOptions(batch_size=8, shards=shards))
         assert again.unchanged == 48 and again.added == 0
     assert_same_library(tmp_path / "lib", demo_library)
+    # And it kept duplicates' pixel signatures, the very ones of a local run.
+    assert kept_signatures(tmp_path / "lib") == kept_signatures(demo_library) != {}
     assert not (tmp_path / "lib" / SHARD_FOLDER).exists() or not any((tmp_path / "lib" / SHARD_FOLDER).iterdir())
+
+
+def kept_signatures(library: Path) -> dict[bytes, bytes]:
+    digests, table, _ = SignatureStore(library / SIGNATURES)._load()
+    return {d: table[n].tobytes() for d, n in digests.items()}
 
 
 def _actor_pids() -> list[int]:

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
 from clipsearch import Library, demoworld, duplicates
 from clipsearch.duplicates import SIGNATURES, SignatureStore, candidate_pairs, connected_groups
 from clipsearch.images import hash_bytes
+from clipsearch.store import ImageRow
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +29,11 @@ def lookalikes(tmp_path_factory):
     with Library.open(root / "lib", model="demo") as lib:
         lib.index([root / "photos"])
     return root, written
+
+
+def forget_signatures(library: Path) -> None:
+    """As a library indexed before ``index`` kept pixel signatures: duplicates makes them."""
+    shutil.rmtree(library / SIGNATURES)
 
 
 def copy_library(root: Path, to: Path, signatures: bool = False) -> Path:
@@ -150,35 +157,63 @@ def make_pictures(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def test_a_vanished_or_broken_file_is_skipped_and_copies_need_no_pixels(tmp_path, decoded):
+@pytest.mark.parametrize("kept", [True, False], ids=["signatures-from-index", "signatures-from-duplicates"])
+def test_a_deleted_or_changed_file_is_in_no_group_and_is_never_decoded(tmp_path, decoded, kept):
     paths = make_pictures(tmp_path / "photos")
     with Library.open(tmp_path / "lib", model="demo") as lib:
         lib.index([tmp_path / "photos"])
+        if not kept:
+            forget_signatures(tmp_path / "lib")
         paths["blue_crop"].unlink()
         paths["green_jpeg"].write_bytes(b"\xff\xd8 not a JPEG any more")
-        paths["red"].unlink()
-        paths["red_copy"].unlink()  # the same content as red.png: that pair needs no pixels
+        paths["red"].unlink()  # red_copy.png has its content, and so its vector
         groups = as_names(lib.duplicates())
-    assert groups == [["blue.png", "blue_jpeg.jpg"], ["green.png", "green_crop.png"], ["red.png", "red_copy.png"],
-                      ["red_crop.png", "red_jpeg.jpg"]]
-    # Each file in a doubtful pair was tried once; the copy only because the original could not be read.
-    assert sorted(Path(p).name for _, p in decoded) == sorted(p.name for p in paths.values())
+    assert groups == [["blue.png", "blue_jpeg.jpg"], ["green.png", "green_crop.png"],
+                      ["red_copy.png", "red_crop.png", "red_jpeg.jpg"]]
+    # Where index kept the signatures nothing is decoded; else each file of a doubtful
+    # pair that is still as it was indexed, once.
+    present = ["blue.png", "blue_jpeg.jpg", "green.png", "green_crop.png", "red_copy.png", "red_crop.png",
+               "red_jpeg.jpg"]
+    assert sorted(Path(p).name for _, p in decoded) == ([] if kept else present)
+
+
+def test_index_keeps_the_signatures_that_duplicates_would_make(lookalikes, tmp_path, decoded):
+    root, written = lookalikes
+    calls = []
+    with Library.open(copy_library(root, tmp_path / "lib", signatures=True)) as lib:
+        groups = lib.duplicates(progress=lambda stage, done, total: calls.append(stage))
+        with lib.store.engine.connect() as conn:
+            files = {i: (p, h) for i, p, h in conn.execute(select(ImageRow.id, ImageRow.path, ImageRow.content_hash))}
+    assert as_names(groups) == truth(written)
+    assert "reading pixels" not in calls and decoded == []
+    # The same signatures as duplicates makes from the files itself, up to resampling
+    # (index decodes at the model's size, duplicates at the signature's): a level or two.
+    kept_table, kept_rows = SignatureStore(root / "lib" / SIGNATURES).signatures(files)
+    made_table, made_rows = SignatureStore(tmp_path / "made").signatures(files)
+    assert len(decoded) == len({h for _, h in files.values()}) and kept_rows.keys() == made_rows.keys() == files.keys()
+    kept = kept_table[[kept_rows[i] for i in files]].astype(np.int16)
+    made = made_table[[made_rows[i] for i in files]].astype(np.int16)
+    head = 8  # the original's width and height: equal
+    assert (kept[:, :head] == made[:, :head]).all()
+    assert np.abs(kept[:, head:] - made[:, head:]).mean() < 1.5
 
 
 def test_signatures_are_kept_by_content_and_a_changed_file_gets_a_new_one(tmp_path, decoded):
     paths = make_pictures(tmp_path / "photos")
     with Library.open(tmp_path / "lib", model="demo") as lib:
         lib.index([tmp_path / "photos"])
+        forget_signatures(tmp_path / "lib")
         first = as_names(lib.duplicates())
         assert len(first) == 3 and decoded
         decoded.clear()
         assert as_names(lib.duplicates()) == first and decoded == []  # nothing decoded again
-        # The blue crop becomes another picture, of the same colour and shape, re-indexed.
+        # The blue crop becomes another picture, of the same colour and shape, re-indexed:
+        # index keeps the new content's signature, so duplicates decodes nothing.
         other = demoworld.render(demoworld.random_scene(random.Random(9), "blue", "star", (200, 300)))
         other.save(paths["blue_crop"])
         lib.index([tmp_path / "photos"])
         groups = as_names(lib.duplicates())
-    assert [Path(p).name for _, p in decoded] == ["blue_crop.png"]
+    assert decoded == []
     assert ["blue.png", "blue_jpeg.jpg"] in groups and not any("blue_crop.png" in g for g in groups)
 
 
@@ -186,6 +221,7 @@ def test_a_damaged_signature_file_is_made_again_not_fatal(tmp_path, decoded):
     make_pictures(tmp_path / "photos")
     with Library.open(tmp_path / "lib", model="demo") as lib:
         lib.index([tmp_path / "photos"])
+        forget_signatures(tmp_path / "lib")
         first = as_names(lib.duplicates())
         needed = len(decoded)
         kept = list((tmp_path / "lib" / SIGNATURES).glob("*.sig"))
@@ -219,3 +255,40 @@ def test_merging_keeps_only_the_signatures_still_in_use(tmp_path, decoded):
     table, row_of = store.signatures(files)
     assert sorted(row_of) == [0, 1, 2] and [Path(p).name for _, p in decoded] == ["1.png"]
     assert len({table[r].tobytes() for r in row_of.values()}) == 3
+
+
+def test_signatures_that_cannot_be_kept_cost_neither_the_index_run_nor_duplicates(tmp_path, caplog):
+    make_pictures(tmp_path / "photos")
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / SIGNATURES).write_text("a file where their folder goes")
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        report = lib.index([tmp_path / "photos"])
+        assert report.added == 10 and not report.errors
+        assert "could not keep pixel signatures" in caplog.text
+        caplog.clear()
+        groups = as_names(lib.duplicates())
+    assert len(groups) == 3 and "could not keep pixel signatures" in caplog.text
+
+
+def test_an_interrupted_index_run_keeps_the_signatures_of_what_it_committed(tmp_path, fake_encoder):
+    demoworld.write_images(tmp_path / "photos", 12, seed=5, size_range=(64, 96))
+    encode, batches = fake_encoder.encode_crops, []
+
+    def encode_then_stop(crops):
+        batches.append(len(crops))
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+        return encode(crops)
+
+    fake_encoder.encode_crops = encode_then_stop
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        with pytest.raises(KeyboardInterrupt):
+            lib.index([tmp_path / "photos"], batch_size=4, workers=1)
+        with lib.store.engine.connect() as conn:
+            files = {i: (p, h) for i, p, h in conn.execute(select(ImageRow.id, ImageRow.path, ImageRow.content_hash))}
+    assert len(files) == 4  # the first batch
+    CountingPool.jobs = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(duplicates, "DecodePool", CountingPool)
+        _, rows = SignatureStore(tmp_path / "lib" / SIGNATURES).signatures(files)
+    assert rows.keys() == files.keys() and CountingPool.jobs == []
