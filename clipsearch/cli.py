@@ -481,6 +481,7 @@ def duplicates(
         "--crops/--no-crops",
         help="Also compare pairs from cosine 0.9, for crops of up to 10% of a side.")] = True,
     library: LibraryOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Find groups of near-identical images: re-encodes, resizes, light crops, copies.
@@ -491,8 +492,13 @@ def duplicates(
     """
     from .library import DUPLICATE_THRESHOLD
 
-    with _open(library, create=False) as lib:
-        groups = lib.duplicates(DUPLICATE_THRESHOLD if threshold is None else threshold, crops=crops)
+    stages = _Stages(quiet or json_out)
+    try:
+        with _open(library, create=False) as lib:
+            groups = lib.duplicates(DUPLICATE_THRESHOLD if threshold is None else threshold, crops=crops,
+                                    progress=stages)
+    finally:
+        stages.stop()
     lines = []
     for n, g in enumerate(groups, 1):
         lines += [f"# group {n}: {len(g.images)} images, similarity {g.score:.4f}"]

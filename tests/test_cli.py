@@ -496,3 +496,30 @@ def test_ctrl_c_during_index_exits_130_with_one_message_and_no_traceback(tmp_pat
             proc.kill()
     assert proc.returncode == 130, err
     assert err.splitlines() == [RESUMABLE], err
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="gives the command a terminal for its stderr")
+def test_duplicates_shows_its_stages_on_a_terminal_and_only_there(tmp_path):
+    photos = tmp_path / "photos"
+    demoworld.write_duplicate_set(photos, 16, 4, seed=1, size_range=(96, 160))
+    lib = tmp_path / "lib"
+    assert run_cli("index", str(photos), "-L", str(lib), "--model", "demo", "-q").returncode == 0
+    shutil.rmtree(lib / "pixels")  # so that it reads pixels too, as on a library from before index kept them
+    ours, theirs = os.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "clipsearch.cli", "duplicates", "-L", str(lib)],
+                              stdout=subprocess.PIPE, stderr=theirs, text=True, timeout=300,
+                              env={**os.environ, "COLUMNS": "100"})
+        os.close(theirs)
+        drawn = b""
+        with contextlib.suppress(OSError):  # EIO once the child's end is closed and all is read
+            while chunk := os.read(ours, 65536):
+                drawn += chunk
+    finally:
+        os.close(ours)
+    assert proc.returncode == 0 and "# group 1:" in proc.stdout
+    for stage in (b"finding neighbours", b"reading pixels", b"comparing pixels"):
+        assert stage in drawn, drawn
+    # Piped, as in a script or a log: no bars.
+    piped = run_cli("duplicates", "-L", str(lib))
+    assert piped.returncode == 0 and piped.stderr == "" and piped.stdout == proc.stdout
