@@ -178,7 +178,7 @@ class RayEmbedder:
                     yield Decoded(key, content, error=error)
                     continue
                 taken = int(out["taken_ns"][i])
-                signature = out["signature"][i] if "signature" in out else b""
+                signature = out["signature"][i]
                 yield Decoded(key, content, same_content=is_known(content), width=int(out["width"][i]),
                               height=int(out["height"][i]), taken_ns=None if taken == _NO_TIME else taken,
                               vector=vectors[i], signature=np.frombuffer(signature, np.uint8) if signature else None)
