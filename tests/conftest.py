@@ -9,6 +9,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +48,15 @@ def demo_library(tmp_path_factory, demo_images) -> Path:
         report = lib.index([demo_images[0].parent])
     assert report.added == 48 and not report.errors
     return root
+
+
+def ctrl_c_as_on_a_terminal() -> None:
+    """A ``preexec_fn`` for a child that a test sends Ctrl-C: SIGINT at its default and not
+    blocked, as in a terminal's job. A test run started in the background of a shell
+    without job control (as CI may be) ignores SIGINT, and every child inherits that:
+    Python then leaves it ignored, and the Ctrl-C never arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from clipsearch import demoworld
 from clipsearch.cli import app
-from conftest import run_cli
+from conftest import ctrl_c_as_on_a_terminal, run_cli
 
 runner = CliRunner()
 
@@ -482,7 +482,7 @@ def test_ctrl_c_during_index_exits_130_with_one_message_and_no_traceback(tmp_pat
     # process in it, the decode workers included.
     proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "index", str(photos), "-L", str(tmp_path / "lib"),
                              "--model", "demo", "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=ctrl_c_as_on_a_terminal)
     try:
         # Once the workers are up (still importing, or taking files) and before the model
         # that they wait for is loaded: the run is under way and far from done.

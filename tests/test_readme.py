@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 
 from clipsearch import Library, demoworld
 from clipsearch.cli import app
+from conftest import ctrl_c_as_on_a_terminal
 from test_docs import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,7 +283,8 @@ def test_documented_serve_answers_and_stops_cleanly_on_ctrl_c(case, world, tmp_p
     argv = [world.expand(a) for a in case.argv]
     proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", *argv], cwd=world.work,
                             env={**os.environ, "CLIPSEARCH_LIBRARY": str(library)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_as_on_a_terminal)
     try:
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
