@@ -17,6 +17,7 @@ Only numpy and Pillow: nothing here imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -258,7 +259,18 @@ class SignatureStore:
         return table, row_of
 
     def files(self) -> int:
-        return len(list(self.folder.glob("*.sig"))) if self.folder.is_dir() else 0
+        return len(self._segments())
+
+    def nbytes(self) -> int:
+        """What they take on disk."""
+        total = 0
+        for path in self._segments():
+            with contextlib.suppress(FileNotFoundError):  # merged away meanwhile
+                total += path.stat().st_size
+        return total
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.folder.glob("*.sig")) if self.folder.is_dir() else []
 
     def _compute(self, jobs: list[tuple[int, str]], progress: Progress | None, workers: int | None):
         """``(id, digest, signature)`` of each file that can be decoded now."""
@@ -288,7 +300,7 @@ class SignatureStore:
     def _load(self) -> tuple[dict[bytes, int], np.ndarray, list[Path]]:
         digests: dict[bytes, int] = {}
         tables = []
-        segments = sorted(self.folder.glob("*.sig")) if self.folder.is_dir() else []
+        segments = self._segments()
         kept, count = [], 0
         for path in segments:
             records = self._read(path)

@@ -1052,6 +1052,7 @@ class Library:
             database_bytes=self.store.database_bytes(),
             index_bytes=self._index_bytes(vectors),
             vector_file_bytes=vectors.file.nbytes if vectors else 0,
+            signature_bytes=SignatureStore(self.root / SIGNATURES).nbytes(),
             index_type=vectors.factory if vectors else None,
             index_reason=vectors.facts.reason if vectors else None,
             index_search_param=(vectors.facts.search_param or None) if vectors else None,

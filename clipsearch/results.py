@@ -87,6 +87,7 @@ class LibraryInfo(_Record):
     database_bytes: int
     index_bytes: int
     vector_file_bytes: int = 0
+    signature_bytes: int = 0  # duplicates' pixel signatures, about 6 kB an image (kept by index)
     index_type: str | None = None  # a FAISS factory string: Flat, HNSW32, OPQ..,IVF..,PQ..
     index_reason: str | None = None
     index_search_param: str | None = None  # efSearch=N or nprobe=N, tuned for the recall target

@@ -433,6 +433,7 @@ def test_optimize_and_info_show_sizes_and_times_in_units_and_json_keeps_the_numb
     assert isinstance(raw["seconds"], float)
     info = {k: v.strip() for k, _, v in (line.partition(" ") for line in cli("info", "-L", str(lib)).stdout.splitlines())}
     assert re.fullmatch(r"\d+\.\d KB", info["database_bytes"]) and info["images"] == "12"
+    assert re.fullmatch(r"\d+\.\d KB", info["signature_bytes"])  # 12 signatures of 6 kB each
     assert isinstance(json.loads(cli("info", "--json", "-L", str(lib)).stdout)["database_bytes"], int)
 
 
