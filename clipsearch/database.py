@@ -168,7 +168,7 @@ def check_folder(folder: Path) -> None:
 
 def _new_folder(folder: Path, create: bool) -> None:
     if not create:
-        raise LibraryEmptyError(f"no library at {folder}", hint="index some images first: clipsearch index PATH")
+        raise LibraryEmptyError.at(folder, None)
     folder.mkdir(parents=True, exist_ok=True)
 
 

@@ -51,6 +51,14 @@ class SchemaTooNewError(LibraryError):
 class LibraryEmptyError(LibraryError):
     """The library has no model or no images yet."""
 
+    @classmethod
+    def at(cls, root, state: str = "is empty") -> "LibraryEmptyError":
+        """The error for the library at ``root`` that has nothing to use yet, worded one way
+        everywhere: ``state`` is what it lacks ("is empty", "has no model yet"), None for a
+        folder that holds no library at all."""
+        message = f"no library at {root}" if state is None else f"the library at {root} {state}"
+        return cls(message, hint="index some images first: clipsearch index PATH")
+
 
 class LibraryLockedError(LibraryError):
     """Another process is writing to the library."""

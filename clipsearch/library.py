@@ -22,10 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,24 +31,21 @@ import numpy as np
 
 from . import evaluation
 from . import precision as precisions
-from .encoder import DEFAULT_MODEL, Encoder, ModelSpec
-from .errors import (
-    ClassifierError, ImageError, InputError, LibraryEmptyError, LibraryLockedError, ModelMismatchError,
-    PathNotFoundError, QueryError,
-)
+from .embedding import QueryEmbedder
+from .encoder import Encoder, ModelSpec
+from .errors import ClassifierError, ImageError, InputError, LibraryEmptyError, LibraryLockedError, PathNotFoundError, QueryError
 from .cluster import ENGINES, RayEmbedder, RayOptions
 from .classifier import FEW_SHOT, Head, example_folders, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
 from .duplicates import DUPLICATE_THRESHOLD, SIGNATURES, SignatureStore, find_groups
-from .index import (
-    DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, IndexPlan, VectorIndex, choose_index, ivf_plan,
-)
+from .index import VectorIndex
+from .indexfiles import LiveIndex
 from .indexer import Indexer, IndexProgress
 from .labels import DEFAULT_TEMPLATES, Label, LabelSet, resolve_templates
 from .query import Query, Term
 from .results import (
     Classification, ClassifierReport, DuplicateGroup, Evaluation, FileError, ImageInfo, ImageTag, IndexReport,
-    LibraryInfo, MetadataMove, ModelIdentity, OptimizeReport, Prediction, SearchHit, SimilarityMatrix, TagCount,
+    LibraryInfo, MetadataMove, OptimizeReport, Prediction, SearchHit, SimilarityMatrix, TagCount,
     TagReport, XmpReport,
 )
 from .scanner import ScanOptions, resolve_roots
@@ -62,16 +56,6 @@ from .tagging import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Progress, image_tags, tag
 SORT_ORDERS = ("score", "date", "path")
 ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # the CLI names it too, without importing this module
 ENV_DB_URL = "CLIPSEARCH_DB_URL"  # the PostgreSQL database for a library's metadata; the CLI names it too
-ENV_TEXT_ONNX = "CLIPSEARCH_TEXT_ONNX"  # "0": never export the text tower (it is 254 MB for ViT-B-32)
-# index.<G>.faiss and .json; index.<G>.<stamp>.ivfdata and .trained for an on-disk index;
-# index.v<N>.faiss from before vector files.
-_INDEX_FILE = re.compile(r"^index\.v?\d+(\.\d+)?\.(faiss|json|ivfdata|trained)$")
-# An on-disk index is rebuilt once the rows added since its lists were written (held in
-# memory) reach this share of them.
-_DELTA_SHARE = 0.2
-# Dead vectors (of deleted or changed images) are compacted away after an index run
-# once they are this share of the vector file, and at least this many.
-_COMPACT_SHARE, _COMPACT_MIN = 0.25, 10_000
 log = logging.getLogger(__name__)
 
 
@@ -98,25 +82,8 @@ class Library:
         self.root = root
         self.store = store
         self.device = device
-        # An encoder passed in (tests use a fake one) stands for the model it names.
-        self._requested = encoder.spec if encoder is not None else ModelSpec.parse(model) if model else None
-        recorded = store.model_identity()
-        if recorded and self._requested and not self._requested.matches(recorded):
-            raise ModelMismatchError(
-                f"this library was built with {ModelSpec.from_identity(recorded)}, not {self._requested}",
-                hint="leave out --model to use the library's own model, or pick another --library")
-        self._encoder = encoder
-        self._text_onnx = None  # the exported text tower, once loaded (textonnx.py)
-        self._image_onnx = None  # the int8 image tower, for queries of an int8 library (imageonnx.py)
-        self._vectors: VectorIndex | None = None
-        self._vectors_seen: tuple[int, int] | None = None  # (vector version, generation) it reflects
-        self._writing = False
-        # A server shares one Library between request threads. Searches run at once (the
-        # index is a VectorIndex, safe for that); these locks only make sure that bringing
-        # the index up to date, and loading the model or a tower, happen once, not once per
-        # thread that finds them missing.
-        self._refreshing = threading.Lock()
-        self._loading = threading.RLock()
+        self._embedder = QueryEmbedder(root, store, ModelSpec.parse(model) if model else None, device, encoder)
+        self._index = LiveIndex(root, store)
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, model: str | None = None, *,
@@ -146,7 +113,7 @@ class Library:
         root = _root(path)
         check_folder(root)
         if not root.is_dir():
-            raise LibraryEmptyError(f"no library at {root}", hint="index some images first: clipsearch index PATH")
+            raise LibraryEmptyError.at(root, None)
         with _Lock(root / "lock"):
             return transfer.move(root, to, progress)
 
@@ -159,147 +126,22 @@ class Library:
     def close(self) -> None:
         self.store.close()
 
-    # -- the model --------------------------------------------------------------------
+    # -- the model and the index ------------------------------------------------------
 
     @property
     def model(self) -> ModelSpec | None:
         """The model this library uses: the recorded one, else the one asked for."""
-        recorded = self.store.model_identity()
-        return ModelSpec.from_identity(recorded) if recorded else self._requested
+        return self._embedder.model
 
     @property
     def encoder(self) -> Encoder:
-        with self._loading:
-            if self._encoder is None:
-                spec = self.model
-                if spec is None:
-                    raise LibraryEmptyError(f"the library at {self.root} has no model yet",
-                                            hint="index some images first: clipsearch index PATH")
-                recorded = self._precisions()
-                # Queries use the library's own precision; only an index run may choose one
-                # (and pay for making an int8 tower), so a library without vectors gets fp32.
-                self._encoder = Encoder(spec, self.device, precision="auto" if recorded else "fp32",
-                                        workdir=self.root, recorded=recorded)
-            return self._encoder
-
-    def _precisions(self) -> list[str]:
-        """The precisions this library's vectors were made at (``precision.py``). Libraries
-        from before the record was kept were made at fp32 (fp16 on CUDA: the same vectors
-        to six decimals)."""
-        recorded = precisions.parse_record(self.store.get_meta("precision"))
-        return recorded or (["fp32"] if self.store.model_identity() is not None else [])
-
-    # -- the vector index -------------------------------------------------------------
-
-    def _index_path(self) -> Path:
-        return self.root / f"index.{self.store.generation()}.faiss"
+        """The model, loaded on first use."""
+        return self._embedder.encoder
 
     @property
     def vectors(self) -> VectorIndex:
         """The search index, loaded or rebuilt, and brought up to date with the database."""
-        if self._vectors is not None and self._writing:
-            return self._vectors  # we hold the writer lock: nobody else changes anything
-        if self._vectors is not None and self._vectors_seen == self.store.vector_state():
-            return self._vectors
-        with self._refreshing:
-            if self._vectors is not None and self._vectors_seen == self.store.vector_state():
-                return self._vectors  # another thread brought it up to date meanwhile
-            return self._refresh()
-
-    def _refresh(self) -> VectorIndex:
-        if self.store.model_identity() is None:
-            raise LibraryEmptyError(f"the library at {self.root} is empty",
-                                    hint="index some images first: clipsearch index PATH")
-        ids, rows, version = self.store.live()
-        file = self.store.vector_file()
-        if self._vectors is not None and self._vectors.file.generation == file.generation:
-            # Another process indexed since we looked: take its rows, forget what it removed,
-            # in one step as far as searches in other threads can tell.
-            with self._vectors.lock.writing():
-                self._vectors.remove(np.setdiff1d(self._vectors.ids(), ids))
-                self._vectors.assign(ids, rows)
-        else:
-            path = self._index_path()
-            try:
-                self._vectors = VectorIndex.load(path, file, ids, rows) if path.exists() else None
-            except (OSError, RuntimeError, ValueError):  # damaged, or replaced as we read: rebuild
-                self._vectors = None
-            if self._vectors is None:
-                self._vectors = self._build(ids, rows)
-        self._vectors_seen = (version, file.generation)
-        return self._vectors
-
-    def _settings(self) -> tuple[int, float]:
-        """The memory budget and recall target that ``optimize`` last set."""
-        budget = self.store.get_meta("memory_budget")
-        target = self.store.get_meta("target_recall")
-        return (int(budget) if budget else DEFAULT_MEMORY_BUDGET,
-                float(target) if target else DEFAULT_TARGET_RECALL)
-
-    def _on_disk(self) -> bool:
-        """Whether ``optimize --on-disk`` asked for the index's lists to live on disk."""
-        return self.store.get_meta("on_disk") == "1"
-
-    def _plan(self, n: int, budget: int | None = None, on_disk: bool | None = None) -> IndexPlan:
-        """The index for ``n`` vectors: the budget and on-disk choice given, else the library's."""
-        dim, budget = self.store.vector_file().dim, budget or self._settings()[0]
-        on_disk = self._on_disk() if on_disk is None else on_disk
-        return ivf_plan(n, dim, budget, on_disk=True) if on_disk else choose_index(n, dim, budget)
-
-    def _build(self, ids: np.ndarray, rows: np.ndarray, plan: IndexPlan | None = None) -> VectorIndex:
-        budget, target = self._settings()
-        plan = plan or self._plan(len(ids))
-        if self._on_disk() and self._writing:
-            # A fresh stem per build: other processes may still map the lists it replaces.
-            # (Only a writer makes files: a reader that finds the index damaged rebuilds it
-            # in memory for itself, as for every index type.)
-            stem = self.root / f"index.{self.store.generation()}.{time.time_ns()}"
-            built = VectorIndex.build_on_disk(plan, self.store.vector_file(), ids, rows, stem, budget)
-        else:
-            built = VectorIndex.build(plan, self.store.vector_file(), ids, rows, budget)
-        built.tune(target)
-        return built
-
-    def _save_vectors(self) -> None:
-        path = self._index_path()
-        self.vectors.save(path)
-        keep = {path.name, path.with_suffix(".json").name}
-        if self.vectors.on_disk:
-            keep |= {f"{self.vectors.facts.on_disk}.ivfdata", f"{self.vectors.facts.on_disk}.trained"}
-        for p in self.root.iterdir():
-            if _INDEX_FILE.match(p.name) and p.name not in keep:
-                p.unlink(missing_ok=True)
-
-    def _maintain(self, progress: IndexProgress | None) -> bool:
-        """After an index run: compact many dead vectors, and move to a bigger index type
-        when the library has outgrown its own (never down: ``optimize`` does that).
-        Returns whether it rebuilt (and saved) the index."""
-        current = self.vectors
-        rows = len(current.file)
-        dead = rows - current.ntotal
-        plan = self._plan(current.ntotal)
-        have = IndexPlan(current.factory, 0, "")
-        compact = dead >= max(_COMPACT_MIN, _COMPACT_SHARE * rows)
-        grow = plan.tier > have.tier or (plan.nlist and plan.nlist >= 2 * max(have.nlist, 1)) or \
-            current.delta_rows > _DELTA_SHARE * (rows - current.delta_rows)
-        if not (compact or grow):
-            return False
-        if grow and progress is not None:
-            progress.rebuilding(f"the library outgrew its index: building {plan.factory} for {current.ntotal:,} images")
-        elif progress is not None:
-            progress.rebuilding(f"compacting {dead:,} vectors of deleted or changed images")
-        self._rebuild(compact=compact, plan=plan if grow or plan.tier >= have.tier else None)
-        return True
-
-    def _rebuild(self, compact: bool, plan: IndexPlan | None) -> None:
-        if plan is None:  # keep the type
-            plan = IndexPlan(self.vectors.factory, 0, self.vectors.facts.reason)
-        if compact:
-            self.store.compact()
-        ids, rows, version = self.store.live()
-        self._vectors = self._build(ids, rows, plan)
-        self._vectors_seen = (version, self.store.generation())
-        self._save_vectors()
+        return self._index.current
 
     # -- indexing ---------------------------------------------------------------------
 
@@ -331,82 +173,34 @@ class Library:
         roots = resolve_roots(paths)
         with _Lock(self.root / "lock"):
             self.store.add_roots(roots)
-            if self.store.model_identity() is None and self._requested is None:
-                self._requested = ModelSpec.parse(DEFAULT_MODEL)
+            self._embedder.default_model()
             if self.store.model_identity() is not None:
                 self.vectors  # up to date with whoever wrote before we took the lock
-            self.encoder.use_precision(want, self._precisions())
+            self.encoder.use_precision(want, self._embedder.precisions())
             embedder = self._ray_embedder(want, ray or RayOptions(), limits) if engine == "ray" else None
-            self._writing = True
-            try:
-                report = self._index_locked(roots, batch_size, progress, retry_errors, options, limits, workers,
-                                            embedder)
-            except BaseException:
-                self._vectors_seen = None  # re-checked against the database on next use
-                raise
-            finally:
-                self._writing = False
-            self._vectors_seen = self.store.vector_state()
-            self._export_text_tower(progress, report)
+            indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
+                              workers=workers or default_workers(), before_encoding=self._embedder.record,
+                              limits=limits, embedder=embedder, signatures=SignatureStore(self.root / SIGNATURES))
+            version = self.store.vectors_version()
+            with self._index.writing():
+                report = indexer.run(roots, progress, retry_errors=retry_errors, scan_options=options)
+                # Saved only after a complete run: the index of an interrupted one lags the
+                # vector file, and whoever loads it next adds the missing rows (see
+                # VectorIndex.load).
+                if self.store.model_identity() is not None:
+                    self._index.after_run(version, progress)
+            if report.precision is not None:  # it embedded images
+                self._embedder.export_text_tower(progress.rebuilding if progress is not None else None)
             return report
 
-    def _export_text_tower(self, progress: IndexProgress | None, report: IndexReport) -> None:
-        """After an index run that embedded images: save the model's text tower as ONNX, once
-        per model, so that text queries in fresh processes skip torch. Never fails the run."""
-        if os.environ.get(ENV_TEXT_ONNX, "1") == "0" or report.precision is None:
-            return
-        from . import textonnx
-
-        model = self.model
-        if model is None or model.is_random or textonnx.load(self.root, str(model)) is not None:
-            return
-        if progress is not None:
-            progress.rebuilding("saving the text tower as ONNX, for fast text queries")
-        encoder = self.encoder
-        if not encoder.loaded:  # a cluster embedded the images: load the model here, the library's way
-            encoder.use_precision("auto", self._precisions())
-        try:
-            encoder.export_text_tower(self.root)
-        except textonnx.NotExportable as exc:
-            log.info("text queries keep using torch: %s", exc)
-        except Exception as exc:  # an exporter bug must not cost the user their index run
-            warnings.warn(f"could not export the text tower to ONNX ({exc}); text queries will load torch",
-                          stacklevel=2)
-
     def _ray_embedder(self, want: str, options: RayOptions, limits: DecodeLimits) -> RayEmbedder:
-        device, recorded = "cuda" if options.gpus_per_worker > 0 else "cpu", self._precisions()
+        device, recorded = "cuda" if options.gpus_per_worker > 0 else "cpu", self._embedder.precisions()
         chosen = precisions.unchecked(want, recorded, device)
         if chosen == "int8":
             # Made and checked here, once, in the library folder that every worker reads.
             self.encoder.use_precision("int8", recorded)
             self.encoder.load()
         return RayEmbedder(self.model, options, chosen, recorded, self.root, limits)
-
-    def _index_locked(self, roots, batch_size, progress, retry_errors, options, limits, workers,
-                      embedder) -> IndexReport:
-        indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
-                          workers=workers or default_workers(), before_encoding=self._record_model,
-                          limits=limits, embedder=embedder,
-                          signatures=SignatureStore(self.root / SIGNATURES))
-        version = self.store.vectors_version()
-        report = indexer.run(roots, progress, retry_errors=retry_errors, scan_options=options)
-        # Saved only after a complete run: the index of an interrupted one lags the vector
-        # file, and whoever loads it next adds the missing rows (see VectorIndex.load).
-        # A run that changed nothing does not rewrite what may be a gigabyte of index.
-        if self.store.model_identity() is not None and not self._maintain(progress):
-            if self.store.vectors_version() != version or not self._index_path().exists():
-                self._save_vectors()
-        return report
-
-    def _record_model(self, identity: ModelIdentity, precision: str) -> None:
-        # Called once the model is loaded, before any vector is written: the dimension is
-        # part of the identity, and a run that finds nothing to encode records nothing.
-        # The precision too: vectors made at another one must not join them unnoticed.
-        recorded = self._precisions()
-        if self.store.model_identity() is None:
-            self.store.set_model_identity(identity)
-        if precision not in recorded:
-            self.store.set_meta("precision", precisions.record(recorded, precision))
 
     # -- searching --------------------------------------------------------------------
 
@@ -437,7 +231,7 @@ class Library:
             raise QueryError(f"unknown sort order {sort!r}", hint=f"choose one of: {', '.join(SORT_ORDERS)}")
         query = query or Query.build(text, image)
         vectors = self.vectors
-        xq, query_ids = self._query_vector(query, vectors.dim)
+        xq, query_ids = self._embedder.query_vector(query, vectors.dim)
         skip = set() if include_query_images else query_ids
         subset = self._allowed_ids(folders, extensions, after, before, tags, no_tags)
         if subset is not None and skip:
@@ -516,142 +310,6 @@ class Library:
         if not any((folders, extensions, tags, no_tags)) and after is None and before is None:
             return None
         return self.store.ids_matching(folders, extensions, _epoch_ns(after), _epoch_ns(before), tags, no_tags)
-
-    def _query_vector(self, query: Query, dim: int) -> tuple[np.ndarray, set[int]]:
-        """The unit query vector, and the ids of library images that are part of the query."""
-        text_vectors = self._text_vectors([t.value for t in query.terms if t.kind == "text"])
-        image_terms = [t for t in query.terms if t.kind not in ("text", "vector")]
-        image_vectors, image_ids, _ = self._image_vectors(image_terms)
-        total = np.zeros(dim, np.float32)
-        for term in query.terms:
-            if term.kind == "text":
-                total += term.weight * text_vectors[term.value]
-            elif term.kind == "vector":
-                total += term.weight * _unit_vector(term.value, dim)
-        for term, vec in zip(image_terms, image_vectors):
-            total += term.weight * vec
-        in_library = {i for i in image_ids if i is not None}
-        norm = float(np.linalg.norm(total))
-        if norm < 1e-6:
-            raise QueryError("the query's terms cancel each other out")
-        return total / norm, in_library
-
-    def _text_vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Text embeddings, from the library's cache when the text was seen before: a repeated
-        query then needs no model at all."""
-        if not texts:
-            return {}
-        model = str(self.model)
-        found = self.store.cached_texts(model, texts)
-        missing = [t for t in dict.fromkeys(texts) if t not in found]
-        if missing:
-            fresh = dict(zip(missing, self._text_encoder().encode_texts(missing)))
-            self.store.cache_texts(model, fresh)  # (a read-only library caches nothing: see Store._cache)
-            found.update(fresh)
-        return found
-
-    def _text_encoder(self):
-        """What embeds query texts: the model if it is loaded already, else the library's ONNX
-        text tower (no torch: ~0.2 s instead of ~5 s in a fresh process), else the model."""
-        if self._encoder is not None and self._encoder.loaded:
-            return self._encoder
-        with self._loading:
-            if self._text_onnx is None and self.model is not None and not self.model.is_random:
-                from . import textonnx
-
-                self._text_onnx = textonnx.load(self.root, str(self.model))
-            return self._text_onnx or self.encoder
-
-    def _image_encoder(self):
-        """What embeds query images: the model if it is loaded already; for a library indexed
-        at int8, its int8 tower (no torch, as for text, and the very function its vectors
-        came from); else the model."""
-        if self._encoder is not None and self._encoder.loaded:
-            return self._encoder
-        with self._loading:
-            if self._image_onnx is None and self._precisions()[:1] == ["int8"]:
-                from . import imageonnx
-
-                tower = imageonnx.load(self.root, str(self._model_or_fail()), cold=True)
-                self._image_onnx = tower if tower is not None and tower.pixel_spec is not None else None
-            return self._image_onnx or self.encoder
-
-    def _image_vectors(self, images: Iterable[Term | str | os.PathLike | int], unreadable: dict[int, str] | None = None,
-                       ) -> tuple[np.ndarray, list[int | None], list[str]]:
-        """Unit vectors of images given by id (``int`` or ``"id:N"``), path or query term, with each one's
-        library id (None if not indexed) and path. Indexed images use their stored vector;
-        the others are decoded and encoded, together. A file that cannot be decoded raises
-        :class:`QueryError`, or, given an ``unreadable`` dict, is recorded there (position ->
-        reason) and gets a zero vector."""
-        from .images import decode_image, hash_bytes, read_file
-
-        items = list(images)
-        if not items:
-            return np.empty((0, 0), np.float32), [], []
-        ids: list[int | None] = []
-        paths: list[str] = []
-        uploads: dict[int, bytes] = {}
-        for n, item in enumerate(items):
-            term, image_id = self._image_term(item)
-            if term.kind == "image" and not os.path.isfile(term.value):
-                raise PathNotFoundError(f"image not found: {term.value}")
-            if term.kind == "data":
-                uploads[n] = term.value
-            ids.append(image_id)
-            paths.append(str(term.value) if term.kind == "image" else "")
-        stored = [n for n, i in enumerate(ids) if i is not None]
-        located = self.store.locate([ids[n] for n in stored])
-        missing = [ids[n] for n in stored if ids[n] not in located]
-        if missing:
-            raise PathNotFoundError(f"no indexed image has id {missing[0]}")
-        found: dict[int, np.ndarray] = {}
-        if stored:
-            # An indexed image: its stored vector, no decoding or encoding.
-            found.update(zip(stored, self.store.vector_file().rows([located[ids[n]][1] for n in stored])))
-            for n in stored:
-                paths[n] = located[ids[n]][0]
-        # The rest by content: an image encoded before (a copy of an indexed one, or one
-        # met by an earlier query or evaluation) is not decoded again.
-        contents: dict[int, bytes] = {}
-        for n in (n for n, i in enumerate(ids) if i is None):
-            try:
-                contents[n] = uploads[n] if n in uploads else read_file(Path(paths[n]))
-            except ImageError as exc:
-                self._unreadable(n, paths[n], exc, unreadable)
-        hashes = {n: hash_bytes(data) for n, data in contents.items()}
-        model = str(self._model_or_fail())
-        known = self.store.cached_images(model, list(set(hashes.values()))) if hashes else {}
-        for h in set(hashes.values()) - known.keys():
-            source = self.store.find_by_hash(h)
-            if source is not None:
-                known[h] = self.store.vector_of(source[0])
-        fresh, pictures, encoder = [], [], None
-        for n, h in hashes.items():
-            if h in known:
-                found[n] = known[h]
-                continue
-            encoder = encoder or self._image_encoder()
-            try:
-                pictures.append(decode_image(contents[n], encoder.image_size, suffix=Path(paths[n]).suffix).image)
-                fresh.append(n)
-            except ImageError as exc:
-                self._unreadable(n, paths[n], exc, unreadable)
-        if fresh:
-            found.update(zip(fresh, encoder.encode_images(pictures)))
-            self.store.cache_images(model, {hashes[n]: found[n] for n in fresh})
-        # The dimension without loading the model, if any vector says it.
-        identity = self.store.model_identity()
-        dim = identity.dim if identity else len(next(iter(found.values()))) if found else self.encoder.dim
-        out = np.zeros((len(items), dim), np.float32)
-        for n, vector in found.items():
-            out[n] = vector
-        return out, ids, paths
-
-    @staticmethod
-    def _unreadable(n: int, path: str, exc: ImageError, unreadable: dict[int, str] | None) -> None:
-        if unreadable is None:
-            raise QueryError(f"cannot use {path or 'the uploaded file'} as an image: {exc.message}") from exc
-        unreadable[n] = exc.message
 
     def _hits(self, found: list[tuple[float, int]]) -> list[SearchHit]:
         rows = self.store.hits([i for _, i in found])
@@ -754,7 +412,7 @@ class Library:
             if progress:
                 progress("embedding labels", done, total)
 
-        return zero_shot_head(label_set, chosen, str(self._model_or_fail()), self.root / "labels",
+        return zero_shot_head(label_set, chosen, str(self._embedder.model_or_fail()), self.root / "labels",
                               self.encoder.encode_texts, lambda: self.encoder.logit_scale, embedding)
 
     def classify(self, images: Iterable[str | os.PathLike | int], labels: str | os.PathLike | LabelSet | None = None,
@@ -767,7 +425,7 @@ class Library:
             raise QueryError(f"--top-k must be at least 1, not {top_k}")
         head = self.head(labels, templates=templates, classifier=classifier)
         unreadable: dict[int, str] = {}
-        vectors, ids, paths = self._image_vectors(images, unreadable)
+        vectors, ids, paths = self._embedder.image_vectors(images, unreadable)
         found = head.predict(vectors, top_k)
         out = [Classification(path, image_id, [], unreadable.get(n)) for n, (path, image_id) in enumerate(zip(paths, ids))]
         for r, c, p, cos in zip(found.rows, found.labels, found.probability, found.cosine):
@@ -787,8 +445,7 @@ class Library:
         if top_k is not None and top_k < 1:
             raise QueryError(f"--top-k must be at least 1, not {top_k}")
         if self.store.model_identity() is None:
-            raise LibraryEmptyError(f"the library at {self.root} is empty",
-                                    hint="index some images first: clipsearch index PATH")
+            raise LibraryEmptyError.at(self.root)
         started = time.perf_counter()
         head = self.head(labels, templates=templates, classifier=classifier, progress=progress)
         options = dict(threshold=threshold, top_k=top_k, min_cosine=min_cosine, folders=_folders(folders),
@@ -869,7 +526,7 @@ class Library:
         head = self.head(label_set, templates=templates, progress=progress)
         files = [f for fs in classes.values() for f in fs]
         y = np.repeat(np.arange(len(classes)), [len(fs) for fs in classes.values()])
-        x, _, _ = self._image_vectors(files)
+        x, _, _ = self._embedder.image_vectors(files)
         fit = train_probe(x, y, head)
         meta = {"labels": head.labels, "parents": head.parents, "thresholds": head.thresholds,
                 "label_set": label_set.source or label_set.name}
@@ -936,7 +593,7 @@ class Library:
         """The vectors and paths of those ``images`` that could be read, their positions among
         ``images``, and the files that could not be, with the reason."""
         unreadable: dict[int, str] = {}
-        x, _, paths = self._image_vectors(images, unreadable)
+        x, _, paths = self._embedder.image_vectors(images, unreadable)
         kept = np.array([n for n in range(len(paths)) if n not in unreadable], np.int64)
         return (x[kept], [paths[n] for n in kept], kept,
                 [FileError(paths[n], reason) for n, reason in sorted(unreadable.items())])
@@ -955,7 +612,7 @@ class Library:
             known = ", ".join(r.name for r in self.store.classifiers()) or "none yet"
             raise ClassifierError(f"no classifier called {name!r} (trained: {known})",
                                   hint="train one: clipsearch classifier train NAME --examples DIR")
-        if row.model != str(self._model_or_fail()):
+        if row.model != str(self._embedder.model_or_fail()):
             raise ClassifierError(f"the classifier {name!r} was trained for {row.model}, not {self.model}")
         meta = json.loads(row.labels)
         labels = tuple(meta["labels"])
@@ -963,33 +620,15 @@ class Library:
         return Head(name, FEW_SHOT, labels, weights, np.frombuffer(row.bias, np.float32).copy(), row.scale,
                     meta.get("parents", {}), meta.get("thresholds", {}))
 
-    def _image_term(self, item: Term | str | os.PathLike | int) -> tuple[Term, int | None]:
-        """An image given by id (``int`` or ``"id:N"``), path or query term, with its library id
-        when the library has it (an id is taken as given, and checked by whoever reads it)."""
-        term = item if isinstance(item, Term) else Term("id", item) if isinstance(item, int) else \
-            Term.parse(str(item))
-        if term.kind == "text":
-            raise PathNotFoundError(f"image not found: {item}", hint="give an image path or id:N")
-        if term.kind == "id":
-            return term, int(term.value)
-        return term, self.store.id_for_path(str(term.value)) if term.kind == "image" else None
-
     def _indexed_id(self, image: str | os.PathLike | int) -> int:
         try:
-            _, image_id = self._image_term(image)
+            _, image_id = self._embedder.image_term(image)
         except PathNotFoundError:
             image_id = None
         if image_id is None or not self.store.locate([image_id]):
             raise PathNotFoundError(f"{image} is not an indexed image", hint="give the path or id:N of an image "
                                     "in the library (clipsearch index PATH adds it)")
         return image_id
-
-    def _model_or_fail(self) -> ModelSpec:
-        model = self.model
-        if model is None:
-            raise LibraryEmptyError(f"the library at {self.root} has no model yet",
-                                    hint="index some images first: clipsearch index PATH")
-        return model
 
     # -- reporting --------------------------------------------------------------------
 
@@ -1008,32 +647,14 @@ class Library:
         started = time.perf_counter()
         with _Lock(self.root / "lock"):
             if self.store.model_identity() is None:
-                raise LibraryEmptyError(f"the library at {self.root} is empty",
-                                        hint="index some images first: clipsearch index PATH")
-            budget, target = self._settings()
+                raise LibraryEmptyError.at(self.root)
+            budget, target = self._index.settings()
             budget, target = memory_budget or budget, target_recall or target
-            current = self.vectors
-            on_disk = self._on_disk() if on_disk is None else on_disk
-            plan = self._plan(current.ntotal, budget, on_disk)  # fails before anything changes
-            self.store.set_meta("memory_budget", str(budget))
-            self.store.set_meta("target_recall", str(target))
-            self.store.set_meta("on_disk", "1" if on_disk else "0")
-            dropped = current.dead
-            self._writing = True
-            try:
-                self._rebuild(compact=dropped > 0, plan=plan)
-            finally:
-                self._writing = False
+            dropped = self._index.reconfigure(budget, target, self._index.on_disk() if on_disk is None else on_disk)
             built = self.vectors
         return OptimizeReport(built.factory, built.facts.reason, built.ntotal, dropped, built.facts.recall_at_10,
-                              built.facts.search_param, budget, target, self._index_bytes(built),
+                              built.facts.search_param, budget, target, self._index.nbytes(built),
                               time.perf_counter() - started, built.on_disk)
-
-    def _index_bytes(self, vectors: VectorIndex | None) -> int:
-        """The saved index's size on disk: its file, and its lists file when they are on disk."""
-        files = [self._index_path()] + ([self.root / f"{vectors.facts.on_disk}.ivfdata"]
-                                        if vectors is not None and vectors.on_disk else [])
-        return sum(f.stat().st_size for f in files if f.exists())
 
     def info(self) -> LibraryInfo:
         counts = self.store.counts()
@@ -1047,10 +668,10 @@ class Library:
             model=str(ModelSpec.from_identity(identity)) if identity else None,
             pretrained=identity.pretrained if identity else None,
             dim=identity.dim if identity else None,
-            precision=",".join(self._precisions()) or None,
+            precision=",".join(self._embedder.precisions()) or None,
             database=self.store.where,
             database_bytes=self.store.database_bytes(),
-            index_bytes=self._index_bytes(vectors),
+            index_bytes=self._index.nbytes(vectors),
             vector_file_bytes=vectors.file.nbytes if vectors else 0,
             signature_bytes=SignatureStore(self.root / SIGNATURES).nbytes(),
             index_type=vectors.factory if vectors else None,
@@ -1084,17 +705,6 @@ def _epoch_ns(when: datetime | None) -> int | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return min(max(int(when.timestamp() * 1e9), -2**63), 2**63 - 1)
-
-
-def _unit_vector(value, dim: int) -> np.ndarray:
-    """A query embedding given as numbers, checked and normalised."""
-    try:
-        vec = np.asarray(value, np.float32).reshape(-1)
-    except (TypeError, ValueError):
-        raise QueryError("an embedding must be a list of numbers") from None
-    if len(vec) != dim or not np.isfinite(vec).all() or not vec.any():
-        raise QueryError(f"an embedding must be {dim} finite numbers, not all zero")
-    return vec / np.linalg.norm(vec)
 
 
 def _folders(folders: Iterable[str | os.PathLike]) -> list[str]:

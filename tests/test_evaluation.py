@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from clipsearch import ClassifierError, Library, demoworld
+from clipsearch.encoder import Encoder
 from clipsearch.errors import InputError
 from clipsearch.plots import DPI, confusion_figure, similarity_figure
 
@@ -81,23 +82,30 @@ def test_the_few_shot_curve_rises_where_words_fail(library, shapes, tmp_path):
         library.evaluate(tmp_path, few_shot=16)
 
 
-def test_indexed_examples_use_their_stored_vectors(shapes, tmp_path):
+def _model_never_loads(monkeypatch):
+    def load(self, notice=None):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Encoder, "load", load)
+
+
+def test_indexed_examples_use_their_stored_vectors(shapes, tmp_path, monkeypatch):
     with Library.open(tmp_path / "lib", model="demo") as lib:
         lib.index([shapes])
         first = lib.evaluate(shapes, "demo-shapes")
+    _model_never_loads(monkeypatch)  # label set cached, vectors stored
     with Library.open(tmp_path / "lib") as lib:  # a fresh process's view: nothing loaded
         again = lib.evaluate(shapes, "demo-shapes")
-        assert lib._encoder is None or not lib._encoder.loaded  # label set cached, vectors stored
     assert again.to_dict() == first.to_dict()
 
 
-def test_examples_outside_the_library_are_encoded_once(shapes, tmp_path):
+def test_examples_outside_the_library_are_encoded_once(shapes, tmp_path, monkeypatch):
     with Library.open(tmp_path / "lib", model="demo") as lib:
         first = lib.evaluate(shapes, "demo-shapes")
         assert lib.encoder.loaded
+    _model_never_loads(monkeypatch)  # all 96 come from the cache
     with Library.open(tmp_path / "lib", model="demo") as lib:
         again = lib.evaluate(shapes, "demo-shapes")
-        assert lib._encoder is None or not lib._encoder.loaded  # all 96 came from the cache
     assert again.to_dict() == first.to_dict()
 
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import clipsearch.index as index_module
-import clipsearch.library as library_module
+import clipsearch.indexfiles as indexfiles_module
 from clipsearch import Library
 from clipsearch.errors import QueryError
 from conftest import FakeEncoder, run_cli
@@ -88,7 +88,7 @@ class Recorder:
 
 def test_index_moves_to_a_bigger_index_type_and_compacts_by_itself(tmp_path, monkeypatch):
     monkeypatch.setattr(index_module, "FLAT_MAX", 5)
-    monkeypatch.setattr(library_module, "_COMPACT_MIN", 1)
+    monkeypatch.setattr(indexfiles_module, "_COMPACT_MIN", 1)
     photos = tmp_path / "photos"
     make_images(photos, 4)
     with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:

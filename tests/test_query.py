@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from clipsearch import Library
+from clipsearch.embedding import QueryEmbedder
 from clipsearch.errors import QueryError
 from clipsearch.query import Query, Term
 from test_library import COLOURS, make_images
@@ -61,7 +62,7 @@ def test_query_vector_is_the_normalised_weighted_sum(tmp_path, fake_encoder):
     with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
         lib.index([tmp_path / "photos"])
         q = Query.build("red", also=["2:green"], exclude=["0.5:blue"])
-        xq, in_library = lib._query_vector(q, lib.vectors.dim)
+        xq, in_library = QueryEmbedder(lib.root, lib.store, encoder=fake_encoder).query_vector(q, lib.vectors.dim)
         t = fake_encoder.encode_texts(["red", "green", "blue"])
         expected = t[0] + 2 * t[1] - 0.5 * t[2]
         assert np.allclose(xq, expected / np.linalg.norm(expected), atol=1e-6) and not in_library

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from clipsearch import Library, textonnx
+from clipsearch.embedding import QueryEmbedder
 from clipsearch.tokenizer import ClipTokenizer, write_merges
 
 pytest.importorskip("onnxruntime")
@@ -132,5 +133,6 @@ def test_a_stale_export_falls_back_to_torch(tmp_path, demo_export, demo_images, 
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "model": "something-else"}))
     with Library.open(lib_dir) as lib:
-        assert lib._text_encoder() is lib.encoder  # not the export made for another model
+        embedder = QueryEmbedder(lib.root, lib.store)
+        assert embedder.text_encoder() is embedder.encoder  # not the export made for another model
         assert lib.search("a red circle", k=1)
