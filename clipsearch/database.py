@@ -25,6 +25,7 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError
 
 from .errors import LibraryEmptyError, LibraryError, SchemaTooNewError
+from .locks import exclusive
 
 DB_FILE = "library.db"
 LINK_FILE = "database.json"
@@ -278,7 +279,7 @@ def serialized(eng: Engine, folder: Path):
     with its folder, once. PostgreSQL takes an advisory lock in the database rather than
     a file lock, as the folder may sit on shared storage where flock is unreliable."""
     if is_sqlite(eng.url):
-        with _exclusive(folder / (DB_FILE + ".migrate.lock")), eng.begin() as conn:
+        with exclusive(folder / (DB_FILE + ".migrate.lock")), eng.begin() as conn:
             yield conn
         return
     with eng.connect() as conn:
@@ -287,22 +288,6 @@ def serialized(eng: Engine, folder: Path):
         with conn.begin():
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
             yield conn
-
-
-@contextmanager
-def _exclusive(lock_path: Path):
-    """A blocking, process-wide exclusive lock on a file (no-op where flock is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(lock_path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def migrate(eng: Engine, folder: Path) -> None:

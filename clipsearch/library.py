@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import evaluation
+from . import evaluation, locks
 from . import precision as precisions
 from .embedding import QueryEmbedder
 from .encoder import Encoder, ModelSpec
-from .errors import ClassifierError, ImageError, InputError, LibraryEmptyError, LibraryLockedError, PathNotFoundError, QueryError
+from .errors import ClassifierError, ImageError, InputError, LibraryEmptyError, PathNotFoundError, QueryError
 from .cluster import ENGINES, RayEmbedder, RayOptions
 from .classifier import FEW_SHOT, Head, example_folders, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
@@ -114,7 +114,7 @@ class Library:
         check_folder(root)
         if not root.is_dir():
             raise LibraryEmptyError.at(root, None)
-        with _Lock(root / "lock"):
+        with locks.writer(root):
             return transfer.move(root, to, progress)
 
     def __enter__(self) -> "Library":
@@ -171,7 +171,7 @@ class Library:
         options = ScanOptions(include_hidden=include_hidden, follow_symlinks=follow_symlinks,
                               excludes=tuple(exclude))
         roots = resolve_roots(paths)
-        with _Lock(self.root / "lock"):
+        with locks.writer(self.root):
             self.store.add_roots(roots)
             self._embedder.default_model()
             if self.store.model_identity() is not None:
@@ -453,7 +453,7 @@ class Library:
         if dry_run:
             report = tag_images(self.store, head, **options)
         else:
-            with _Lock(self.root / "lock"):
+            with locks.writer(self.root):
                 report = tag_images(self.store, head, **options)
         report.seconds = time.perf_counter() - started  # the whole run: embedding the labels too
         return report
@@ -645,7 +645,7 @@ class Library:
         if target_recall is not None and not 0 < target_recall <= 1:
             raise QueryError(f"the recall target is a fraction in (0, 1], not {target_recall}")
         started = time.perf_counter()
-        with _Lock(self.root / "lock"):
+        with locks.writer(self.root):
             if self.store.model_identity() is None:
                 raise LibraryEmptyError.at(self.root)
             budget, target = self._index.settings()
@@ -720,31 +720,3 @@ def _label(label: str) -> str:
 
 def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, timezone.utc).isoformat(timespec="seconds")
-
-
-class _Lock:
-    """An exclusive, non-blocking lock on the library: one writer at a time."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fd: int | None = None
-
-    def __enter__(self) -> "_Lock":
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; one writer is the user's job
-            return self
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise LibraryLockedError(f"another clipsearch process is writing to {self.path.parent}",
-                                     hint="wait for it to finish, then run this again") from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock
-            self._fd = None
