@@ -1,32 +1,67 @@
 """clipsearch: search a folder of images by meaning, with CLIP.
 
-The public API is :class:`Library`, its typed results and its exceptions. Importing
-this package is cheap: torch and open_clip load only when a model is first needed.
+The public API is :class:`Library`, what its methods take and return, and its
+exceptions: every such name is importable from here, and ``__all__`` lists them
+(``tests/test_docs.py`` checks that it lists exactly those). Importing this package is
+cheap: the errors and result types load at once, everything else (SQLAlchemy, FAISS,
+Pillow, torch) on first use of its name.
 """
 
 from .errors import (
-    ClassifierError, ClipSearchError, ImageError, LabelError, InputError, LibraryEmptyError, LibraryError, LibraryLockedError,
-    ModelError, ModelMismatchError, ModelNotFoundError, NoImagesError, PathNotFoundError, PrecisionMismatchError,
-    QueryError,
-    SchemaTooNewError, WeightsUnavailableError,
+    ArgumentError, ClassifierError, ClipSearchError, ClusterError, ConfigurationError, ImageError, InputError, JobNotFoundError, LabelError,
+    LibraryEmptyError, LibraryError, LibraryLockedError, ModelError, ModelMismatchError, ModelNotFoundError,
+    NoImagesError, PathNotFoundError, PrecisionMismatchError, QueryError, RayUnavailableError, SchemaTooNewError,
+    TooManyJobsError, WeightsUnavailableError,
 )
-from .results import FileError, IndexReport, LibraryInfo, ModelIdentity, SearchHit
+from .results import (
+    Classification, ClassifierReport, ClassScore, Confusion, DuplicateGroup, Evaluation, FileError, ImageInfo,
+    ImageTag, IndexReport, LibraryInfo, MetadataMove, Miss, ModelIdentity, OptimizeReport, Prediction, SearchHit,
+    ShotScore, SimilarityMatrix, TagCount, TagReport, TemplateScore, XmpReport,
+)
 
 __version__ = "0.1.0"
 
+# Loaded on first use: name -> the module that defines it.
+_LAZY = {
+    "Library": "library", "default_library_dir": "library",
+    "Query": "query", "Term": "query",
+    "Label": "labels", "LabelSet": "labels",
+    "DecodeLimits": "decodepool",
+    "RayOptions": "cluster",
+    "IndexProgress": "indexer",
+    "Head": "classifier",
+    "Thumbnail": "thumbnails",
+    "Encoder": "encoder", "ModelSpec": "encoder",
+    "VectorIndex": "index",
+}
+
 
 def __getattr__(name: str):
-    # The facade pulls in SQLAlchemy and FAISS; load it on first use so that
-    # `clipsearch --help` and `import clipsearch.errors` stay fast.
-    if name in ("Library", "default_library_dir"):
-        from . import library
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clipsearch' has no attribute {name!r}")
+    from importlib import import_module
 
-        return getattr(library, name)
-    raise AttributeError(f"module 'clipsearch' has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
-    "ClassifierError", "ClipSearchError", "LabelError", "FileError", "ImageError", "IndexReport", "InputError", "Library", "LibraryEmptyError",
-    "LibraryError", "LibraryInfo", "LibraryLockedError", "ModelError", "ModelIdentity", "ModelMismatchError",
-    "ModelNotFoundError", "NoImagesError", "PathNotFoundError", "PrecisionMismatchError", "QueryError", "SchemaTooNewError", "SearchHit",
-    "WeightsUnavailableError", "__version__", "default_library_dir",
+    # the facade and what it takes
+    "Library", "default_library_dir", "Query", "Term", "Label", "LabelSet", "DecodeLimits", "RayOptions",
+    "IndexProgress", "Encoder", "ModelSpec",
+    # what it returns
+    "SearchHit", "DuplicateGroup", "FileError", "IndexReport", "ModelIdentity", "LibraryInfo", "OptimizeReport",
+    "MetadataMove", "Prediction", "Classification", "TagCount", "ImageTag", "TagReport", "ClassifierReport",
+    "XmpReport", "ImageInfo", "ClassScore", "Confusion", "Miss", "TemplateScore", "ShotScore", "Evaluation",
+    "SimilarityMatrix", "Head", "Thumbnail", "VectorIndex",
+    # what it raises (errors.py draws the tree)
+    "ClipSearchError", "LibraryError", "SchemaTooNewError", "LibraryEmptyError", "LibraryLockedError", "ModelError",
+    "ModelNotFoundError", "WeightsUnavailableError", "ModelMismatchError", "PrecisionMismatchError", "InputError",
+    "PathNotFoundError", "NoImagesError", "ArgumentError", "ConfigurationError", "QueryError", "LabelError", "ClassifierError", "JobNotFoundError",
+    "TooManyJobsError", "ImageError", "ClusterError", "RayUnavailableError",
+    "__version__",
 ]

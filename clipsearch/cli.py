@@ -111,10 +111,11 @@ def _fail(exc: ClipSearchError) -> None:
     from rich.markup import escape
 
     err = _stderr()
+    message, hint = exc.worded("cli")  # options named as flags
     # Escaped: messages quote user input and hints name extras like clipsearch[web].
-    err.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True)
-    if exc.hint:
-        err.print(f"[dim]hint:[/] {escape(exc.hint)}")
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
+    if hint:
+        err.print(f"[dim]hint:[/] {escape(hint)}")
     raise typer.Exit(1)
 
 

@@ -78,7 +78,7 @@ def _ray():
         import ray
         import ray.data  # noqa: F401 (the extra must bring Ray Data, not just Ray core)
     except ImportError as exc:
-        raise RayUnavailableError("--engine ray needs Ray Data, which is not installed",
+        raise RayUnavailableError("[[engine=ray]] needs Ray Data, which is not installed",
                                   hint="pip install 'clipsearch[ray]'") from exc
     return ray
 
@@ -126,7 +126,7 @@ class RayEmbedder:
                      configure_logging=False)
         except Exception as exc:  # ConnectionError, or a ray://... that refuses us
             raise RayUnavailableError(f"cannot reach the Ray cluster at {self.options.address}: {exc}",
-                                      hint="start one with `ray start --head`, or leave out --ray-address "
+                                      hint="start one with `ray start --head`, or leave out [[ray_address]] "
                                            "to run on this machine") from exc
         return True
 
@@ -196,7 +196,7 @@ def _cluster_error(exc: BaseException) -> ClipSearchError:
     found = re.search(r"clipsearch\.errors\.(\w+): ([^\n]*)(?:\nhint: ([^\n]*))?", text)
     kind = getattr(errors, found[1], None) if found else None
     if isinstance(kind, type) and issubclass(kind, ClipSearchError):
-        return kind(found[2], hint=found[3])
+        return kind(errors.marked(found[2]), hint=errors.marked(found[3]))  # each surface words it again
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     return ClusterError(f"the Ray run failed: {first}",
                         hint="every batch committed before it is kept: run the same index again to go on")
@@ -237,9 +237,9 @@ def plan_actors(nodes: list[dict[str, float]], gpus_per_worker: float = 0,
         slots = [int(n.get("GPU", 0) // gpus_per_worker) for n in nodes]
         if not any(slots):
             most = max((n.get("GPU", 0) for n in nodes), default=0)
-            raise RayUnavailableError(f"--gpus-per-worker {gpus_per_worker:g} asks for more GPUs than the cluster "
+            raise RayUnavailableError(f"[[gpus_per_worker={gpus_per_worker:g}]] asks for more GPUs than the cluster "
                                       f"has ({most:g} on its largest node)",
-                                      hint="use --gpus-per-worker 0 for CPU workers")
+                                      hint="use [[gpus_per_worker=0]] for CPU workers")
         per_actor = min(max(1, c // s) for c, s in zip(cpus, slots) if s)
     else:
         per_actor = min(_CPUS_PER_CPU_ACTOR, min(cpus))

@@ -153,8 +153,8 @@ def locate(folder: Path, url: str | None, create: bool) -> URL:
         # Not a fresh, empty database beside it: the folder's vectors belong to its SQLite file.
         raise LibraryError(f"the library at {folder} keeps its metadata in its own {DB_FILE}, "
                            f"not in {display(parsed)}",
-                           hint="leave out --db-url and unset $CLIPSEARCH_DB_URL to open it, "
-                                "or pick another --library folder for this database")
+                           hint="leave out [[db_url]] and unset $CLIPSEARCH_DB_URL to open it, "
+                                "or pick another [[library]] folder for this database")
     if link is None:
         _new_folder(folder, create)
     return parsed
@@ -164,7 +164,7 @@ def check_folder(folder: Path) -> None:
     """A library path that names a file says so, before anything reads a file inside it."""
     if folder.exists() and not folder.is_dir():
         raise LibraryError(f"the library path {folder} is a file, not a folder",
-                           hint="give --library (or $CLIPSEARCH_LIBRARY) a folder: a library's own, or a new one")
+                           hint="give [[library]] (or $CLIPSEARCH_LIBRARY) a folder: a library's own, or a new one")
 
 
 def _new_folder(folder: Path, create: bool) -> None:
@@ -225,7 +225,7 @@ def read_move(folder: Path) -> Move | None:
 def interrupted(folder: Path, move: Move) -> LibraryError:
     """The error for a library whose move has begun and not ended: run it again to finish."""
     return LibraryError(f"moving the metadata of the library at {folder} to {move.target} was interrupted",
-                        hint=f"finish it: clipsearch move-db {move.target} --library {folder}")
+                        hint=f"finish it: `clipsearch move-db {move.target} --library {folder}`")
 
 
 def begin_move(folder: Path, move: Move) -> None:

@@ -52,7 +52,7 @@ class QueryEmbedder:
         if recorded and self._requested and not self._requested.matches(recorded):
             raise ModelMismatchError(
                 f"this library was built with {ModelSpec.from_identity(recorded)}, not {self._requested}",
-                hint="leave out --model to use the library's own model, or pick another --library")
+                hint="leave out [[model]] to use the library's own model, or pick another [[library]]")
         self._encoder = encoder
         self._text_onnx = None  # the exported text tower, once loaded (textonnx.py)
         self._image_onnx = None  # the int8 image tower, for queries of an int8 library (imageonnx.py)

@@ -43,8 +43,8 @@ _HF_HUB = "hf-hub:"
 log = logging.getLogger(__name__)
 
 _OFFLINE_HINT = ("connect to the internet once so the weights can be downloaded and cached, "
-                 "pass a local checkpoint (--model ARCH/path/to/weights.safetensors, or a folder with "
-                 "open_clip_config.json), or try the bundled offline model with --model demo")
+                 "pass a local checkpoint ([[model=ARCH/path/to/weights.safetensors]], or a folder with "
+                 "open_clip_config.json), or try the bundled offline model with [[model=demo]]")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class ModelSpec:
     def parse(cls, text: str) -> "ModelSpec":
         text = text.strip()
         if not text:
-            raise ModelNotFoundError("the model name is empty", hint=f"for example --model {DEFAULT_MODEL}")
+            raise ModelNotFoundError("the model name is empty", hint=f"for example [[model={DEFAULT_MODEL}]]")
         if text == "demo":
             return cls("demo")
         if text.startswith(_HF_HUB):
@@ -106,7 +106,7 @@ class ModelSpec:
             if path.is_file():
                 raise ModelNotFoundError(
                     f"{path} is a checkpoint without an open_clip_config.json beside it",
-                    hint=f"name its architecture too, for example --model ViT-B-32/{path}")
+                    hint=f"name its architecture too, for example [[model=ViT-B-32/{path}]]")
             raise ModelNotFoundError(f"{path} has no open_clip_config.json",
                                      hint="a model folder holds open_clip_config.json and its weights")
         return cls(f"{_LOCAL_DIR}{folder}")
@@ -146,9 +146,9 @@ def resolve_device(device: str = "auto") -> str:
             return "mps"
         return "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU", hint="use --device auto")
+        raise ModelError("[[device=cuda]] was asked for, but torch sees no CUDA GPU", hint="use [[device=auto]]")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelError("--device mps was asked for, but MPS is not available", hint="use --device auto")
+        raise ModelError("[[device=mps]] was asked for, but MPS is not available", hint="use [[device=auto]]")
     return device
 
 
@@ -302,8 +302,8 @@ class Encoder:
 
         def unavailable(reason: str, exc: BaseException | None = None) -> None:
             if required:
-                raise ModelError(f"--precision int8 is not available for {self.spec}: {reason}",
-                                 hint="use --precision fp32") from exc
+                raise ModelError(f"[[precision=int8]] is not available for {self.spec}: {reason}",
+                                 hint="use [[precision=fp32]]") from exc
             log.info("indexing at fp32: no int8 image tower (%s)", reason)
 
         if self.workdir is None:

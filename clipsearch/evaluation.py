@@ -83,11 +83,11 @@ def few_shot_curve(head: Head, x: np.ndarray, y: np.ndarray, most: int, draws: i
     counts = np.bincount(y, minlength=len(head.labels))
     present = counts[counts > 0]
     if most < 1:
-        raise ClassifierError(f"--few-shot needs at least 1 shot, not {most}")
+        raise ClassifierError(f"[[few_shot]] needs at least 1 shot, not {most}")
     if present.min() <= most:
         raise ClassifierError(
-            f"--few-shot {most} leaves no held-out image for a label with only {int(present.min())} examples",
-            hint=f"use --few-shot {max(1, int(present.min()) - 1)} or add examples")
+            f"[[few_shot={most}]] leaves no held-out image for a label with only {int(present.min())} examples",
+            hint=f"use [[few_shot={max(1, int(present.min()) - 1)}]] or add examples")
     curve = []
     for shots in shot_counts(most):
         zero, few, tested = [], [], 0

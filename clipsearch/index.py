@@ -38,7 +38,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import QueryError
+from .errors import ArgumentError, ConfigurationError
 from .vectorstore import VectorFile
 
 GIB = 1024 ** 3
@@ -107,8 +107,8 @@ def ivf_plan(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET, on_di
     ``on_disk``: the codes live in a memory-mapped file, so only the quantizer, the
     rotation and the list offsets count against the budget."""
     if on_disk and n < _PQ_MIN_TRAIN:
-        raise QueryError(f"an on-disk index needs at least {_PQ_MIN_TRAIN:,} vectors to train, not {n:,}",
-                         hint="a library this small searches fast in memory: leave out --on-disk")
+        raise ConfigurationError(f"an on-disk index needs at least {_PQ_MIN_TRAIN:,} vectors to train, not {n:,}",
+                         hint="a library this small searches fast in memory: leave out [[on_disk]]")
     # About 4 sqrt(n) lists (the low end of FAISS's advice, for build time), found through
     # an HNSW graph over the centroids.
     nlist = int(min(65536, max(256, 2 ** math.floor(math.log2(4 * math.sqrt(n))))))
@@ -126,8 +126,8 @@ def ivf_plan(n: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET, on_di
             where = (f"on disk ({_gib(n * (m + 8))} of lists, memory-mapped), {_gib(size)} resident" if on_disk
                      else f"{m} bytes each fit the {_gib(memory_budget)} budget")
             return IndexPlan(f"OPQ{m}_{d_out},IVF{nlist}_HNSW32,PQ{m}x8np", size, f"chosen for {n:,} vectors: {where}")
-    raise QueryError(f"no index for {n:,} vectors fits in {_gib(memory_budget)}",
-                     hint="give a larger --memory-budget, or keep the index on disk: optimize --on-disk")
+    raise ConfigurationError(f"no index for {n:,} vectors fits in {_gib(memory_budget)}",
+                     hint="give a larger [[memory_budget]], or keep the index on disk ([[on_disk]])")
 
 
 def _gib(n: int) -> str:
@@ -143,9 +143,9 @@ def parse_size(text: str) -> int:
     try:
         value = float(number) * units[t[len(number):]]
     except (ValueError, KeyError):
-        raise QueryError(f"not a size: {text!r}", hint="for example 2GB or 512MB") from None
+        raise ArgumentError(f"not a size: {text!r}", hint="for example 2GB or 512MB") from None
     if value <= 0:
-        raise QueryError(f"a memory budget must be positive, not {text!r}")
+        raise ArgumentError(f"a memory budget must be positive, not {text!r}")
     return int(value)
 
 

@@ -308,7 +308,8 @@ def _child(root: str, device: str, kind: str, params: dict, conn) -> None:
             result = KINDS[kind](lib, params, progress)
         send(DONE, result)
     except ClipSearchError as exc:
-        send(FAILED, {"error": exc.message, "hint": exc.hint, "type": type(exc).__name__})
+        message, hint = exc.worded("web")  # jobs run for the web API
+        send(FAILED, {"error": message, "hint": hint, "type": type(exc).__name__})
     except Exception as exc:  # a bug costs this job, and is logged where the server logs
         log.exception("job %s failed", kind)
         send(FAILED, {"error": f"internal error: {type(exc).__name__}: {exc}", "hint": None,

@@ -33,7 +33,7 @@ from . import evaluation, locks
 from . import precision as precisions
 from .embedding import QueryEmbedder
 from .encoder import Encoder, ModelSpec
-from .errors import ClassifierError, ImageError, InputError, LibraryEmptyError, PathNotFoundError, QueryError
+from .errors import ArgumentError, ClassifierError, ImageError, LibraryEmptyError, PathNotFoundError
 from .cluster import ENGINES, RayEmbedder, RayOptions
 from .classifier import FEW_SHOT, Head, example_folders, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
@@ -166,7 +166,7 @@ class Library:
         the same guarantees (``cluster.py``).
         """
         if engine not in ENGINES:
-            raise InputError(f"unknown engine {engine!r}", hint=f"choose one of: {', '.join(ENGINES)}")
+            raise ArgumentError(f"unknown engine {engine!r}", hint=f"choose one of: {', '.join(ENGINES)}")
         want = precisions.requested(precision)
         options = ScanOptions(include_hidden=include_hidden, follow_symlinks=follow_symlinks,
                               excludes=tuple(exclude))
@@ -224,11 +224,11 @@ class Library:
         best. ``offset`` skips the first hits, for paging.
         """
         if k < 1:
-            raise QueryError(f"the number of results must be at least 1, not {k}")
+            raise ArgumentError(f"the number of results must be at least 1, not {k}")
         if offset < 0:
-            raise QueryError(f"the offset must not be negative, not {offset}")
+            raise ArgumentError(f"the offset must not be negative, not {offset}")
         if sort not in SORT_ORDERS:
-            raise QueryError(f"unknown sort order {sort!r}", hint=f"choose one of: {', '.join(SORT_ORDERS)}")
+            raise ArgumentError(f"unknown sort order {sort!r}", hint=f"choose one of: {', '.join(SORT_ORDERS)}")
         query = query or Query.build(text, image)
         vectors = self.vectors
         xq, query_ids = self._embedder.query_vector(query, vectors.dim)
@@ -287,7 +287,7 @@ class Library:
         picture (``duplicates.py``). ``progress(stage, done, total)`` is told how far it got.
         """
         if not 0 < threshold <= 1:
-            raise QueryError(f"the threshold is a cosine similarity in (0, 1], not {threshold}")
+            raise ArgumentError(f"the threshold is a cosine similarity in (0, 1], not {threshold}")
         found = find_groups(self.store, self.vectors, self.root, threshold, neighbours, crops, progress)
         flat = [member for group in found for member in group]
         hits = {h.id: h for start in range(0, len(flat), 10_000) for h in self._hits(flat[start:start + 10_000])}
@@ -306,7 +306,7 @@ class Library:
         tags, no_tags = [t.strip() for t in tags], [t.strip() for t in no_tags]
         bad = [e for e in extensions if not e.isalnum()]
         if bad:
-            raise QueryError(f"not a file extension: {bad[0]!r}", hint="for example --ext jpg --ext heic")
+            raise ArgumentError(f"not a file extension: {bad[0]!r}", hint="for example [[extensions=jpg]]")
         if not any((folders, extensions, tags, no_tags)) and after is None and before is None:
             return None
         return self.store.ids_matching(folders, extensions, _epoch_ns(after), _epoch_ns(before), tags, no_tags)
@@ -381,13 +381,13 @@ class Library:
         from .thumbnails import FORMATS, thumbnail
 
         if fmt not in FORMATS:
-            raise QueryError(f"unknown thumbnail format {fmt!r}", hint=f"choose one of: {', '.join(FORMATS)}")
+            raise ArgumentError(f"unknown thumbnail format {fmt!r}", hint=f"choose one of: {', '.join(FORMATS)}")
         info = self.image(image_id)
         source = self._served(info)
         try:
             return thumbnail(source, self.root / "thumbs", image_id, info.content_hash, size, fmt)
         except ImageError as exc:
-            raise QueryError(f"cannot make a thumbnail of image {image_id}: {exc.message}") from exc
+            raise ImageError(f"cannot make a thumbnail of image {image_id}: {exc.message}") from exc
 
     # -- classification and tagging ---------------------------------------------------
 
@@ -402,7 +402,7 @@ class Library:
         """
         if (labels is None) == (classifier is None):
             raise ClassifierError("give either a label set or a trained classifier",
-                                  hint="--labels SET_OR_FILE, or --classifier NAME")
+                                  hint="[[labels=SET_OR_FILE]], or [[classifier=NAME]]")
         if classifier is not None:
             return self._classifier_head(classifier)
         label_set = labels if isinstance(labels, LabelSet) else LabelSet.load(labels)
@@ -422,7 +422,7 @@ class Library:
         not, or an id); indexed images use their stored vectors. A file that cannot be
         decoded gets no labels and an ``error``. See :meth:`head`."""
         if top_k < 1:
-            raise QueryError(f"--top-k must be at least 1, not {top_k}")
+            raise ArgumentError(f"[[top_k]] must be at least 1, not {top_k}")
         head = self.head(labels, templates=templates, classifier=classifier)
         unreadable: dict[int, str] = {}
         vectors, ids, paths = self._embedder.image_vectors(images, unreadable)
@@ -441,9 +441,9 @@ class Library:
         vectors; see ``tagging.py`` for what the thresholds mean. A run replaces the tags of
         its own source and label set (or classifier) only; manual tags always win."""
         if not 0 <= threshold <= 1:
-            raise QueryError(f"the threshold is a probability in [0, 1], not {threshold}")
+            raise ArgumentError(f"the threshold is a probability in [0, 1], not {threshold}")
         if top_k is not None and top_k < 1:
-            raise QueryError(f"--top-k must be at least 1, not {top_k}")
+            raise ArgumentError(f"[[top_k]] must be at least 1, not {top_k}")
         if self.store.model_identity() is None:
             raise LibraryEmptyError.at(self.root)
         started = time.perf_counter()
@@ -486,7 +486,7 @@ class Library:
         from . import xmp
 
         if style not in xmp.STYLES:
-            raise QueryError(f"unknown sidecar style {style!r}", hint=f"choose one of: {', '.join(xmp.STYLES)}")
+            raise ArgumentError(f"unknown sidecar style {style!r}", hint=f"choose one of: {', '.join(xmp.STYLES)}")
         report = XmpReport(dry_run=dry_run)
         by_path: dict[str, list[str]] = {}
         for t in self.image_tags(folders):
@@ -552,8 +552,8 @@ class Library:
                                   if roots_only else None)
         if classifier is not None:
             if compare_templates or few_shot:
-                raise ClassifierError("--compare-templates and --few-shot evaluate label sets, not a trained "
-                                      "classifier", hint="give --labels instead of --classifier")
+                raise ClassifierError("[[compare_templates]] and [[few_shot]] evaluate label sets, not a trained "
+                                      "classifier", hint="give [[labels]] instead of [[classifier]]")
             head = self._classifier_head(classifier)
             unknown = [c for c in classes if c not in head.labels]
             if unknown:
@@ -611,7 +611,7 @@ class Library:
         if row is None:
             known = ", ".join(r.name for r in self.store.classifiers()) or "none yet"
             raise ClassifierError(f"no classifier called {name!r} (trained: {known})",
-                                  hint="train one: clipsearch classifier train NAME --examples DIR")
+                                  hint="train one: `clipsearch classifier train NAME --examples DIR`")
         if row.model != str(self._embedder.model_or_fail()):
             raise ClassifierError(f"the classifier {name!r} was trained for {row.model}, not {self.model}")
         meta = json.loads(row.labels)
@@ -643,7 +643,7 @@ class Library:
         remembered for the automatic rebuilds of later runs.
         """
         if target_recall is not None and not 0 < target_recall <= 1:
-            raise QueryError(f"the recall target is a fraction in (0, 1], not {target_recall}")
+            raise ArgumentError(f"the recall target is a fraction in (0, 1], not {target_recall}")
         started = time.perf_counter()
         with locks.writer(self.root):
             if self.store.model_identity() is None:
@@ -714,7 +714,7 @@ def _folders(folders: Iterable[str | os.PathLike]) -> list[str]:
 def _label(label: str) -> str:
     label = label.strip()
     if not label:
-        raise QueryError("a tag needs a label")
+        raise ArgumentError("a tag needs a label")
     return label
 
 

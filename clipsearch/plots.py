@@ -22,7 +22,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError as exc:
-        raise InputError("--plot needs matplotlib", hint="pip install 'clipsearch[plot]'") from exc
+        raise InputError("drawing plots needs matplotlib", hint="pip install 'clipsearch[plot]'") from exc
     matplotlib.use("Agg")  # files only: never open a window or need a display
     import matplotlib.pyplot as plt
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import InputError, PrecisionMismatchError
+from .errors import ArgumentError, InputError, PrecisionMismatchError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 ENV_PRECISION = "CLIPSEARCH_PRECISION"  # the default for ``--precision``
@@ -40,7 +40,7 @@ def requested(value: str | None) -> str:
     """``value``, else ``$CLIPSEARCH_PRECISION``, else ``auto``; checked."""
     value = (value or os.environ.get(ENV_PRECISION) or "auto").strip().lower()
     if value not in PRECISIONS:
-        raise InputError(f"unknown precision {value!r}", hint=f"choose one of: {', '.join(PRECISIONS)}")
+        raise ArgumentError(f"unknown precision {value!r}", hint=f"choose one of: {', '.join(PRECISIONS)}")
     return value
 
 
@@ -61,8 +61,8 @@ def for_library(want: str, recorded: list[str], device: str) -> str:
     """The precision an index run on ``device`` uses, given what the library recorded.
     ``auto`` is returned as is for a library with no vectors yet: the encoder settles it."""
     if want != "auto" and not runnable(want, device):
-        raise InputError(f"--precision {want} cannot run on {device}",
-                         hint="fp16 needs a CUDA GPU; use --precision auto")
+        raise InputError(f"[[precision={want}]] cannot run on {device}",
+                         hint="fp16 needs a CUDA GPU; use [[precision=auto]]")
     if not recorded:
         return want
     if want == "auto":
@@ -73,13 +73,13 @@ def for_library(want: str, recorded: list[str], device: str) -> str:
         if substitute is None:
             raise PrecisionMismatchError(
                 f"this library's vectors were made at {', '.join(recorded)}, which cannot run on {device}",
-                hint="index on the machine that made them, or into a new library (--library)")
+                hint="index on the machine that made them, or into a new library ([[library]])")
         return substitute
     if not compatible(want, recorded):
         raise PrecisionMismatchError(
             f"this library's vectors were made at {', '.join(recorded)}, not {want}; "
             "mixing them would make search scores inconsistent",
-            hint="leave out --precision to keep the library's own, or index into a new library (--library)")
+            hint="leave out [[precision]] to keep the library's own, or index into a new library ([[library]])")
     return want
 
 

@@ -47,8 +47,8 @@ class Term:
             raise QueryError(f"empty query term {raw!r}")
         if weight <= 0:
             raise QueryError(f"the weight in {raw!r} must be positive",
-                             hint="use --not to subtract a term" if sign > 0 else
-                             "a --not term's weight says how hard it pushes away, e.g. 2:people")
+                             hint="use [[exclude]] to subtract a term" if sign > 0 else
+                             "the weight of a term in [[exclude]] says how hard it pushes away, e.g. 2:people")
         if (image_id := _image_id(text)) is not None:
             return cls("id", image_id, sign * weight)
         if files and os.path.isfile(os.path.expanduser(text)):
@@ -103,5 +103,5 @@ class Query:
         terms += [Term.parse(t) for t in also]
         terms += [Term.parse(t, sign=-1.0) for t in exclude]
         if not any(t.weight > 0 for t in terms):
-            raise QueryError("give at least one positive term: a text, an image or --and")
+            raise QueryError("give at least one positive term: a text, an image or [[also]]")
         return cls(tuple(terms))

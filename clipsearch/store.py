@@ -325,7 +325,7 @@ class Store:
                     raise LibraryError(f"the vectors in {self.folder} belong to library {link.library_id}, "
                                        f"but {self.where} holds no library",
                                        hint="open the folder with the database it was made with, or index "
-                                            "into a new --library folder")
+                                            "into a new [[library]] folder")
                 if create:
                     conn.execute(insert(MetaRow).values(key="library_id", value=link.library_id))
             elif ours != link.library_id:

@@ -161,7 +161,7 @@ def test_an_actor_that_cannot_load_the_model_reports_our_error(cluster, tmp_path
     with Library.open(tmp_path / "lib", model="ViT-B-32/laion2b_s34b_b79k") as lib:
         with pytest.raises(WeightsUnavailableError, match="not on this machine") as info:
             lib.index([demo_images[0].parent], engine="ray", ray=RayOptions(batch_size=8))
-        assert "--model demo" in info.value.hint
+        assert "--model demo" in info.value.worded("cli")[1]  # it crossed processes whole
         assert lib.store.counts() == {"indexed": 0, "error": 0}
 
 

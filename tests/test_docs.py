@@ -30,11 +30,61 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme(name):
     assert f"clipsearch {name}" in README
 
 
-def test_public_api_is_exported():
+def _public_types() -> set[str]:
+    """The clipsearch classes that a Python user of Library passes or receives: those named
+    in the signatures of its public methods and properties, and in the fields of the
+    results they return, every result type and every error."""
+    import dataclasses
+    import inspect
+    import types
+    import typing
+
+    from clipsearch import errors, results
+    from clipsearch.library import Library
+
+    found: set[type] = set()
+
+    def visit(annotation) -> None:
+        if typing.get_origin(annotation) is not None or isinstance(annotation, types.UnionType):
+            for arg in typing.get_args(annotation):
+                visit(arg)
+        elif isinstance(annotation, type) and annotation.__module__.startswith("clipsearch") \
+                and annotation not in found:
+            found.add(annotation)
+            if dataclasses.is_dataclass(annotation):
+                for field_type in typing.get_type_hints(annotation).values():
+                    visit(field_type)
+
+    for name, member in inspect.getmembers(Library):
+        if name.startswith("_"):
+            continue
+        function = member.fget if isinstance(member, property) else member
+        for annotation in typing.get_type_hints(function).values():
+            visit(annotation)
+    for module in (errors, results):
+        found |= {c for _, c in inspect.getmembers(module, inspect.isclass)
+                  if c.__module__ == module.__name__ and not c.__name__.startswith("_")}
+    return {c.__name__ for c in found}
+
+
+def test_all_names_exactly_the_public_api():
     import clipsearch
 
+    assert len(clipsearch.__all__) == len(set(clipsearch.__all__))
+    expected = _public_types() | {"Library", "default_library_dir", "__version__"}
+    assert set(clipsearch.__all__) - expected == set(), "exported, but no Library user meets them"
+    assert expected - set(clipsearch.__all__) == set(), "a Library user meets them, but they are not exported"
     for name in clipsearch.__all__:
-        assert getattr(clipsearch, name) is not None
+        assert getattr(clipsearch, name) is not None and name in dir(clipsearch)
+
+
+def test_importing_the_package_loads_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, clipsearch; heavy = {'torch', 'faiss', 'sqlalchemy', 'PIL', 'numpy'} & set(sys.modules); "
+            "print(sorted(heavy))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
 # Commands that take --library but name their database themselves: move-db's argument is

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import clipsearch.index as index_module
-from clipsearch.errors import QueryError
+from clipsearch.errors import ArgumentError, ConfigurationError
 from clipsearch.index import IndexPlan, VectorIndex, choose_index, exact_search, parse_size, recall_at
 from clipsearch.vectorstore import VectorFile
 
@@ -48,7 +48,7 @@ def test_choose_index_follows_size_and_budget():
     # A bigger library never gets a lower tier.
     tiers = [choose_index(n, 512).tier for n in (1e3, 1e5, 1e6, 3e6, 5e6, 1e7, 1e8)]
     assert tiers == sorted(tiers)
-    with pytest.raises(QueryError, match="larger --memory-budget"):
+    with pytest.raises(ConfigurationError, match="larger `memory_budget`"):
         choose_index(100_000_000, 512, 100 * 1024 ** 2)
 
 
@@ -56,7 +56,7 @@ def test_parse_size():
     assert parse_size("2GB") == 2 * GB and parse_size("512mb") == 512 * 1024 ** 2
     assert parse_size("1.5G") == int(1.5 * GB) and parse_size("1000") == 1000 and parse_size("2GiB") == 2 * GB
     for bad in ("lots", "-1GB", "0", "2XB"):
-        with pytest.raises(QueryError):
+        with pytest.raises(ArgumentError):
             parse_size(bad)
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from clipsearch import Library
 from clipsearch.errors import (
-    LibraryEmptyError, LibraryLockedError, ModelMismatchError, NoImagesError, PathNotFoundError, QueryError,
+    ArgumentError, LibraryEmptyError, LibraryLockedError, ModelMismatchError, NoImagesError, PathNotFoundError, QueryError,
 )
 from conftest import FakeEncoder
 
@@ -108,9 +108,11 @@ def test_bad_requests_raise_clear_errors(tmp_path, fake_encoder):
         with pytest.raises(LibraryEmptyError):
             lib.search(text="red")
         lib.index([tmp_path / "photos"])
-        for kwargs in ({}, {"text": "  "}, {"text": "red", "k": 0}):
+        for kwargs in ({}, {"text": "  "}):
             with pytest.raises(QueryError):
                 lib.search(**kwargs)
+        with pytest.raises(ArgumentError):
+            lib.search(text="red", k=0)
         not_image = tmp_path / "notes.png"
         not_image.write_text("hello")
         with pytest.raises(QueryError, match="cannot use"):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from clipsearch import Library
-from clipsearch.errors import QueryError
+from clipsearch.errors import ConfigurationError
 from clipsearch.index import VectorIndex, exact_search, ivf_plan, recall_at
 from clipsearch.vectorstore import VectorFile
 
@@ -39,7 +39,7 @@ def test_an_on_disk_index_is_built_from_shards_and_serves_from_its_mapped_lists(
     plan = ivf_plan(20_000, DIM, on_disk=True)
     assert plan.factory == "OPQ8_32,IVF512_HNSW32,PQ8x8np"  # a byte per 8 dimensions
     assert "on disk" in plan.reason
-    with pytest.raises(QueryError, match="at least 10,000 vectors"):
+    with pytest.raises(ConfigurationError, match="at least 10,000 vectors"):
         ivf_plan(9_999, DIM, on_disk=True)
     built = VectorIndex.build_on_disk(plan, vectors, rows + 1, rows, tmp_path / "index.1.7", shard_rows=6_000)
     built.tune(0.9)

@@ -11,7 +11,7 @@ from PIL import Image
 import clipsearch.index as index_module
 import clipsearch.indexfiles as indexfiles_module
 from clipsearch import Library
-from clipsearch.errors import QueryError
+from clipsearch.errors import ArgumentError
 from conftest import FakeEncoder, run_cli
 
 
@@ -55,7 +55,7 @@ def test_optimize_and_deletions_under_an_approximate_index_with_the_demo_model(t
         assert sorted(p.name for p in (tmp_path / "lib").glob("*.f16")) == ["vectors.2.f16"]
         assert sorted(p.name for p in (tmp_path / "lib").glob("index.*")) == ["index.2.faiss", "index.2.json"]
         assert [label(h.path) for h in lib.search(text="a blue square", k=1)] == ["blue_square"]
-        with pytest.raises(QueryError, match="recall target"):
+        with pytest.raises(ArgumentError, match="recall target"):
             lib.optimize(target_recall=1.5)
 
 

@@ -53,7 +53,7 @@ def test_auto_keeps_what_the_library_recorded_and_other_choices_are_refused():
         precision.for_library("fp32", ["int8"], "cpu")
     with pytest.raises(PrecisionMismatchError):
         precision.for_library("int8", ["fp32"], "cuda")
-    with pytest.raises(InputError, match="fp16 cannot run on cpu"):
+    with pytest.raises(InputError, match="`precision=fp16` cannot run on cpu"):
         precision.for_library("fp16", [], "cpu")
     # fp16 and fp32 vectors are the same to six decimals: a GPU-made library can be
     # updated on a CPU, and the record then names both.
@@ -111,7 +111,7 @@ def test_the_library_records_its_precision_and_keeps_it(int8_library, demo_image
         assert lib.info().precision == "int8"
         with pytest.raises(PrecisionMismatchError, match="made at int8, not fp32") as err:
             lib.index([extra], precision="fp32")
-        assert "leave out --precision" in err.value.hint
+        assert "leave out --precision" in err.value.worded("cli")[1]
         report = lib.index([extra], precision="auto")
         assert report.added == 2 and report.precision == "int8"
         # An image query is computed the library's way too, from the kept tower.
@@ -152,7 +152,7 @@ def test_an_unfaithful_int8_tower_is_refused(tmp_path, monkeypatch):
     crops = imageonnx.check_crops(enc.load().pixel_spec, 4)
     assert enc.precision == "fp32" and enc.encode_crops(crops).shape == (4, enc.dim)
     assert not (tmp_path / imageonnx.FOLDER).exists() and not list(tmp_path.glob(".image-onnx*"))
-    with pytest.raises(ModelError, match="int8 is not available for demo: its int8 image tower is not faithful"):
+    with pytest.raises(ModelError, match="`precision=int8` is not available for demo: its int8 image tower is not faithful"):
         Encoder("demo", "cpu", precision="int8", workdir=tmp_path).load()
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from clipsearch import Library
 from clipsearch.embedding import QueryEmbedder
-from clipsearch.errors import QueryError
+from clipsearch.errors import ArgumentError, QueryError
 from clipsearch.query import Query, Term
 from test_library import COLOURS, make_images
 
@@ -41,10 +41,10 @@ def test_terms_from_a_request_never_touch_the_file_system(tmp_path):
 def test_a_zero_weight_is_explained_for_the_side_it_was_given_on():
     with pytest.raises(QueryError, match="must be positive") as positive:
         Term.parse("0:x")
-    assert "use --not" in positive.value.hint
+    assert "use --not" in positive.value.worded("cli")[1]
     with pytest.raises(QueryError, match="must be positive") as negative:
         Term.parse("0:x", sign=-1)
-    assert "use --not" not in (negative.value.hint or "")
+    assert "use --not" not in (negative.value.worded("cli")[1] or "")
 
 
 def test_an_image_term_is_an_id_or_a_normalised_path(tmp_path):
@@ -129,7 +129,7 @@ def test_date_filters_and_sorting(tmp_path, fake_encoder):
         assert names(lib.search(text="red", k=10, sort="date", min_score=cutoff)) == [
             n for n in ["undated.png", "new.jpg", "mid.jpg", "old.jpg"]
             if n in names(lib.search(text="red", k=3))]
-        with pytest.raises(QueryError, match="unknown sort order"):
+        with pytest.raises(ArgumentError, match="unknown sort order"):
             lib.search(text="red", sort="size")
 
 
@@ -206,5 +206,5 @@ def test_duplicates_group_re_encodes_resizes_crops_and_copies_with_the_demo_mode
         strict = lib.duplicates(crops=False)
         assert sum(len(g.images) for g in strict) < sum(len(g.images) for g in groups)
         assert all(h.score >= 0.995 for g in strict for h in g.images)
-        with pytest.raises(QueryError):
+        with pytest.raises(ArgumentError):
             lib.duplicates(threshold=1.5)

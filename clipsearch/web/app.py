@@ -185,7 +185,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
 
     @app.exception_handler(ClipSearchError)
     async def _clipsearch_error(_request, exc: ClipSearchError):
-        return _error(_status(exc), exc.message, exc.hint)
+        return _error(_status(exc), *exc.worded("web"))  # options named as request parameters
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request, exc: RequestValidationError):
