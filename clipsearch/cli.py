@@ -22,10 +22,9 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from .defaults import CROP_CANDIDATE, DUPLICATE_THRESHOLD, ENGINES, ENV_DB_URL, ENV_LIBRARY, SORT_ORDERS
 from .errors import ClipSearchError
 
-ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # also read by library.default_library_dir
-ENV_DB_URL = "CLIPSEARCH_DB_URL"  # also read by Library.open
 
 
 class _ReadableHelp:
@@ -283,9 +282,7 @@ class _ProgressBar:
             self._progress.stop()
 
 
-class Engine(str, Enum):
-    local = "local"
-    ray = "ray"
+Engine = Enum("Engine", [(e, e) for e in ENGINES], type=str)
 
 
 @command(interrupted=RESUMABLE)
@@ -376,10 +373,7 @@ def index(
 _DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 
 
-class SortOrder(str, Enum):
-    score = "score"
-    date = "date"
-    path = "path"
+SortOrder = Enum("SortOrder", [(s, s) for s in SORT_ORDERS], type=str)
 
 
 PathsOnlyOpt = Annotated[bool, typer.Option("--paths-only", "-f", help="Print only paths, one per line (for pipes).")]
@@ -477,10 +471,10 @@ def duplicates(
     threshold: Annotated[Optional[float], typer.Option(
         "--threshold", "-t", min=0.0, max=1.0,
         help="Cosine similarity from which pairs are compared as whole pictures (copies, re-encodes, resizes); "
-             "the pixels decide. Default: 0.995.", show_default=False)] = None,
+             f"the pixels decide. Default: {DUPLICATE_THRESHOLD}.", show_default=False)] = None,
     crops: Annotated[bool, typer.Option(
         "--crops/--no-crops",
-        help="Also compare pairs from cosine 0.9, for crops of up to 10% of a side.")] = True,
+        help=f"Also compare pairs from cosine {CROP_CANDIDATE}, for crops of up to 10% of a side.")] = True,
     library: LibraryOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     json_out: JsonOpt = False,
@@ -491,7 +485,6 @@ def duplicates(
 
     Example: `clipsearch duplicates --threshold 0.98`
     """
-    from .library import DUPLICATE_THRESHOLD
 
     stages = _Stages(quiet or json_out)
     try:

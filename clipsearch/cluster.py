@@ -47,7 +47,6 @@ from .encoder import ModelSpec
 from .errors import ClipSearchError, ClusterError, RayUnavailableError
 from .results import ModelIdentity
 
-ENGINES = ("local", "ray")
 # Files to embed in one run from which actors write vector shards instead of sending
 # vectors through the object store. A million 512-d float32 vectors are 2 GB: the most
 # worth holding in a driver's object store (Ray's default is 30% of its RAM) without

@@ -29,18 +29,12 @@ import numpy as np
 from sqlalchemy import func, select
 
 from . import pixelcheck
+from .defaults import CROP_CANDIDATE, DUPLICATE_THRESHOLD
 from .decodepool import DecodeLimits, DecodePool, Decoded, default_workers
 from .index import VectorIndex, write_atomic
 from .store import STATUS_INDEXED, ImageRow, Store
 from .tagging import Progress
 
-# Cosine similarity from which pairs are compared as whole pictures (re-encodes, resizes).
-# It decides no pair by itself any more: on the demo model different pictures of one
-# colour and shape reach 0.9995 and JPEG re-encodes score 0.93 and up.
-DUPLICATE_THRESHOLD = 0.995
-# From here up to the threshold, pairs are searched for crops too: 2-10% crops score
-# 0.88-0.9996 against their original on the demo model, 1% of them below 0.9.
-CROP_CANDIDATE = 0.9
 # Vectors this alike are the same picture to the model's precision (float16 storage).
 IDENTICAL = 1 - 1e-6
 SIGNATURES = "pixels"  # the folder of the library that keeps them

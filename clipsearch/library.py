@@ -34,10 +34,11 @@ from . import precision as precisions
 from .embedding import QueryEmbedder
 from .encoder import Encoder, ModelSpec
 from .errors import ArgumentError, ClassifierError, ImageError, LibraryEmptyError, PathNotFoundError
-from .cluster import ENGINES, RayEmbedder, RayOptions
+from .cluster import RayEmbedder, RayOptions
 from .classifier import FEW_SHOT, Head, example_folders, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
-from .duplicates import DUPLICATE_THRESHOLD, SIGNATURES, SignatureStore, find_groups
+from .defaults import DUPLICATE_THRESHOLD, ENGINES, ENV_DB_URL, ENV_LIBRARY, SORT_ORDERS
+from .duplicates import SIGNATURES, SignatureStore, find_groups
 from .index import VectorIndex
 from .indexfiles import LiveIndex
 from .indexer import Indexer, IndexProgress
@@ -53,9 +54,6 @@ from .store import STATUS_INDEXED, Store
 from .thumbnails import Thumbnail
 from .tagging import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Progress, image_tags, tag_images
 
-SORT_ORDERS = ("score", "date", "path")
-ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # the CLI names it too, without importing this module
-ENV_DB_URL = "CLIPSEARCH_DB_URL"  # the PostgreSQL database for a library's metadata; the CLI names it too
 log = logging.getLogger(__name__)
 
 

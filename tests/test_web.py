@@ -13,7 +13,8 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from clipsearch import Library, demoworld  # noqa: E402
-from clipsearch.web.app import create_app  # noqa: E402
+from clipsearch.defaults import CROP_CANDIDATE, DUPLICATE_THRESHOLD  # noqa: E402
+from clipsearch.web.app import STATIC, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +121,17 @@ def test_tags_classify_duplicates_info(served):
     assert result["labels"][0]["label"] == "yellow" and len(result["labels"]) == 2
     job = finished(client, client.post("/api/duplicates", json={}))
     assert job["state"] == "done" and job["result"] == [] and job["params"] == {"threshold": 0.995, "crops": True}
-    assert client.get("/api/info").json()["images"] == 24
+    info = client.get("/api/info").json()
+    assert info["images"] == 24
+    assert (info["duplicate_threshold"], info["crop_candidate"]) == (DUPLICATE_THRESHOLD, CROP_CANDIDATE)
     assert "/api/search" in client.get("/openapi.json").json()["paths"]
+
+
+def test_the_page_takes_the_duplicate_defaults_from_the_server():
+    static = Path(STATIC)
+    for name in ("app.js", "index.html"):
+        text = (static / name).read_text()
+        assert str(DUPLICATE_THRESHOLD) not in text and f"{CROP_CANDIDATE} with" not in text, name
 
 
 def test_the_page_and_its_static_files_are_served(served):

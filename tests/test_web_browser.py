@@ -23,6 +23,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from clipsearch.defaults import DUPLICATE_THRESHOLD
+
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.is_file():
     pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
@@ -465,6 +467,7 @@ def test_duplicates_view(page, server):
     # The demo images are all different pictures: no group at the default threshold, nor
     # at 0.9, where pictures of one colour and shape are candidates but their pixels differ.
     expect(page.locator("#dups-list")).to_contain_text("No near-duplicates")
+    expect(page.locator("#dups-threshold-value")).to_have_text(f"{DUPLICATE_THRESHOLD:.3f}")  # the server's default
     page.locator("#dups-crops").uncheck()
     page.locator("#dups-threshold").fill("0.9")
     expect(page.locator("#dups-threshold-value")).to_have_text("0.900")

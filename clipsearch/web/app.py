@@ -51,6 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from .. import __version__
+from ..defaults import CROP_CANDIDATE, DUPLICATE_THRESHOLD
 from ..errors import (
     ClipSearchError, InputError, JobNotFoundError, LibraryEmptyError, LibraryLockedError, ModelError,
     PathNotFoundError, TooManyJobsError,
@@ -414,9 +415,11 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
     def cancel_job(job_id: JobIdParam):
         return jobs.cancel(job_id).to_dict(result=False)
 
-    @app.get("/api/info", summary="What the library holds, and this server's upload limit")
+    @app.get("/api/info", summary="What the library holds, this server's upload limit, and the duplicate "
+                                  "search's defaults")
     def info():
-        return {**library.info().to_dict(), "max_upload_bytes": max_upload_bytes}
+        return {**library.info().to_dict(), "max_upload_bytes": max_upload_bytes,
+                "duplicate_threshold": DUPLICATE_THRESHOLD, "crop_candidate": CROP_CANDIDATE}
 
     # -- the page -----------------------------------------------------------------------
 

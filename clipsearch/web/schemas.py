@@ -23,7 +23,7 @@ from pydantic import (
 
 from ..errors import InputError, LabelError
 from ..labels import available_label_sets, available_templates, resolve_templates
-from ..library import DUPLICATE_THRESHOLD
+from ..defaults import DUPLICATE_THRESHOLD
 from ..query import MAX_IMAGE_ID
 
 # A query text is read by CLIP's 77-token context, which no text of more than a few

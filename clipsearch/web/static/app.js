@@ -18,7 +18,6 @@ import { blankState, readURL, toURL } from "./url.js";
 
 const PAGE = 30; // results per request
 const DEBOUNCE_MS = 250; // typing pause before a search
-const DEFAULT_THRESHOLD = 0.995;
 const MATRIX_IMAGES = 12; // the first results a label matrix compares
 
 const $ = (id) => document.getElementById(id);
@@ -73,6 +72,7 @@ const activeFilters = (s) =>
 // -- library facts, tags, image facts (cached) -----------------------------------------
 
 let info = null;
+let infoLoaded = null; // loadInfo's promise
 let allTags = null;
 const imageFacts = new Map();
 
@@ -607,8 +607,14 @@ function openLink(id, ...children) {
 const dupsBox = answerBox(ui.dupsList, { busy: "Looking for near-duplicates.", failed: "Could not look for duplicates" });
 let dupItems = []; // the tiles shown, in order, for the detail view's arrows
 
-function showDuplicates() {
-  const threshold = state.threshold || DEFAULT_THRESHOLD;
+async function showDuplicates() {
+  await infoLoaded; // the server says the default threshold
+  if (state.view !== "duplicates") return;
+  if (info.error) {
+    ui.dupsList.replaceChildren(errorBox(info.error, "Cannot open the library"));
+    return;
+  }
+  const threshold = state.threshold || info.duplicate_threshold;
   ui.dupsThreshold.value = threshold;
   ui.dupsValue.textContent = threshold.toFixed(3);
   ui.dupsCrops.checked = state.crops;
@@ -621,7 +627,7 @@ function drawDuplicates(groups, threshold) {
   dupItems = [];
   if (!groups.length) {
     return emptyState("copies", "No near-duplicates",
-      `No two images show the same picture among the pairs compared (cosine ≥ ${threshold}, or 0.9 with crops). `
+      `No two images show the same picture among the pairs compared (cosine ≥ ${threshold}, or ${info.crop_candidate} with crops). `
       + "Lower the threshold to compare more pairs.");
   }
   const images = groups.reduce((n, g) => n + g.images.length, 0);
@@ -1157,6 +1163,6 @@ if (state.upload) {
   uploadFile(state.upload).catch(() => null);
 }
 if (activeFilters(state) > 0) toggleFilters(true);
+infoLoaded = loadInfo();
 render();
-loadInfo();
 loadTags().then(() => { if (!listKey(state) && state.view === "search") showLanding(); }, () => {});

@@ -1,0 +1,19 @@
+"""The choices and defaults that the CLI, the web API and the library share.
+
+Kept apart, importing nothing, so that ``clipsearch --help`` can show them without
+loading the library (torch, FAISS, SQLAlchemy); every other module takes them from here.
+"""
+
+ENV_LIBRARY = "CLIPSEARCH_LIBRARY"  # the library folder, when none is given
+ENV_DB_URL = "CLIPSEARCH_DB_URL"  # the PostgreSQL database for a library's metadata
+
+ENGINES = ("local", "ray")  # where an index run decodes and embeds (cluster.py)
+SORT_ORDERS = ("score", "date", "path")  # how search results are ordered
+
+# Cosine similarity from which pairs are compared as whole pictures (re-encodes, resizes).
+# It decides no pair by itself any more: on the demo model different pictures of one
+# colour and shape reach 0.9995 and JPEG re-encodes score 0.93 and up (duplicates.py).
+DUPLICATE_THRESHOLD = 0.995
+# From here up to the threshold, pairs are searched for crops too: 2-10% crops score
+# 0.88-0.9996 against their original on the demo model, 1% of them below 0.9.
+CROP_CANDIDATE = 0.9
