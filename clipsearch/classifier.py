@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ClassifierError
+from .files import write_atomic
 from .labels import LabelSet
 
 ZERO_SHOT, FEW_SHOT = "zero-shot", "few-shot"
@@ -226,9 +227,9 @@ def zero_shot_head(label_set: LabelSet, templates: tuple[str, ...], model: str, 
         index = faiss.IndexFlatIP(weights.shape[1])
         index.add(weights)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = index_path.with_suffix(".faiss.tmp")
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, index_path)
+        # Unique temporary names: two processes embedding one label set at once each
+        # write whole files, and the last rename wins.
+        write_atomic(index_path, faiss.serialize_index(index).tobytes())
         _write_json(meta_path, {"model": model, "label_set": label_set.name, "labels": label_set.names,
                                 "templates": list(templates), "scale": scale})
     thresholds = {lb.name: lb.threshold for lb in label_set.labels if lb.threshold is not None}
@@ -244,9 +245,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, ensure_ascii=False).encode("utf-8"))
 
 
 # -- few-shot: a linear probe pulled toward the zero-shot weights ---------------------

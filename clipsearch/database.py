@@ -25,7 +25,7 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError
 
 from .errors import LibraryEmptyError, LibraryError, SchemaTooNewError
-from .locks import exclusive
+from .files import exclusive_lock, write_atomic
 
 DB_FILE = "library.db"
 LINK_FILE = "database.json"
@@ -195,9 +195,7 @@ def write_link(folder: Path, url: URL, library_id: str) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)  # whole or not at all
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def stamp() -> str:
@@ -279,7 +277,7 @@ def serialized(eng: Engine, folder: Path):
     with its folder, once. PostgreSQL takes an advisory lock in the database rather than
     a file lock, as the folder may sit on shared storage where flock is unreliable."""
     if is_sqlite(eng.url):
-        with exclusive(folder / (DB_FILE + ".migrate.lock")), eng.begin() as conn:
+        with exclusive_lock(folder / (DB_FILE + ".migrate.lock")), eng.begin() as conn:
             yield conn
         return
     with eng.connect() as conn:

@@ -31,7 +31,8 @@ from sqlalchemy import func, select
 from . import pixelcheck
 from .defaults import CROP_CANDIDATE, DUPLICATE_THRESHOLD
 from .decodepool import DecodeLimits, DecodePool, Decoded, default_workers
-from .index import VectorIndex, write_atomic
+from .files import write_atomic
+from .index import VectorIndex
 from .store import STATUS_INDEXED, ImageRow, Store
 from .tagging import Progress
 

@@ -39,6 +39,7 @@ import faiss
 import numpy as np
 
 from .errors import ArgumentError, ConfigurationError
+from .files import write_atomic
 from .vectorstore import VectorFile
 
 GIB = 1024 ** 3
@@ -666,17 +667,3 @@ def _as_matrix(x: np.ndarray, dim: int) -> np.ndarray:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """A reader sees the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import evaluation, locks
+from . import evaluation
 from . import precision as precisions
 from .embedding import QueryEmbedder
+from .files import writer_lock
 from .encoder import Encoder, ModelSpec
 from .errors import ArgumentError, ClassifierError, ImageError, LibraryEmptyError, PathNotFoundError
 from .cluster import RayEmbedder, RayOptions
@@ -112,7 +113,7 @@ class Library:
         check_folder(root)
         if not root.is_dir():
             raise LibraryEmptyError.at(root, None)
-        with locks.writer(root):
+        with writer_lock(root):
             return transfer.move(root, to, progress)
 
     def __enter__(self) -> "Library":
@@ -169,7 +170,7 @@ class Library:
         options = ScanOptions(include_hidden=include_hidden, follow_symlinks=follow_symlinks,
                               excludes=tuple(exclude))
         roots = resolve_roots(paths)
-        with locks.writer(self.root):
+        with writer_lock(self.root):
             self.store.add_roots(roots)
             self._embedder.default_model()
             if self.store.model_identity() is not None:
@@ -451,7 +452,7 @@ class Library:
         if dry_run:
             report = tag_images(self.store, head, **options)
         else:
-            with locks.writer(self.root):
+            with writer_lock(self.root):
                 report = tag_images(self.store, head, **options)
         report.seconds = time.perf_counter() - started  # the whole run: embedding the labels too
         return report
@@ -643,7 +644,7 @@ class Library:
         if target_recall is not None and not 0 < target_recall <= 1:
             raise ArgumentError(f"the recall target is a fraction in (0, 1], not {target_recall}")
         started = time.perf_counter()
-        with locks.writer(self.root):
+        with writer_lock(self.root):
             if self.store.model_identity() is None:
                 raise LibraryEmptyError.at(self.root)
             budget, target = self._index.settings()

@@ -9,13 +9,12 @@ page asking for odd sizes cannot fill the disk with variants.
 from __future__ import annotations
 
 import io
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from .files import write_atomic
 from .images import DEFAULT_MAX_MEGAPIXELS, decode_image, read_file
 
 SIZES = (128, 256, 512, 1024)
@@ -49,9 +48,6 @@ def thumbnail(source: Path, folder: Path, image_id: int, content_hash: str | Non
         buf = io.BytesIO()
         im.save(buf, pillow_format, quality=QUALITY)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # A name per process and thread: requests racing for one thumbnail each write a whole
-        # file of their own, and the last rename wins.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)
+        # Requests racing for one thumbnail each write a whole file, and the last rename wins.
+        write_atomic(path, buf.getvalue())
     return Thumbnail(path, name, media_type)

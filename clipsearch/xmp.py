@@ -21,6 +21,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from .files import write_atomic
+
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 DC = "http://purl.org/dc/elements/1.1/"
 STYLES = ("default", "lightroom")
@@ -82,12 +84,7 @@ def read(path: Path) -> str | None:
 
 def write(path: Path, text: str) -> None:
     """Replace ``path`` atomically, keeping its permissions."""
-    tmp = path.with_name(f".{path.name}.clipsearch.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    if path.exists():
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode("utf-8"))
 
 
 def _parse(text: str) -> ET.Element:

@@ -124,11 +124,11 @@ def test_bad_requests_raise_clear_errors(tmp_path, fake_encoder):
 
 
 def test_a_second_writer_is_refused(tmp_path, fake_encoder):
-    from clipsearch.locks import writer
+    from clipsearch.files import writer_lock
 
     make_images(tmp_path / "photos")
     with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
-        with writer(tmp_path / "lib"):
+        with writer_lock(tmp_path / "lib"):
             with pytest.raises(LibraryLockedError, match="another clipsearch process"):
                 lib.index([tmp_path / "photos"])
         assert lib.index([tmp_path / "photos"]).added == 3
