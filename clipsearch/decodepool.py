@@ -279,7 +279,8 @@ class DecodePool:
         self._spec: PixelSpec | None = None
         self._is_known = is_known
         # With ``keep_workers``, idle workers outlive a run for the next one (a cluster
-        # actor runs one per batch, and starting a worker costs ~0.5 s); being daemons,
+        # actor runs one per batch, and starting a worker, a fresh interpreter that imports
+        # Pillow and numpy, costs ~0.5 s on the 2-core CPU machine); being daemons,
         # they end with the process that owns the pool.
         self._keep = keep_workers
         self._kept: list[_Worker] = []

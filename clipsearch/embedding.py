@@ -8,7 +8,8 @@ pictures and raw embeddings. Each kind takes the cheapest way to its vector:
 - a copy of an indexed image: that image's vector, found by content hash;
 - otherwise a tower of the model. In a fresh process, without torch when the library
   allows it: texts go through the ONNX text tower that ``index`` exports
-  (``textonnx.py``; ~0.2 s instead of ~5 s to load), pictures of an int8 library through
+  (``textonnx.py``; ~0.2 s instead of ~5 s to load, as ``benchmarks/bench_cold.py``
+  measures), pictures of an int8 library through
   its int8 image tower (``imageonnx.py``), the very function its vectors came from. Once
   the model itself is loaded, it embeds everything.
 

@@ -63,8 +63,9 @@ def is_image_path(path: Path) -> bool:
 def hash_bytes(data: bytes) -> str:
     """A 128-bit content hash of the whole file.
 
-    XXH3-128 rather than a cryptographic hash: it runs at memory speed (0.14 ms for a 3 MB
-    photo here, against 5 ms for BLAKE2b), and a collision among honest files is as
+    XXH3-128 rather than a cryptographic hash: it runs at memory speed (0.05-0.14 ms for
+    3 MB on the 2-core CPU machine, against 5 ms for BLAKE2b: ``python -m timeit -s 'from
+    clipsearch.images import hash_bytes; d = bytes(3 << 20)' 'hash_bytes(d)'``), and a collision among honest files is as
     unlikely as with any 128-bit hash. It decides only whether a file reuses a vector.
     """
     return xxhash.xxh3_128_hexdigest(data)

@@ -75,7 +75,9 @@ def session(path: Path, *, cold: bool):
 
     ``cold``: for a process that runs a few inputs and exits. Prepacking copies and
     re-lays out every weight as the session loads (0.15-0.5 s for ViT-B-32) to save
-    ~15 ms per call, the wrong trade there. Otherwise (indexing) the session keeps
+    ~15 ms per call, the wrong trade there (timed by hand on the 2-core CPU machine,
+    loading the exported text tower both ways; ``benchmarks/bench_cold.py`` measures the
+    cold query as a whole). Otherwise (indexing) the session keeps
     prepacking but does not spin its threads while idle: busy-waiting workers would take
     the CPU from the decode processes that feed them.
     """

@@ -410,7 +410,7 @@ class Store:
                     path=m.path, size=m.size, mtime_ns=m.mtime_ns, indexed_at=_now()))
             # One query for the batch's existing rows and one flush for all of them: a
             # query and a flush per file cost ~0.8 ms each, a fifth to a half of the wall
-            # time of an index run on a GPU.
+            # time of an index run on a GPU (benchmarks/bench_store.py measures commits).
             existing = self._rows_at(s, [i.path for i in (*indexed, *failed)])
             changed = [existing[i.path].id for i in indexed if i.path in existing]
             if changed:  # new content: tags made from the old vector no longer hold

@@ -74,7 +74,8 @@ def tag_images(store: Store, head: Head, *, threshold: float = DEFAULT_THRESHOLD
 def _rank_halves(head: Head, z: np.ndarray, pool: ThreadPoolExecutor, **options) -> Predictions:
     """``head.rank`` of a block's two halves on two threads (numpy lets go of the GIL), so that
     ranking, like the BLAS product before it, uses two cores: 9 ms become 5.5 per 4096 x 1000
-    block on the 2-core CPU machine."""
+    block on the 2-core CPU machine (timed around ``head.rank``; ``benchmarks/bench_tag.py``
+    measures the whole run)."""
     half = (len(z) + 1) // 2
     first, second = pool.map(lambda rows: head.rank(z[rows], **options), (slice(0, half), slice(half, len(z))))
     return Predictions(np.concatenate([first.rows, second.rows + half]),

@@ -1,7 +1,8 @@
 """The text tower as ONNX, so that a text query needs neither torch nor open_clip.
 
 Importing torch and open_clip costs ~5 s on a small CPU machine; onnxruntime, the
-tokenizer and a session over memory-mapped weights cost ~0.2 s. The library keeps, in
+tokenizer and a session over memory-mapped weights cost ~0.2 s (``benchmarks/bench_cold.py``
+measures both, as whole processes). The library keeps, in
 ``text-onnx/``:
 
 * ``text.onnx`` + ``text.onnx.data``: ``encode_text`` exported by torch's dynamo exporter
