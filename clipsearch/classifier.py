@@ -91,6 +91,21 @@ class Head:
         object.__setattr__(self, "_anc_start", np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64))
         object.__setattr__(self, "_anc_flat", np.array([i for a in ancestors for i in a], np.int64))
 
+    @classmethod
+    def stored(cls, name: str, record: str, weights: bytes, bias: bytes, scale: float) -> "Head":
+        """A trained few-shot head as the library keeps it: :meth:`record`, and its weights
+        and bias as float32 bytes."""
+        meta = json.loads(record)
+        labels = tuple(meta["labels"])
+        return cls(name, FEW_SHOT, labels, np.frombuffer(weights, np.float32).reshape(len(labels), -1),
+                   np.frombuffer(bias, np.float32).copy(), scale, meta.get("parents", {}), meta.get("thresholds", {}))
+
+    def record(self, label_set: str) -> str:
+        """What :meth:`stored` needs besides the numbers, as JSON; ``label_set`` names where
+        the labels came from."""
+        return json.dumps({"labels": self.labels, "parents": self.parents, "thresholds": self.thresholds,
+                           "label_set": label_set})
+
     @property
     def dim(self) -> int:
         return self.weights.shape[1]

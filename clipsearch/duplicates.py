@@ -22,7 +22,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from .decodepool import DecodeLimits, DecodePool, Decoded, default_workers
 from .files import write_atomic
 from .index import VectorIndex
 from .store import STATUS_INDEXED, ImageRow, Store
+from .results import DuplicateGroup, SearchHit
 from .tagging import Progress
 
 # Vectors this alike are the same picture to the model's precision (float16 storage).
@@ -161,6 +162,22 @@ def connected_groups(pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
     for i in parent:
         members.setdefault(root(i), []).append(i)
     return sorted((sorted(m) for m in members.values()), key=lambda m: (-len(m), m[0]))
+
+
+def ranked_groups(found: list[list[tuple[float, int]]],
+                  hits: Callable[[list[tuple[float, int]]], list[SearchHit]]) -> list[DuplicateGroup]:
+    """:func:`find_groups`' groups of ``(score, id)`` as :class:`DuplicateGroup` s of the
+    ``hits`` the library makes of them, best group first and each best image first. An
+    image deleted meanwhile is left out, and a group left with one image dropped."""
+    flat = [member for group in found for member in group]
+    by_id = {h.id: h for start in range(0, len(flat), 10_000) for h in hits(flat[start:start + 10_000])}
+    groups = []
+    for members in found:
+        images = sorted((by_id[i] for _, i in members if i in by_id), key=lambda h: (-h.score, h.path))
+        if len(images) > 1:
+            groups.append(DuplicateGroup(images[0].score, images))
+    groups.sort(key=lambda g: (-g.score, -len(g.images), g.images[0].path))
+    return groups
 
 
 def _copies(store: Store) -> tuple[np.ndarray, np.ndarray]:

@@ -461,6 +461,19 @@ class VectorIndex:
                 return D[keep], I[keep]
             k *= 4
 
+    def top(self, xq: np.ndarray, need: int, subset=None) -> tuple[np.ndarray, np.ndarray]:
+        """For one query vector, at least the ``need`` best hits, plus every hit tied with the
+        last of them. FAISS cuts a group of equal scores (exact duplicates share one vector)
+        arbitrarily; fetching past the group lets the caller order it deterministically."""
+        xq = _as_matrix(xq, self.dim)[:1]
+        n = need + 1
+        while True:
+            D, I = (a[0] for a in self.search(xq, n, subset))
+            found = int((I >= 0).sum())
+            if found < n or D[n - 1] < D[need - 1]:
+                return D, I
+            n *= 2
+
     # -- tuning -----------------------------------------------------------------------
 
     def tune(self, target_recall: float = DEFAULT_TARGET_RECALL, queries: int = 200, k: int = 10,

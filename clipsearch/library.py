@@ -36,15 +36,15 @@ from .files import writer_lock
 from .encoder import Encoder, ModelSpec
 from .errors import ArgumentError, ClassifierError, ImageError, LibraryEmptyError, PathNotFoundError
 from .cluster import RayEmbedder, RayOptions
-from .classifier import FEW_SHOT, Head, example_folders, train_probe, zero_shot_head
+from .classifier import Head, example_folders, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
 from .defaults import DUPLICATE_THRESHOLD, ENGINES, ENV_DB_URL, ENV_LIBRARY, SORT_ORDERS
-from .duplicates import SIGNATURES, SignatureStore, find_groups
+from .duplicates import SIGNATURES, SignatureStore, find_groups, ranked_groups
 from .index import VectorIndex
 from .indexfiles import LiveIndex
 from .indexer import Indexer, IndexProgress
 from .labels import DEFAULT_TEMPLATES, Label, LabelSet, resolve_templates
-from .query import Query, Term
+from .query import Filter, Query, Term, absolute_folders
 from .results import (
     Classification, ClassifierReport, DuplicateGroup, Evaluation, FileError, ImageInfo, ImageTag, IndexReport,
     LibraryInfo, MetadataMove, OptimizeReport, Prediction, SearchHit, SimilarityMatrix, TagCount,
@@ -232,14 +232,15 @@ class Library:
         vectors = self.vectors
         xq, query_ids = self._embedder.query_vector(query, vectors.dim)
         skip = set() if include_query_images else query_ids
-        subset = self._allowed_ids(folders, extensions, after, before, tags, no_tags)
+        allowed = Filter.build(folders, extensions, after, before, tags, no_tags)
+        subset = allowed.ids(self.store) if allowed is not None else None
         if subset is not None and skip:
             subset = subset[~np.isin(subset, list(skip))]
         every_hit_above_cutoff = sort != "score" and min_score is not None
         if every_hit_above_cutoff:
             D, I = vectors.range(xq, min_score, subset=subset)
         else:
-            D, I = self._top(vectors, xq, offset + k + (len(skip) if subset is None else 0), subset)
+            D, I = vectors.top(xq, offset + k + (len(skip) if subset is None else 0), subset)
         # Ties (exact duplicates share one vector) are broken by id, so pages never overlap.
         found = sorted(((float(s), int(i)) for s, i in zip(D, I) if i >= 0 and int(i) not in skip),
                        key=lambda hit: (-hit[0], hit[1]))
@@ -253,20 +254,6 @@ class Library:
         elif sort == "path":
             hits.sort(key=lambda h: h.path)
         return hits[offset:offset + k]
-
-    def _top(self, vectors: VectorIndex, xq: np.ndarray, need: int, subset) -> tuple[np.ndarray, np.ndarray]:
-        """At least the ``need`` best hits, plus every hit tied with the last of them.
-
-        FAISS cuts a group of equal scores arbitrarily; fetching past the group lets the
-        caller order it deterministically.
-        """
-        n = need + 1
-        while True:
-            D, I = (a[0] for a in vectors.search(xq, n, subset))
-            found = int((I >= 0).sum())
-            if found < n or D[n - 1] < D[need - 1]:
-                return D, I
-            n *= 2
 
     def similar(self, image: str | os.PathLike | int, k: int = 10) -> list[SearchHit]:
         """The images most like an indexed image (by id or path), itself left out."""
@@ -288,27 +275,7 @@ class Library:
         if not 0 < threshold <= 1:
             raise ArgumentError(f"the threshold is a cosine similarity in (0, 1], not {threshold}")
         found = find_groups(self.store, self.vectors, self.root, threshold, neighbours, crops, progress)
-        flat = [member for group in found for member in group]
-        hits = {h.id: h for start in range(0, len(flat), 10_000) for h in self._hits(flat[start:start + 10_000])}
-        groups = []
-        for members in found:
-            images = sorted((hits[i] for _, i in members if i in hits), key=lambda h: (-h.score, h.path))
-            if len(images) > 1:  # an image deleted meanwhile leaves no group of one
-                groups.append(DuplicateGroup(images[0].score, images))
-        groups.sort(key=lambda g: (-g.score, -len(g.images), g.images[0].path))
-        return groups
-
-    def _allowed_ids(self, folders, extensions, after: datetime | None, before: datetime | None,
-                     tags: Iterable[str] = (), no_tags: Iterable[str] = ()) -> np.ndarray | None:
-        folders = _folders(folders)
-        extensions = [e.lower().lstrip(".") for e in extensions]
-        tags, no_tags = [t.strip() for t in tags], [t.strip() for t in no_tags]
-        bad = [e for e in extensions if not e.isalnum()]
-        if bad:
-            raise ArgumentError(f"not a file extension: {bad[0]!r}", hint="for example [[extensions=jpg]]")
-        if not any((folders, extensions, tags, no_tags)) and after is None and before is None:
-            return None
-        return self.store.ids_matching(folders, extensions, _epoch_ns(after), _epoch_ns(before), tags, no_tags)
+        return ranked_groups(found, self._hits)
 
     def _hits(self, found: list[tuple[float, int]]) -> list[SearchHit]:
         rows = self.store.hits([i for _, i in found])
@@ -447,7 +414,7 @@ class Library:
             raise LibraryEmptyError.at(self.root)
         started = time.perf_counter()
         head = self.head(labels, templates=templates, classifier=classifier, progress=progress)
-        options = dict(threshold=threshold, top_k=top_k, min_cosine=min_cosine, folders=_folders(folders),
+        options = dict(threshold=threshold, top_k=top_k, min_cosine=min_cosine, folders=absolute_folders(folders),
                        dry_run=dry_run, progress=progress)
         if dry_run:
             report = tag_images(self.store, head, **options)
@@ -476,7 +443,7 @@ class Library:
 
     def image_tags(self, folders: Iterable[str | os.PathLike] = ()) -> list[ImageTag]:
         """Every tag of every image (under ``folders``), manual removals applied."""
-        return image_tags(self.store, _folders(folders))
+        return image_tags(self.store, absolute_folders(folders))
 
     def write_xmp(self, folders: Iterable[str | os.PathLike] = (), style: str = "default",
                   dry_run: bool = False) -> XmpReport:
@@ -486,28 +453,7 @@ class Library:
 
         if style not in xmp.STYLES:
             raise ArgumentError(f"unknown sidecar style {style!r}", hint=f"choose one of: {', '.join(xmp.STYLES)}")
-        report = XmpReport(dry_run=dry_run)
-        by_path: dict[str, list[str]] = {}
-        for t in self.image_tags(folders):
-            by_path.setdefault(t.path, []).append(t.label)
-        for path, labels in by_path.items():
-            sidecar = xmp.sidecar_path(path, style)
-            try:
-                old = xmp.read(sidecar)
-                text, added = xmp.merge(old, labels)
-                if text is not None and not dry_run:
-                    xmp.write(sidecar, text)
-            except (xmp.XmpError, OSError) as exc:
-                report.errors.append(FileError(str(sidecar), f"left unchanged: {exc}"))
-                continue
-            report.keywords += len(added)
-            if text is None:
-                report.unchanged += 1
-            elif old is None:
-                report.created += 1
-            else:
-                report.updated += 1
-        return report
+        return xmp.write_keywords(self.image_tags(folders), style, dry_run)
 
     def train_classifier(self, name: str, examples: str | os.PathLike,
                          labels: str | os.PathLike | LabelSet | None = None, *, templates: Iterable[str] = (),
@@ -527,13 +473,11 @@ class Library:
         y = np.repeat(np.arange(len(classes)), [len(fs) for fs in classes.values()])
         x, _, _ = self._embedder.image_vectors(files)
         fit = train_probe(x, y, head)
-        meta = {"labels": head.labels, "parents": head.parents, "thresholds": head.thresholds,
-                "label_set": label_set.source or label_set.name}
         report = ClassifierReport(name, list(head.labels), len(files), {k: len(v) for k, v in classes.items()},
                                   fit.folds, round(fit.cv_accuracy, 4), round(fit.zero_shot_accuracy, 4),
                                   fit.regularisation, time.perf_counter() - started)
-        self.store.save_classifier(name, str(self.model), json.dumps(meta), fit.weights, fit.bias, head.scale,
-                                   json.dumps(report.to_dict()))
+        self.store.save_classifier(name, str(self.model), head.record(label_set.source or label_set.name),
+                                   fit.weights, fit.bias, head.scale, json.dumps(report.to_dict()))
         return report
 
     def evaluate(self, examples: str | os.PathLike, labels: str | os.PathLike | LabelSet | None = None, *,
@@ -613,11 +557,7 @@ class Library:
                                   hint="train one: `clipsearch classifier train NAME --examples DIR`")
         if row.model != str(self._embedder.model_or_fail()):
             raise ClassifierError(f"the classifier {name!r} was trained for {row.model}, not {self.model}")
-        meta = json.loads(row.labels)
-        labels = tuple(meta["labels"])
-        weights = np.frombuffer(row.weights, np.float32).reshape(len(labels), -1)
-        return Head(name, FEW_SHOT, labels, weights, np.frombuffer(row.bias, np.float32).copy(), row.scale,
-                    meta.get("parents", {}), meta.get("thresholds", {}))
+        return Head.stored(name, row.labels, row.weights, row.bias, row.scale)
 
     def _indexed_id(self, image: str | os.PathLike | int) -> int:
         try:
@@ -693,21 +633,6 @@ def _example_labels(name: str, classes: dict[str, list[Path]], labels: str | os.
     if labels is None:
         return LabelSet(name, tuple(Label(f) for f in classes), source=name)
     return (labels if isinstance(labels, LabelSet) else LabelSet.load(labels)).subset(list(classes))
-
-
-def _epoch_ns(when: datetime | None) -> int | None:
-    """Nanoseconds since the epoch; a naive datetime is read as UTC, as EXIF times are.
-    Times past what 64 bits of nanoseconds hold (1677 to 2262) are clamped to that range:
-    every stored time lies inside it, so the clamped bound selects the same images."""
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return min(max(int(when.timestamp() * 1e9), -2**63), 2**63 - 1)
-
-
-def _folders(folders: Iterable[str | os.PathLike]) -> list[str]:
-    return [os.path.abspath(os.path.expanduser(os.fspath(f))) for f in folders]
 
 
 def _label(label: str) -> str:

@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import PathNotFoundError, QueryError
+from .errors import ArgumentError, PathNotFoundError, QueryError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _WEIGHT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+):(.*)$", re.DOTALL)
 _IMAGE_ID = re.compile(r"^id:(\d+)$")
@@ -105,3 +111,51 @@ class Query:
         if not any(t.weight > 0 for t in terms):
             raise QueryError("give at least one positive term: a text, an image or [[also]]")
         return cls(tuple(terms))
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which images a search may return: those under ``folders``, with one of
+    ``extensions``, taken in ``[after_ns, before_ns)`` (EXIF time taken, else modification
+    time), carrying every one of ``tags`` and none of ``no_tags``."""
+
+    folders: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()
+    after_ns: int | None = None
+    before_ns: int | None = None
+    tags: tuple[str, ...] = ()
+    no_tags: tuple[str, ...] = ()
+
+    @classmethod
+    def build(cls, folders: Iterable[str | os.PathLike] = (), extensions: Iterable[str] = (),
+              after: datetime | None = None, before: datetime | None = None, tags: Iterable[str] = (),
+              no_tags: Iterable[str] = ()) -> "Filter | None":
+        """The filter from :meth:`Library.search`'s arguments, checked; None when it lets
+        every image through."""
+        extensions = tuple(e.lower().lstrip(".") for e in extensions)
+        bad = [e for e in extensions if not e.isalnum()]
+        if bad:
+            raise ArgumentError(f"not a file extension: {bad[0]!r}", hint="for example [[extensions=jpg]]")
+        found = cls(tuple(absolute_folders(folders)), extensions, _epoch_ns(after), _epoch_ns(before),
+                    tuple(t.strip() for t in tags), tuple(t.strip() for t in no_tags))
+        return None if found == cls() else found
+
+    def ids(self, store) -> np.ndarray:
+        """The ids of the ``store``'s images that pass."""
+        return store.ids_matching(list(self.folders), list(self.extensions), self.after_ns, self.before_ns,
+                                  list(self.tags), list(self.no_tags))
+
+
+def absolute_folders(folders: Iterable[str | os.PathLike]) -> list[str]:
+    return [os.path.abspath(os.path.expanduser(os.fspath(f))) for f in folders]
+
+
+def _epoch_ns(when: datetime | None) -> int | None:
+    """Nanoseconds since the epoch; a naive datetime is read as UTC, as EXIF times are.
+    Times past what 64 bits of nanoseconds hold (1677 to 2262) are clamped to that range:
+    every stored time lies inside it, so the clamped bound selects the same images."""
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return min(max(int(when.timestamp() * 1e9), -2**63), 2**63 - 1)

@@ -18,10 +18,12 @@ from __future__ import annotations
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from .files import write_atomic
+from .results import FileError, ImageTag, XmpReport
 
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 DC = "http://purl.org/dc/elements/1.1/"
@@ -69,6 +71,33 @@ def merge(text: str | None, new: list[str]) -> tuple[str | None, list[str]]:
     if keywords(merged) != current + missing:
         raise XmpError("the merged sidecar did not read back as expected")
     return merged, missing
+
+
+def write_keywords(tags: Iterable[ImageTag], style: str = "default", dry_run: bool = False) -> XmpReport:
+    """Merge each image's tag labels into its sidecar as keywords; a sidecar that cannot be
+    merged safely is left as it is and reported."""
+    report = XmpReport(dry_run=dry_run)
+    by_path: dict[str, list[str]] = {}
+    for t in tags:
+        by_path.setdefault(t.path, []).append(t.label)
+    for path, labels in by_path.items():
+        sidecar = sidecar_path(path, style)
+        try:
+            old = read(sidecar)
+            text, added = merge(old, labels)
+            if text is not None and not dry_run:
+                write(sidecar, text)
+        except (XmpError, OSError) as exc:
+            report.errors.append(FileError(str(sidecar), f"left unchanged: {exc}"))
+            continue
+        report.keywords += len(added)
+        if text is None:
+            report.unchanged += 1
+        elif old is None:
+            report.created += 1
+        else:
+            report.updated += 1
+    return report
 
 
 def read(path: Path) -> str | None:

@@ -11,8 +11,9 @@ from PIL import Image
 from sqlalchemy import select
 
 from clipsearch import Library, demoworld, duplicates
-from clipsearch.duplicates import SIGNATURES, SignatureStore, candidate_pairs, connected_groups
+from clipsearch.duplicates import SIGNATURES, SignatureStore, candidate_pairs, connected_groups, ranked_groups
 from clipsearch.images import hash_bytes
+from clipsearch.results import SearchHit
 from clipsearch.store import ImageRow
 
 
@@ -108,6 +109,19 @@ def test_candidate_pairs_are_the_exact_nearest_neighbours_each_once(lookalikes):
     assert len(expected) > len(ids) and expected <= set(zip(a.tolist(), b.tolist()))
     at = {int(i): n for n, i in enumerate(ids)}
     assert np.allclose(score, [sim[at[i], at[j]] for i, j in zip(a.tolist(), b.tolist())], atol=1e-4)
+
+
+def test_ranked_groups_order_groups_and_images_and_drop_what_was_deleted():
+    paths = {1: "/p/b.jpg", 2: "/p/a.jpg", 3: "/p/c.jpg", 4: "/p/d.jpg", 5: "/p/e.jpg", 6: "/p/g.jpg",
+             7: "/p/f.jpg"}
+
+    def hits(found):  # as Library._hits: id 5 was deleted meanwhile
+        return [SearchHit(i, paths[i], s) for s, i in found if i != 5]
+
+    found = [[(0.99, 1), (0.99, 2), (0.97, 3)], [(1.0, 4), (1.0, 5)], [(1.0, 6), (1.0, 7)]]  # disjoint
+    groups = ranked_groups(found, hits)
+    assert [[h.id for h in g.images] for g in groups] == [[7, 6], [2, 1, 3]]  # score first, then paths
+    assert [g.score for g in groups] == [1.0, 0.99]
 
 
 def test_connected_groups():
