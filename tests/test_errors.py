@@ -15,9 +15,9 @@ from clipsearch.query import Term
 
 PACKAGE = Path(errors.__file__).parent
 ERRORS = {name for name, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, ClipSearchError)}
-# The surfaces word their own errors: cli.py for a terminal, web/ for HTTP clients (and
+# The surfaces word their own errors: cli/ for a terminal, web/ for HTTP clients (and
 # serve's start-up, which names serve's own flags).
-SURFACES = {PACKAGE / "cli.py", *(PACKAGE / "web").rglob("*.py")}
+SURFACES = {*(PACKAGE / "cli").rglob("*.py"), *(PACKAGE / "web").rglob("*.py")}
 FLAG = re.compile(r"(?<![\w`-])--[a-z]")
 
 
