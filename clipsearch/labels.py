@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,16 @@ class LabelSet:
                                  + " -> ".join(chain + [name]))
             chain.append(name)
         return chain
+
+    @classmethod
+    def of_examples(cls, name: str, names: Iterable[str], known: str | os.PathLike | LabelSet | None = None,
+                    ) -> "LabelSet":
+        """The label set of an examples folder whose sub-folders are called ``names``: those
+        names as labels, or, given ``known`` (a set, a bundled set's name or a label file),
+        those labels of it, with their prompts, synonyms and parents."""
+        if known is None:
+            return cls(name, tuple(Label(n) for n in names), source=name)
+        return (known if isinstance(known, LabelSet) else cls.load(known)).subset(list(names))
 
     def subset(self, names: list[str]) -> "LabelSet":
         """These labels of the set, in this order, with their options and the set's templates."""

@@ -43,7 +43,7 @@ from .duplicates import SIGNATURES, SignatureStore, find_groups, ranked_groups
 from .index import VectorIndex
 from .indexfiles import LiveIndex
 from .indexer import Indexer, IndexProgress
-from .labels import DEFAULT_TEMPLATES, Label, LabelSet, resolve_templates
+from .labels import DEFAULT_TEMPLATES, LabelSet, resolve_templates
 from .query import Filter, Query, Term, absolute_folders
 from .results import (
     Classification, ClassifierReport, DuplicateGroup, Evaluation, FileError, ImageInfo, ImageTag, IndexReport,
@@ -467,7 +467,7 @@ class Library:
         if not name or len(name) > 128:
             raise ClassifierError("a classifier needs a name of 1 to 128 characters")
         classes = example_folders(examples)
-        label_set = _example_labels(name, classes, labels)
+        label_set = LabelSet.of_examples(name, classes, labels)
         head = self.head(label_set, templates=templates, progress=progress)
         files = [f for fs in classes.values() for f in fs]
         y = np.repeat(np.arange(len(classes)), [len(fs) for fs in classes.values()])
@@ -503,7 +503,7 @@ class Library:
                 raise ClassifierError(f"the classifier {classifier!r} has no label {unknown[0]!r}",
                                       hint=f"its labels: {', '.join(head.labels)}")
         else:
-            label_set = _example_labels(Path(examples).name or "examples", classes, labels)
+            label_set = LabelSet.of_examples(Path(examples).name or "examples", classes, labels)
             chosen = resolve_templates(tuple(templates) or label_set.templates or DEFAULT_TEMPLATES)
             head = self.head(label_set, templates=chosen, progress=progress)
         position = {label: n for n, label in enumerate(head.labels)}
@@ -625,14 +625,6 @@ class Library:
     def errors(self) -> list[FileError]:
         """Files that could not be indexed, with the reason."""
         return self.store.errors()
-
-
-def _example_labels(name: str, classes: dict[str, list[Path]], labels: str | os.PathLike | LabelSet | None) -> LabelSet:
-    """The label set for an examples folder: its sub-folders' names as labels, or those
-    labels of a given set, with their prompts, synonyms and parents."""
-    if labels is None:
-        return LabelSet(name, tuple(Label(f) for f in classes), source=name)
-    return (labels if isinstance(labels, LabelSet) else LabelSet.load(labels)).subset(list(classes))
 
 
 def _label(label: str) -> str:
