@@ -304,3 +304,17 @@ def test_documented_serve_answers_and_stops_cleanly_on_ctrl_c(case, world, tmp_p
             proc.wait()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "interrupted" not in err, err
+
+
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+@pytest.mark.parametrize("n", range(len(PYTHON_BLOCKS)))
+def test_the_python_examples_run(n, tmp_path):
+    # In a process of its own, from the repository (the examples name data/samples), with
+    # a home of its own (they make a library under ~).
+    assert PYTHON_BLOCKS, "the README shows the Python API"
+    env = {**os.environ, "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", PYTHON_BLOCKS[n]], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
