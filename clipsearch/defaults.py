@@ -10,6 +10,10 @@ ENV_DB_URL = "CLIPSEARCH_DB_URL"  # the PostgreSQL database for a library's meta
 ENGINES = ("local", "ray")  # where an index run decodes and embeds (cluster.py)
 SORT_ORDERS = ("score", "date", "path")  # how search results are ordered
 
+# watch: seconds of quiet that end a batch of file events, and between full re-scans.
+WATCH_DEBOUNCE_S = 1.0
+WATCH_RESCAN_S = 3600.0
+
 # Cosine similarity from which pairs are compared as whole pictures (re-encodes, resizes).
 # It decides no pair by itself any more: on the demo model different pictures of one
 # colour and shape reach 0.9995 and JPEG re-encodes score 0.93 and up (duplicates.py).

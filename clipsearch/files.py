@@ -10,6 +10,7 @@ call opens its own lock, so two in one process exclude each other as two process
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from filelock import FileLock, Timeout
 from .errors import LibraryLockedError
 
 WRITER_LOCK = "lock"  # in the library folder: held by whoever changes the library
+WRITER = "writer.json"  # beside it, while held: who holds it, for the message another writer gets
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -45,19 +47,35 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def writer_lock(folder: Path) -> Iterator[None]:
+def writer_lock(folder: Path, who: str | None = None) -> Iterator[None]:
     """The library in ``folder`` for one writer: refused at once, not waited for, while
-    another holds it, since an index run may take hours."""
+    another holds it, since an index run may take hours. ``who`` (say ``clipsearch
+    watch``) is named to whoever is refused meanwhile."""
     lock = FileLock(folder / WRITER_LOCK, timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        raise LibraryLockedError(f"another clipsearch process is writing to {folder}",
-                                 hint="wait for it to finish, then run this again") from None
+        raise _locked(folder) from None
+    record = folder / WRITER
     try:
+        if who is not None:
+            write_atomic(record, json.dumps({"who": who, "pid": os.getpid()}).encode())
         yield
     finally:
+        if who is not None:
+            record.unlink(missing_ok=True)
         lock.release()
+
+
+def _locked(folder: Path) -> LibraryLockedError:
+    try:
+        holder = json.loads((folder / WRITER).read_text())
+        who, pid = str(holder["who"]), int(holder["pid"])
+    except (OSError, ValueError, KeyError, TypeError):  # an ordinary writer, or one that just ended
+        return LibraryLockedError(f"another clipsearch process is writing to {folder}",
+                                  hint="wait for it to finish, then run this again")
+    return LibraryLockedError(f"{who} (process {pid}) is writing to {folder}, and keeps it up to date",
+                              hint=f"stop {who} (Ctrl-C, or kill {pid}) to write to the library yourself")
 
 
 @contextmanager

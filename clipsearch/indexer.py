@@ -126,11 +126,14 @@ class Indexer:
         self._precision: str | None = None  # settled by the encoder when first needed
 
     def run(self, roots: list[Path], progress: IndexProgress | None = None, *,
-            retry_errors: bool = False, scan_options: ScanOptions = ScanOptions()) -> IndexReport:
+            retry_errors: bool = False, scan_options: ScanOptions = ScanOptions(),
+            require_images: bool = True) -> IndexReport:
+        """Index what changed under ``roots``; with ``require_images``, roots that hold no image
+        and never did are an error (a mistyped folder), else just nothing to do."""
         progress = self._progress = progress or _Silent()
         started = time.perf_counter()
         report = IndexReport()
-        jobs = self._plan(roots, scan_options, retry_errors, report, progress)
+        jobs = self._plan(roots, scan_options, retry_errors, report, progress, require_images)
         progress.start(len(jobs))
         problems = [(job, Decoded(None, error=job.file.problem)) for job in jobs if job.file.problem]
         decodable = [(i, job.file.path) for i, job in enumerate(jobs) if not job.file.problem]
@@ -170,7 +173,7 @@ class Indexer:
             self._commit(batch, report, progress)
 
     def _plan(self, roots: list[Path], scan_options: ScanOptions, retry_errors: bool, report: IndexReport,
-              progress: IndexProgress) -> list[_Job]:
+              progress: IndexProgress, require_images: bool = True) -> list[_Job]:
         """Walk the roots and compare with the database: the files that need work."""
         found = []
         for f in scan(roots, scan_options):
@@ -178,7 +181,7 @@ class Indexer:
             if len(found) % 1000 == 0:
                 progress.scanned(len(found))
         known = self.store.known_files(roots)
-        if not found and not known:
+        if not found and not known and require_images:
             raise NoImagesError(f"no image files found under {', '.join(map(str, roots))}",
                                 hint="clipsearch indexes .jpg, .png, .webp, .gif, .tif and similar files")
         jobs: list[_Job] = []

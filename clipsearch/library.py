@@ -23,7 +23,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,7 +51,7 @@ from .results import (
     LibraryInfo, MetadataMove, OptimizeReport, Prediction, SearchHit, SimilarityMatrix, TagCount,
     TagReport, XmpReport,
 )
-from .scanner import ScanOptions, resolve_roots
+from .scanner import ScanOptions, resolve_roots, scanned_part
 from .store import STATUS_INDEXED, Store
 from .thumbnails import Thumbnail
 from .tagging import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Progress, image_tags, tag_images
@@ -83,6 +84,7 @@ class Library:
         self.device = device
         self._embedder = QueryEmbedder(root, store, ModelSpec.parse(model) if model else None, device, encoder)
         self._index = LiveIndex(root, store)
+        self._held = False  # the writer lock, held across calls (see writing)
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, model: str | None = None, *,
@@ -166,31 +168,68 @@ class Library:
         """
         if engine not in ENGINES:
             raise ArgumentError(f"unknown engine {engine!r}", hint=f"choose one of: {', '.join(ENGINES)}")
-        want = precisions.requested(precision)
         options = ScanOptions(include_hidden=include_hidden, follow_symlinks=follow_symlinks,
                               excludes=tuple(exclude))
         roots = resolve_roots(paths)
-        with writer_lock(self.root):
+        with self._writer():
             self.store.add_roots(roots)
-            self._embedder.default_model()
+            return self._run(roots, options, batch_size, progress, retry_errors, limits, workers, precision, engine,
+                             ray)
+
+    def update(self, paths: Iterable[str | os.PathLike], *, progress: IndexProgress | None = None,
+               exclude: Iterable[str] = (), include_hidden: bool = False, follow_symlinks: bool = False,
+               limits: DecodeLimits = DecodeLimits(), workers: int | None = None) -> IndexReport:
+        """Bring ``paths``, files and folders inside the indexed folders, up to date: what
+        appeared, changed or vanished there, a file or folder moved from one to another
+        followed by its content (``watch`` calls this with what its events name). Paths
+        outside every indexed folder are left out, and none becomes a folder of the
+        library. Options as for :meth:`index`."""
+        options = ScanOptions(include_hidden=include_hidden, follow_symlinks=follow_symlinks, excludes=tuple(exclude))
+        inside = scanned_part(paths, [Path(r) for r in self.store.roots()], options)
+        if not inside:
+            return IndexReport()
+        with self._writer():
+            return self._run(inside, options, None, progress, False, limits, workers, None, "local", None,
+                             require_images=False)
+
+    @contextmanager
+    def writing(self, who: str) -> Iterator[None]:
+        """Hold the library's writer lock across calls, as ``watch`` does for as long as it
+        runs: another process that tries to write meanwhile is told that ``who`` holds it."""
+        with writer_lock(self.root, who):
+            self._held = True
+            try:
+                yield
+            finally:
+                self._held = False
+
+    def _writer(self):
+        return nullcontext() if self._held else writer_lock(self.root)
+
+    def _run(self, roots: list[Path], options: ScanOptions, batch_size, progress, retry_errors, limits, workers,
+             precision, engine, ray, require_images: bool = True) -> IndexReport:
+        """An index run over ``roots``, the writer lock held."""
+        want = precisions.requested(precision)
+        self._embedder.default_model()
+        if self.store.model_identity() is not None:
+            self.vectors  # up to date with whoever wrote before we took the lock
+        self.encoder.use_precision(want, self._embedder.precisions())
+        embedder = self._ray_embedder(want, ray or RayOptions(), limits) if engine == "ray" else None
+        indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
+                          workers=workers or default_workers(), before_encoding=self._embedder.record,
+                          limits=limits, embedder=embedder, signatures=SignatureStore(self.root / SIGNATURES))
+        version = self.store.vectors_version()
+        with self._index.writing():
+            report = indexer.run(roots, progress, retry_errors=retry_errors, scan_options=options,
+                                 require_images=require_images)
+            # Saved only after a complete run: the index of an interrupted one lags the
+            # vector file, and whoever loads it next adds the missing rows (see
+            # VectorIndex.load).
             if self.store.model_identity() is not None:
-                self.vectors  # up to date with whoever wrote before we took the lock
-            self.encoder.use_precision(want, self._embedder.precisions())
-            embedder = self._ray_embedder(want, ray or RayOptions(), limits) if engine == "ray" else None
-            indexer = Indexer(self.store, self.encoder, lambda: self.vectors, batch_size,
-                              workers=workers or default_workers(), before_encoding=self._embedder.record,
-                              limits=limits, embedder=embedder, signatures=SignatureStore(self.root / SIGNATURES))
-            version = self.store.vectors_version()
-            with self._index.writing():
-                report = indexer.run(roots, progress, retry_errors=retry_errors, scan_options=options)
-                # Saved only after a complete run: the index of an interrupted one lags the
-                # vector file, and whoever loads it next adds the missing rows (see
-                # VectorIndex.load).
-                if self.store.model_identity() is not None:
-                    self._index.after_run(version, progress)
-            if report.precision is not None:  # it embedded images
-                self._embedder.export_text_tower(progress.rebuilding if progress is not None else None)
-            return report
+                self._index.after_run(version, progress)
+        if report.precision is not None:  # it embedded images
+            self._embedder.export_text_tower(progress.rebuilding if progress is not None else None)
+        return report
 
     def _ray_embedder(self, want: str, options: RayOptions, limits: DecodeLimits) -> RayEmbedder:
         device, recorded = "cuda" if options.gpus_per_worker > 0 else "cpu", self._embedder.precisions()
@@ -419,7 +458,7 @@ class Library:
         if dry_run:
             report = tag_images(self.store, head, **options)
         else:
-            with writer_lock(self.root):
+            with self._writer():
                 report = tag_images(self.store, head, **options)
         report.seconds = time.perf_counter() - started  # the whole run: embedding the labels too
         return report
@@ -584,7 +623,7 @@ class Library:
         if target_recall is not None and not 0 < target_recall <= 1:
             raise ArgumentError(f"the recall target is a fraction in (0, 1], not {target_recall}")
         started = time.perf_counter()
-        with writer_lock(self.root):
+        with self._writer():
             if self.store.model_identity() is None:
                 raise LibraryEmptyError.at(self.root)
             budget, target = self._index.settings()

@@ -35,6 +35,15 @@ class ScanOptions:
         return any(fnmatch.fnmatchcase(name, pat) or fnmatch.fnmatchcase(path, pat)
                    for pat in self.excludes + self.default_excludes)
 
+    def excludes_below(self, path: Path, root: Path) -> bool:
+        """Whether a scan of ``root`` would leave out ``path``, a file or folder below it."""
+        here = root
+        for part in path.relative_to(root).parts:
+            here = here / part
+            if self.excluded(part, str(here)):
+                return True
+        return False
+
 
 @dataclass(frozen=True)
 class FoundFile:
@@ -55,9 +64,19 @@ def resolve_roots(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return roots
 
 
+def scanned_part(paths: Iterable[str | os.PathLike], roots: list[Path], options: ScanOptions) -> list[Path]:
+    """Those of ``paths`` (absolute, existing or not) that a scan of ``roots`` would walk,
+    less any that lies inside another: the smallest set of roots that covers them."""
+    given = {p for p in (Path(os.path.abspath(os.path.expanduser(os.fspath(p)))) for p in paths)
+             if any((p == r or r in p.parents) and not options.excludes_below(p, r) for r in roots)}
+    return sorted(p for p in given if not any(q in p.parents for q in given))
+
+
 def scan(roots: Iterable[Path], options: ScanOptions = ScanOptions()) -> Iterator[FoundFile]:
     """Every image file under ``roots``, in a stable order."""
     for root in roots:
+        if not root.exists():
+            continue  # gone since it was named (Library.update names what vanished): nothing here now
         if root.is_file():
             if is_image_path(root):
                 st = root.stat()

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +242,10 @@ def _ids(case: Case) -> str:
     return " ".join(case.argv)[:80]
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.name != "serve"], ids=_ids)
+RUN_UNTIL_STOPPED = {"serve", "watch"}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name not in RUN_UNTIL_STOPPED], ids=_ids)
 def test_a_documented_command_runs(case, world, tmp_path, monkeypatch):
     assert case.problem is None, f"{case.sources[0]}: {case.problem}"
     library = tmp_path / "library"
@@ -304,6 +308,43 @@ def test_documented_serve_answers_and_stops_cleanly_on_ctrl_c(case, world, tmp_p
             proc.wait()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "interrupted" not in err, err
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name == "watch"], ids=_ids)
+def test_documented_watch_follows_a_new_file_and_stops_cleanly_on_ctrl_c(case, world, tmp_path):
+    """``watch`` runs until stopped: it must catch up, index a file that appears, and end
+    quietly on Ctrl-C."""
+    assert case.problem is None, f"{case.sources[0]}: {case.problem}"
+    library = tmp_path / "library"
+    shutil.copytree(world.library, library)
+    argv = [world.expand(a) for a in case.argv]
+    folder = Path(next(a for a in argv if Path(a).is_dir()))
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", *argv], cwd=world.work,
+                            env={**os.environ, "CLIPSEARCH_LIBRARY": str(library)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_as_on_a_terminal)
+    added = folder / "appeared while watched.png"
+    try:
+        line = proc.stderr.readline()
+        assert line.startswith("watching "), (line, proc.poll())
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # the pipe must not fill
+        shutil.copy(sorted(folder.glob("*.jpg"))[0], added)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with Library.open(library, create=False) as lib:
+                if lib.image_id(added) is not None:
+                    break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the new file was not indexed")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        added.unlink(missing_ok=True)  # the world is shared by the other cases
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
 
 
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)

@@ -307,3 +307,41 @@ class Stages:
         if self._progress is not None:
             self._progress.stop()
 
+
+class WatchLine:
+    """A ``watch`` status on stderr: one live line on a terminal; elsewhere (a log) a line
+    each time the watcher settles after a run, and when it stops for an error."""
+
+    def __init__(self, quiet: bool):
+        self._console = stderr()
+        self._quiet = quiet
+        self._live = None
+        if live(self._console, quiet):
+            from rich.live import Live
+
+            self._live = Live("", console=self._console, refresh_per_second=4, transient=True)
+            self._live.start()
+        self._said = None
+
+    def show(self, status) -> None:
+        if self._quiet:
+            return
+        folders = status.folders[0] if len(status.folders) == 1 else f"{len(status.folders)} folders"
+        text = (f"{status.state} {folders}: indexed {status.indexed}, moved {status.moved}, removed {status.removed}, "
+                f"errors {status.errors}")
+        if status.last_event:
+            text += f"; last change {status.last_event}"
+        if self._live is not None:
+            from rich.text import Text
+
+            self._live.update(Text(text))
+        elif status.state == "watching" and (status.indexed, status.moved, status.removed,
+                                             status.errors) != self._said:
+            self._said = (status.indexed, status.moved, status.removed, status.errors)
+            self._console.print(text, markup=False)
+            if status.last_error:
+                self._console.print(f"last error: {status.last_error}", markup=False)
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()

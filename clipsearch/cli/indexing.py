@@ -8,14 +8,29 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..defaults import ENGINES
+from ..defaults import ENGINES, WATCH_DEBOUNCE_S, WATCH_RESCAN_S
 from .common import (
+    WatchLine,
     RESUMABLE, DeviceOpt, JsonOpt, LibraryOpt, ModelOpt, ProgressBar, command, open_library, show, stderr,
     warn,
 )
 
 
 Engine = Enum("Engine", [(e, e) for e in ENGINES], type=str)
+
+# The options of what index reads, shared by index and watch.
+ExcludeOpt = Annotated[Optional[list[str]], typer.Option(
+    "--exclude", "-x", metavar="GLOB", help="Skip files and folders matching this glob (name or full path). Repeatable.",
+    show_default=False)]
+HiddenOpt = Annotated[bool, typer.Option("--include-hidden", help="Also index hidden files and folders.")]
+SymlinksOpt = Annotated[bool, typer.Option(
+    "--follow-symlinks", help="Follow symlinks to folders and files (off: links are skipped).")]
+MegapixelsOpt = Annotated[float, typer.Option(
+    "--max-megapixels", min=0.01, help="Skip images larger than this (decompression bombs).")]
+TimeoutOpt = Annotated[float, typer.Option(
+    "--decode-timeout", min=0.01, help="Seconds one file may take to read and decode before it is skipped.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, help="Decode processes. Default: one per CPU core.", show_default=False)]
 
 
 @command(interrupted=RESUMABLE)
@@ -28,19 +43,12 @@ def index(
         "--batch-size", min=1, help="Images per model call. Default: 32 on CPU; on CUDA, sized from free GPU memory "
                                   "(32 to 1024).")] = None,
     device: DeviceOpt = "auto",
-    exclude: Annotated[Optional[list[str]], typer.Option(
-        "--exclude", "-x", metavar="GLOB",
-        help="Skip files and folders matching this glob (name or full path). Repeatable.",
-        show_default=False)] = None,
-    include_hidden: Annotated[bool, typer.Option("--include-hidden", help="Also index hidden files and folders.")] = False,
-    follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="Follow symlinks to folders and files (off: links are skipped).")] = False,
-    max_megapixels: Annotated[float, typer.Option(
-        "--max-megapixels", min=0.01, help="Skip images larger than this (decompression bombs).")] = 200.0,
-    decode_timeout: Annotated[float, typer.Option(
-        "--decode-timeout", min=0.01, help="Seconds one file may take to read and decode before it is skipped.")
-    ] = 60.0,
-    workers: Annotated[Optional[int], typer.Option(
-        "--workers", min=1, help="Decode processes. Default: one per CPU core.", show_default=False)] = None,
+    exclude: ExcludeOpt = None,
+    include_hidden: HiddenOpt = False,
+    follow_symlinks: SymlinksOpt = False,
+    max_megapixels: MegapixelsOpt = 200.0,
+    decode_timeout: TimeoutOpt = 60.0,
+    workers: WorkersOpt = None,
     precision: Annotated[Optional[str], typer.Option(
         "--precision", metavar="PRECISION",
         help="How images are computed: auto, fp32, fp16 (CUDA), bf16 or int8 (CPU, via "
@@ -101,3 +109,59 @@ def index(
         f"added {report.added}, updated {report.updated}, moved {report.moved}, unchanged {report.unchanged}, "
         f"removed {report.removed}, errors {len(report.errors)} in {report.seconds:.1f}s"
         + (f", precision {report.precision}" if report.precision else ""), markup=False)
+
+
+@command
+def watch(
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Folders to index and then follow.",
+                                                show_default=False)],
+    library: LibraryOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    exclude: ExcludeOpt = None,
+    include_hidden: HiddenOpt = False,
+    follow_symlinks: SymlinksOpt = False,
+    max_megapixels: MegapixelsOpt = 200.0,
+    decode_timeout: TimeoutOpt = 60.0,
+    workers: WorkersOpt = None,
+    debounce: Annotated[float, typer.Option(
+        "--debounce", min=0.05, metavar="SECONDS", help="Seconds of quiet after a change before it is indexed: a copy of many files "
+                                     "is one batch.")] = WATCH_DEBOUNCE_S,
+    rescan: Annotated[float, typer.Option(
+        "--rescan", min=0.1, metavar="MINUTES", help="Minutes between full re-scans, which catch what events miss (network drives, "
+                                  "dropped events).")] = WATCH_RESCAN_S / 60,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No status line.")] = False,
+) -> None:
+    """Keep the library current: index the folders, then follow their changes as they happen.
+
+    A file added, changed, moved or deleted is searchable (or gone) about a second after it
+    settles. Other processes search meanwhile; one that would write is told that the
+    watcher holds the library. Stop with Ctrl-C (or SIGTERM).
+
+    Example: `clipsearch watch ~/Photos --model demo`
+    """
+    import signal
+    import threading
+
+    from ..decodepool import DecodeLimits
+    from ..watcher import Watcher
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # a service manager's stop
+    line = WatchLine(quiet)
+    try:
+        with open_library(library, model=model, device=device) as lib:
+            options = dict(exclude=exclude or (), include_hidden=include_hidden, follow_symlinks=follow_symlinks,
+                           workers=workers, limits=DecodeLimits(timeout_s=decode_timeout,
+                                                                max_megapixels=max_megapixels))
+            watcher = Watcher(lib, paths, debounce=debounce, rescan=rescan * 60, options=options,
+                              on_status=line.show)
+            try:
+                status = watcher.run(stop)
+            except KeyboardInterrupt:  # how a watcher is stopped: what it indexed is kept
+                status = watcher.status
+    finally:
+        line.stop()
+        signal.signal(signal.SIGTERM, previous)
+    stderr().print(f"stopped watching: indexed {status.indexed}, moved {status.moved}, removed {status.removed}, "
+                   f"errors {status.errors}", markup=False)
