@@ -352,10 +352,11 @@ PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 @pytest.mark.parametrize("n", range(len(PYTHON_BLOCKS)))
 def test_the_python_examples_run(n, tmp_path):
-    # In a process of its own, from the repository (the examples name data/samples), with
-    # a home of its own (they make a library under ~).
+    # In a process of its own, with a home of its own (they make a library under ~), in a
+    # folder holding a copy of data/samples, which they name (and write sidecars beside).
     assert PYTHON_BLOCKS, "the README shows the Python API"
+    shutil.copytree(ROOT / "data" / "samples", tmp_path / "data" / "samples")
     env = {**os.environ, "HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", PYTHON_BLOCKS[n]], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-c", PYTHON_BLOCKS[n]], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr
