@@ -50,15 +50,17 @@ class WatchStatus:
 class Watcher:
     """Keeps ``library`` current with ``folders`` (already indexed, or indexed on start).
     ``options`` go to every index run (``exclude``, ``include_hidden``, ``follow_symlinks``,
-    ``limits``, ``workers``); ``on_status`` hears of every change of :class:`WatchStatus`."""
+    ``limits``, ``workers``); ``on_status`` hears of every change of :class:`WatchStatus`;
+    ``who`` is what other writers are told holds the library."""
 
     def __init__(self, library, folders: Iterable[str | Path], *, debounce: float = DEBOUNCE_S,
                  max_wait: float = MAX_WAIT_S, rescan: float = RESCAN_S, options: dict | None = None,
-                 on_status: Callable[[WatchStatus], None] | None = None):
+                 on_status: Callable[[WatchStatus], None] | None = None, who: str = WHO):
         self.library = library
         self.folders = [Path(f).expanduser().absolute() for f in folders]
         self.debounce, self.max_wait, self.rescan = debounce, max(max_wait, debounce), rescan
         self.options = dict(options or {})
+        self.who = who  # named to other writers while it holds the library
         self._on_status = on_status or (lambda status: None)
         self.status = WatchStatus(tuple(map(str, self.folders)))
         self._pending: set[str] = set()
@@ -70,7 +72,7 @@ class Watcher:
         once if another process is writing to the library."""
         from watchdog.observers import Observer
 
-        with self.library.writing(WHO):
+        with self.library.writing(self.who):
             observer = Observer()
             handler = _Events(self._event)
             for folder in self.folders:

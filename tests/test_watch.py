@@ -193,3 +193,42 @@ def test_a_watcher_killed_with_sigkill_catches_up_when_restarted_and_sigterm_sto
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_watch_indexes_a_new_file_while_serving_and_stops_on_ctrl_c(tmp_path):
+    import json
+    import urllib.parse
+    import urllib.request
+
+    photos, library = tmp_path / "photos", tmp_path / "lib"
+    demoworld.write_images(photos, 6, seed=11, size_range=(64, 96))
+    assert run_cli("index", str(photos), "-L", str(library), "--model", "demo", "-q").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "serve", "--watch", "--port", "0",
+                             "-L", str(library)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_as_on_a_terminal)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("clipsearch serving "), (line, proc.poll())
+        url = line.rsplit(" at ", 1)[1].strip()
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
+        # Another writer is told that the server keeps the library current.
+        refused = run_cli("index", str(photos), "-L", str(library))
+        assert refused.returncode == 1 and "clipsearch serve --watch (process" in refused.stderr
+        added = photos / "added.png"
+        demoworld.write_images(tmp_path / "spare", 1, seed=12, size_range=(64, 96))
+        shutil.copy(next((tmp_path / "spare").iterdir()), added)
+
+        def served_paths():
+            query = urllib.parse.urlencode({"q": "a shape", "n": 50})
+            with urllib.request.urlopen(f"{url}api/search?{query}", timeout=60) as response:
+                return {hit["path"] for hit in json.load(response)["results"]}
+
+        _until(lambda: str(added) in served_paths(), "the new file is found through the server")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert not (library / "writer.json").exists()

@@ -312,11 +312,11 @@ class WatchLine:
     """A ``watch`` status on stderr: one live line on a terminal; elsewhere (a log) a line
     each time the watcher settles after a run, and when it stops for an error."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, live_line: bool = True):
         self._console = stderr()
         self._quiet = quiet
         self._live = None
-        if live(self._console, quiet):
+        if live_line and live(self._console, quiet):
             from rich.live import Live
 
             self._live = Live("", console=self._console, refresh_per_second=4, transient=True)

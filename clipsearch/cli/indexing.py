@@ -10,8 +10,7 @@ import typer
 
 from ..defaults import ENGINES, WATCH_DEBOUNCE_S, WATCH_RESCAN_S
 from .common import (
-    WatchLine,
-    RESUMABLE, DeviceOpt, JsonOpt, LibraryOpt, ModelOpt, ProgressBar, command, open_library, show, stderr,
+    RESUMABLE, DeviceOpt, JsonOpt, LibraryOpt, ModelOpt, ProgressBar, WatchLine, command, open_library, show, stderr,
     warn,
 )
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from contextlib import contextmanager
 from typing import Annotated, Optional
 
 import typer
 
 from ..errors import ClipSearchError
-from .common import (
-    DeviceOpt, LibraryOpt, command, open_library, warn,
-)
+from .common import DeviceOpt, LibraryOpt, WatchLine, command, open_library, warn
+
+
+log = logging.getLogger(__name__)
 
 
 @command
@@ -28,6 +33,9 @@ def serve(
     cors_origin: Annotated[Optional[list[str]], typer.Option(
         "--cors-origin", metavar="ORIGIN", help="Let pages from this origin call the API from a browser (e.g. a hosted "
                               "clip-retrieval front end). Repeatable.", show_default=False)] = None,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Also keep the library current with its folders, as `clipsearch watch` does. The server "
+                        "then holds the library's writer lock: tag jobs and other writers are refused.")] = False,
     library: LibraryOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -69,9 +77,44 @@ def serve(
         # A GET's query string may hold what the schema allows (100 folders of 4096
         # characters, percent-encoded: ~1.2 MB), not just h11's 16 KB request line.
         config = uvicorn.Config(app, log_level="warning", access_log=False, h11_max_incomplete_event_size=4 * 2**20)
+        with _watching(lib, watch):
+            try:
+                uvicorn.Server(config).run(sockets=[sock])
+            except KeyboardInterrupt:
+                # Ctrl-C is how a server is stopped: uvicorn has shut down (and raises the
+                # signal again once it has), and there is nothing to resume.
+                pass
+
+
+@contextmanager
+def _watching(lib, watch: bool):
+    """With ``watch``, a watcher on its own thread for as long as the server runs; one
+    that cannot start (another writer holds the library) stops the server from starting."""
+    if not watch:
+        yield
+        return
+    from ..watcher import Watcher
+
+    line = WatchLine(quiet=False, live_line=False)  # a line per change: the server's log
+    watcher = Watcher(lib, lib.store.roots(), on_status=line.show, who="clipsearch serve --watch")
+    stop, failed = threading.Event(), []
+
+    def run() -> None:
         try:
-            uvicorn.Server(config).run(sockets=[sock])
-        except KeyboardInterrupt:
-            # Ctrl-C is how a server is stopped: uvicorn has shut down (and raises the
-            # signal again once it has), and there is nothing to resume.
-            pass
+            watcher.run(stop)
+        except Exception as exc:  # reported where the server logs; the server goes on
+            failed.append(exc)
+            if not isinstance(exc, ClipSearchError):
+                log.exception("the watcher stopped")
+
+    thread = threading.Thread(target=run, name="clipsearch-watch", daemon=True)
+    thread.start()
+    while watcher.status.state == "starting" and thread.is_alive():
+        time.sleep(0.05)  # until it holds the writer lock, or could not take it
+    if failed and isinstance(failed[0], ClipSearchError):
+        raise failed[0]
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=60)
