@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 # Loaded on first use: name -> the module that defines it.
 _LAZY = {
-    "Library": "library", "default_library_dir": "library",
+    "Library": "library", "default_library_dir": "defaults",
     "Query": "query", "Term": "query",
     "Label": "labels", "LabelSet": "labels",
     "DecodeLimits": "decodepool",

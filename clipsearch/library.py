@@ -39,7 +39,7 @@ from .errors import ArgumentError, ClassifierError, ImageError, LibraryEmptyErro
 from .cluster import RayEmbedder, RayOptions
 from .classifier import Head, example_folders, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
-from .defaults import DUPLICATE_THRESHOLD, ENGINES, ENV_DB_URL, ENV_LIBRARY, SORT_ORDERS
+from .defaults import DUPLICATE_THRESHOLD, ENGINES, ENV_DB_URL, SORT_ORDERS, library_folder
 from .duplicates import SIGNATURES, SignatureStore, find_groups, ranked_groups
 from .index import VectorIndex
 from .indexfiles import LiveIndex
@@ -57,21 +57,6 @@ from .thumbnails import Thumbnail
 from .tagging import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Progress, image_tags, tag_images
 
 log = logging.getLogger(__name__)
-
-
-def _root(path: str | os.PathLike | None) -> Path:
-    """The library folder ``path`` names, absolute; by default :func:`default_library_dir`."""
-    return (Path(path).expanduser() if path else default_library_dir()).absolute()
-
-
-def default_library_dir() -> Path:
-    """``$CLIPSEARCH_LIBRARY``, else a per-user data folder."""
-    env = os.environ.get(ENV_LIBRARY)
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("clipsearch", appauthor=False)) / "library"
 
 
 class Library:
@@ -93,7 +78,7 @@ class Library:
         """Open the library at ``path`` (default: see :func:`default_library_dir`), its metadata
         in the PostgreSQL database at ``db_url`` (default: ``$CLIPSEARCH_DB_URL``, else the one
         the folder was made with, else the folder's own SQLite file)."""
-        root = _root(path)
+        root = library_folder(path)
         store = Store.open(root, db_url or os.environ.get(ENV_DB_URL) or None, create=create)
         try:
             return cls(root, store, model=model, device=device, encoder=encoder)
@@ -111,7 +96,7 @@ class Library:
         from . import transfer
         from .database import check_folder
 
-        root = _root(path)
+        root = library_folder(path)
         check_folder(root)
         if not root.is_dir():
             raise LibraryEmptyError.at(root, None)

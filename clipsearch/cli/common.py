@@ -13,7 +13,9 @@ import inspect
 import json
 import logging
 import sys
+import threading
 import warnings
+from contextlib import nullcontext
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Optional
@@ -21,7 +23,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from ..defaults import ENV_DB_URL, ENV_LIBRARY
+from ..defaults import ENV_DB_URL, ENV_LIBRARY, library_folder
 from ..errors import ClipSearchError
 
 
@@ -177,10 +179,39 @@ def _with_db_url(fn):
 
 
 def open_library(library: Path | None, **kwargs):
+    served = _served.get()
+    if served is not None and library_folder(library) == served.root:
+        return nullcontext(served)  # a query service's own, open library: not closed after
     # Imported here, not at the top: `clipsearch --help` must not pay for SQLAlchemy and FAISS.
     from ..library import Library
 
     return Library.open(library, db_url=_db_url.get(), **kwargs)
+
+
+# The library that the query service running this command holds open (see run_served).
+_served: ContextVar = ContextVar("served", default=None)
+_serving = threading.Lock()
+
+
+def run_served(lib, argv: list[str], cwd: str) -> tuple[str, str, int]:
+    """``clipsearch ARGV`` run in ``cwd`` on ``lib``, already open, for the query service:
+    its stdout, stderr and exit code, exactly as a process of its own would give them.
+    One at a time, since it changes the working folder while it runs."""
+    import os
+
+    from typer.testing import CliRunner
+
+    with _serving:
+        before, token = os.getcwd(), _served.set(lib)
+        try:
+            os.chdir(cwd)
+            result = CliRunner().invoke(app, argv, prog_name="clipsearch")
+        finally:
+            os.chdir(before)
+            _served.reset(token)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a bug: the service says so, and the client runs the query itself
+    return result.stdout, result.stderr, result.exit_code
 
 
 def show(json_out: bool, data, lines: list[str], empty: str | None = None) -> None:

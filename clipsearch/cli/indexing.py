@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,8 +12,8 @@ import typer
 
 from ..defaults import ENGINES, WATCH_DEBOUNCE_S, WATCH_RESCAN_S
 from .common import (
-    RESUMABLE, DeviceOpt, JsonOpt, LibraryOpt, ModelOpt, ProgressBar, WatchLine, command, open_library, show, stderr,
-    warn,
+    RESUMABLE, DeviceOpt, JsonOpt, LibraryOpt, ModelOpt, ProgressBar, WatchLine, command, open_library, run_served,
+    show, stderr, warn,
 )
 
 
@@ -143,6 +145,7 @@ def watch(
     import threading
 
     from ..decodepool import DecodeLimits
+    from ..service import QueryService
     from ..watcher import Watcher
 
     stop = threading.Event()
@@ -156,7 +159,8 @@ def watch(
             watcher = Watcher(lib, paths, debounce=debounce, rescan=rescan * 60, options=options,
                               on_status=line.show)
             try:
-                status = watcher.run(stop)
+                with QueryService(lib.root, functools.partial(run_served, lib)).running():
+                    status = watcher.run(stop)
             except KeyboardInterrupt:  # how a watcher is stopped: what it indexed is kept
                 status = watcher.status
     finally:

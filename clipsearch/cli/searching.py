@@ -70,12 +70,16 @@ def search(
     device: DeviceOpt = "auto",
     paths_only: PathsOnlyOpt = False,
     json_out: JsonOpt = False,
+    no_service: Annotated[bool, typer.Option(
+        "--no-service", help="Search in this process even when a running serve or watch of the library could "
+                             "answer at once.")] = False,
 ) -> None:
     """Find the images closest to a text, an image, or a mix of both.
 
     The query vector is the weighted sum of the terms' unit vectors, `--not` terms
     subtracted, normalised again. An image already in the library uses its stored vector.
     Prints one line per hit, the cosine score then the path; `--json` prints an array.
+    A running `serve` or `watch` of the library answers instead, in a fraction of the time.
 
     Example: `clipsearch search "a beach" --and ./sunset.jpg --not "2:people" -n 5`
     """

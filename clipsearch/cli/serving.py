@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -11,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import ClipSearchError
-from .common import DeviceOpt, LibraryOpt, WatchLine, command, open_library, warn
+from .common import DeviceOpt, LibraryOpt, WatchLine, command, open_library, run_served, warn
 
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ def serve(
         # A GET's query string may hold what the schema allows (100 folders of 4096
         # characters, percent-encoded: ~1.2 MB), not just h11's 16 KB request line.
         config = uvicorn.Config(app, log_level="warning", access_log=False, h11_max_incomplete_event_size=4 * 2**20)
-        with _watching(lib, watch):
+        from ..service import QueryService
+
+        with _watching(lib, watch), QueryService(lib.root, functools.partial(run_served, lib)).running():
             try:
                 uvicorn.Server(config).run(sockets=[sock])
             except KeyboardInterrupt:
