@@ -43,6 +43,25 @@ def test_migrations_create_the_schema_and_are_idempotent(tmp_path, backend):
     s.close()
 
 
+def test_the_schema_head_is_alembics_and_an_up_to_date_library_opens_without_alembic(tmp_path):
+    import subprocess
+    import sys
+
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from clipsearch.database import SCHEMA_HEAD
+    from clipsearch.resources import migrations_dir
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_HEAD
+    Store.open(tmp_path / "lib").close()  # made, and migrated to the head
+    code = ("import sys; from pathlib import Path; from clipsearch.store import Store; "
+            f"Store.open(Path({str(tmp_path / 'lib')!r})).close(); print('alembic' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
 def test_sqlite_runs_in_wal_mode(tmp_path):
     Store(tmp_path).close()
     assert sqlite3.connect(tmp_path / "library.db").execute("pragma journal_mode").fetchone()[0] == "wal"
