@@ -8,13 +8,13 @@ Pillow, torch) on first use of its name.
 """
 
 from .errors import (
-    ArgumentError, ClassifierError, ClipSearchError, ClusterError, ConfigurationError, ImageError, InputError, JobNotFoundError, LabelError,
+    AlbumError, AlbumNotFoundError, ArgumentError, ClassifierError, ClipSearchError, ClusterError, ConfigurationError, ImageError, InputError, JobNotFoundError, LabelError,
     LibraryEmptyError, LibraryError, LibraryLockedError, ModelError, ModelMismatchError, ModelNotFoundError,
     NoImagesError, PathNotFoundError, PrecisionMismatchError, QueryError, RayUnavailableError, SchemaTooNewError,
     TooManyJobsError, WeightsUnavailableError,
 )
 from .results import (
-    Classification, ClassifierReport, ClassScore, Confusion, DuplicateGroup, Evaluation, FileError, ImageInfo,
+    Album, AlbumExport, AlbumMember, Classification, ClassifierReport, ClassScore, Confusion, DuplicateGroup, Evaluation, FileError, ImageInfo,
     ImageTag, IndexReport, LibraryInfo, MetadataMove, Miss, ModelIdentity, OptimizeReport, Prediction, SearchHit,
     ShotScore, SimilarityMatrix, TagCount, TagReport, TemplateScore, XmpReport,
 )
@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Library": "library", "default_library_dir": "defaults",
     "Query": "query", "Term": "query",
+    "Albums": "albums",
     "Label": "labels", "LabelSet": "labels",
     "DecodeLimits": "decodepool",
     "RayOptions": "cluster",
@@ -52,16 +53,17 @@ def __dir__() -> list[str]:
 __all__ = [
     # the facade and what it takes
     "Library", "default_library_dir", "Query", "Term", "Label", "LabelSet", "DecodeLimits", "RayOptions",
-    "IndexProgress", "Encoder", "ModelSpec",
+    "IndexProgress", "Encoder", "ModelSpec", "Albums",
     # what it returns
     "SearchHit", "DuplicateGroup", "FileError", "IndexReport", "ModelIdentity", "LibraryInfo", "OptimizeReport",
     "MetadataMove", "Prediction", "Classification", "TagCount", "ImageTag", "TagReport", "ClassifierReport",
     "XmpReport", "ImageInfo", "ClassScore", "Confusion", "Miss", "TemplateScore", "ShotScore", "Evaluation",
-    "SimilarityMatrix", "Head", "Thumbnail", "VectorIndex",
+    "SimilarityMatrix", "Head", "Thumbnail", "VectorIndex", "Album", "AlbumMember", "AlbumExport",
     # what it raises (errors.py draws the tree)
     "ClipSearchError", "LibraryError", "SchemaTooNewError", "LibraryEmptyError", "LibraryLockedError", "ModelError",
     "ModelNotFoundError", "WeightsUnavailableError", "ModelMismatchError", "PrecisionMismatchError", "InputError",
-    "PathNotFoundError", "NoImagesError", "ArgumentError", "ConfigurationError", "QueryError", "LabelError", "ClassifierError", "JobNotFoundError",
+    "PathNotFoundError", "NoImagesError", "ArgumentError", "ConfigurationError", "QueryError", "LabelError", "ClassifierError",
+    "AlbumError", "AlbumNotFoundError", "JobNotFoundError",
     "TooManyJobsError", "ImageError", "ClusterError", "RayUnavailableError",
     "__version__",
 ]

@@ -18,6 +18,8 @@
     │   ├── QueryError               a query term cannot be used: empty, cancelled out, not an image
     │   ├── LabelError               a label set, label file or prompt template is unusable
     │   ├── ClassifierError          a few-shot classifier is unknown, or cannot be trained
+    │   ├── AlbumError               an album of that name exists already, or was saved under another model
+    │   │   └── AlbumNotFoundError   no album has that name
     │   ├── JobNotFoundError         no such background job (jobs.py), or forgotten
     │   └── TooManyJobsError         every background-job slot and queue place is taken
     ├── ImageError                   one file could not be read or decoded (index records it
@@ -49,7 +51,7 @@ Surface = Literal["python", "cli", "web"]
 OPTIONS = frozenset({
     "k", "extensions", "folders", "also", "exclude", "top_k", "few_shot", "compare_templates", "labels",
     "classifier", "model", "library", "db_url", "device", "precision", "engine", "memory_budget", "on_disk",
-    "gpus_per_worker", "ray_address",
+    "gpus_per_worker", "ray_address", "replace",
 })
 # Where an option's CLI flag or web parameter is not its Python keyword with "-" for "_":
 # name -> (CLI flag, web parameter).
@@ -187,6 +189,15 @@ class LabelError(InputError):
 
 class ClassifierError(InputError):
     """A few-shot classifier does not exist, does not fit the library, or cannot be trained."""
+
+
+class AlbumError(InputError):
+    """An album cannot be saved or read: one has its name already, or it was saved under
+    another model."""
+
+
+class AlbumNotFoundError(AlbumError):
+    """No album has this name."""
 
 
 class JobNotFoundError(InputError):

@@ -45,7 +45,8 @@ from .index import VectorIndex
 from .indexfiles import LiveIndex
 from .indexer import Indexer, IndexProgress
 from .labels import DEFAULT_TEMPLATES, LabelSet, resolve_templates
-from .query import Filter, Query, Term, absolute_folders
+from .albums import Albums
+from .query import Filter, Query, Term, absolute_folders, sort_hits
 from .results import (
     Classification, ClassifierReport, DuplicateGroup, Evaluation, FileError, ImageInfo, ImageTag, IndexReport,
     LibraryInfo, MetadataMove, OptimizeReport, Prediction, SearchHit, SimilarityMatrix, TagCount,
@@ -232,7 +233,7 @@ class Library:
                folders: Iterable[str | os.PathLike] = (), extensions: Iterable[str] = (),
                after: datetime | None = None, before: datetime | None = None, tags: Iterable[str] = (),
                no_tags: Iterable[str] = (), sort: str = "score", include_query_images: bool = False,
-               ) -> list[SearchHit]:
+               leave_out: Iterable[int] = ()) -> list[SearchHit]:
         """The ``k`` images nearest to a query, best first.
 
         Give ``text`` and/or ``image``, or a composed :class:`Query`. Images of the query
@@ -244,7 +245,8 @@ class Library:
         the index with only their ids allowed. ``min_score`` drops weaker hits.
         ``sort`` is ``score`` (best first), ``date`` (newest first) or ``path``; with
         ``min_score`` it orders every hit above the cutoff, without it the ``offset + k``
-        best. ``offset`` skips the first hits, for paging.
+        best. ``offset`` skips the first hits, for paging. No image in ``leave_out`` (ids) is
+        returned.
         """
         if k < 1:
             raise ArgumentError(f"the number of results must be at least 1, not {k}")
@@ -252,10 +254,9 @@ class Library:
             raise ArgumentError(f"the offset must not be negative, not {offset}")
         if sort not in SORT_ORDERS:
             raise ArgumentError(f"unknown sort order {sort!r}", hint=f"choose one of: {', '.join(SORT_ORDERS)}")
-        query = query or Query.build(text, image)
+        xq, query_ids = self.query_vector(query or Query.build(text, image))
         vectors = self.vectors
-        xq, query_ids = self._embedder.query_vector(query, vectors.dim)
-        skip = set() if include_query_images else query_ids
+        skip = (set() if include_query_images else query_ids) | {int(i) for i in leave_out}
         allowed = Filter.build(folders, extensions, after, before, tags, no_tags)
         subset = allowed.ids(self.store) if allowed is not None else None
         if subset is not None and skip:
@@ -272,12 +273,27 @@ class Library:
             found = found[:offset + k]
         if min_score is not None:
             found = [(s, i) for s, i in found if s >= min_score]
-        hits = self._hits(found)
-        if sort == "date":
-            hits.sort(key=lambda h: h.taken_at or "", reverse=True)
-        elif sort == "path":
-            hits.sort(key=lambda h: h.path)
-        return hits[offset:offset + k]
+        return sort_hits(self._hits(found), sort)[offset:offset + k]
+
+    def query_vector(self, query: Query) -> tuple[np.ndarray, set[int]]:
+        """The unit vector a search for ``query`` looks near, and the ids of the library's
+        own images among its terms."""
+        return self._embedder.query_vector(query, self.vectors.dim)
+
+    def scored(self, ids: Iterable[int], vector: np.ndarray) -> list[SearchHit]:
+        """Those of ``ids`` that are indexed images, as hits scored against a unit
+        ``vector``, best first."""
+        located = self.store.locate([int(i) for i in ids])
+        if not located:
+            return []
+        order = list(located)
+        scores = self.store.vector_file().rows([located[i][1] for i in order]) @ np.asarray(vector, np.float32)
+        return self._hits(sorted(zip(map(float, scores), order), key=lambda hit: (-hit[0], hit[1])))
+
+    @property
+    def albums(self) -> Albums:
+        """The library's saved searches, whose members follow it (``albums.py``)."""
+        return Albums(self)
 
     def similar(self, image: str | os.PathLike | int, k: int = 10) -> list[SearchHit]:
         """The images most like an indexed image (by id or path), itself left out."""
@@ -450,14 +466,14 @@ class Library:
 
     def add_tag(self, image: str | os.PathLike | int, label: str) -> int:
         """Tag an indexed image by hand; returns its id. Manual tags win over automatic ones."""
-        image_id = self._indexed_id(image)
+        image_id = self.indexed_id(image)
         self.store.set_manual_tag(image_id, _label(label), removed=False)
         return image_id
 
     def remove_tag(self, image: str | os.PathLike | int, label: str) -> int:
         """Take a label off an indexed image by hand, automatic tags included; later tag runs
         do not put it back. Returns the image's id."""
-        image_id = self._indexed_id(image)
+        image_id = self.indexed_id(image)
         self.store.set_manual_tag(image_id, _label(label), removed=True)
         return image_id
 
@@ -583,7 +599,9 @@ class Library:
             raise ClassifierError(f"the classifier {name!r} was trained for {row.model}, not {self.model}")
         return Head.stored(name, row.labels, row.weights, row.bias, row.scale)
 
-    def _indexed_id(self, image: str | os.PathLike | int) -> int:
+    def indexed_id(self, image: str | os.PathLike | int) -> int:
+        """The id of an indexed image given by path, ``id:N`` or id; raises
+        :class:`PathNotFoundError` for anything else."""
         try:
             _, image_id = self._embedder.image_term(image)
         except PathNotFoundError:

@@ -146,6 +146,16 @@ class Filter:
                                   list(self.tags), list(self.no_tags))
 
 
+def sort_hits(hits: list, sort: str) -> list:
+    """Search hits in a search's order: ``score`` (best first, as found), ``date`` (newest
+    first; no date last) or ``path``."""
+    if sort == "date":
+        return sorted(hits, key=lambda h: h.taken_at or "", reverse=True)
+    if sort == "path":
+        return sorted(hits, key=lambda h: h.path)
+    return sorted(hits, key=lambda h: (-h.score, h.id))
+
+
 def absolute_folders(folders: Iterable[str | os.PathLike]) -> list[str]:
     return [os.path.abspath(os.path.expanduser(os.fspath(f))) for f in folders]
 

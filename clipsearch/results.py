@@ -23,6 +23,37 @@ class SearchHit(_Record):
 
 
 @dataclass(frozen=True)
+class AlbumMember(SearchHit):
+    """An image of an album: found by its search, or ``pinned`` there by a user (scored
+    against the album's query all the same)."""
+
+    pinned: bool = False
+
+
+@dataclass(frozen=True)
+class Album(_Record):
+    """A saved search and its members as the library stands now (``albums.py``)."""
+
+    name: str
+    query: str  # the search, as clipsearch search's arguments
+    members: list[AlbumMember]
+    pinned: list[int]  # ids of images kept in by hand
+    removed: list[int]  # ids of images taken out for good
+    created_at: str
+
+
+@dataclass
+class AlbumExport(_Record):
+    """What exporting an album to a folder of links did."""
+
+    folder: str
+    linked: int = 0  # links made
+    kept: int = 0  # links there already
+    unlinked: int = 0  # links to images no longer members, taken away
+    errors: list[FileError] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class DuplicateGroup(_Record):
     """Images that look the same: ``score`` is the closest pair's cosine similarity, and each
     image's own ``score`` its similarity to its closest twin in the group."""

@@ -152,6 +152,32 @@ class ClassifierRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class AlbumRow(Base):
+    """A saved search (``albums.py``): its terms and filters as JSON, its query vector as
+    raw float32 bytes, and the model that made the vector."""
+
+    __tablename__ = "albums"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    search: Mapped[str] = mapped_column(Text)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    model: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AlbumMemberRow(Base):
+    """What a user decided about one image of an album: pinned in, or removed for good."""
+
+    __tablename__ = "album_members"
+
+    album_id: Mapped[int] = mapped_column(ID, ForeignKey("albums.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ID, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True,
+                                          index=True)
+    pinned: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class MetaRow(Base):
     __tablename__ = "meta"
 
@@ -455,7 +481,7 @@ class Store:
                     copied[table.name] += len(chunk)
                     if progress:
                         progress(table.name, copied[table.name], totals[table.name])
-            for table in ("images", "tags"):
+            for table in ("images", "tags", "albums"):
                 _past_explicit_ids(conn, table)
         return copied
 
@@ -755,6 +781,51 @@ class Store:
     def delete_classifier(self, name: str) -> bool:
         with Session(self.engine) as s, s.begin():
             return s.execute(delete(ClassifierRow).where(ClassifierRow.name == name)).rowcount > 0
+
+    # -- albums -----------------------------------------------------------------------
+
+    def save_album(self, name: str, search: str, vector: np.ndarray, model: str, replace: bool) -> bool:
+        """Save an album; an existing one of that name only with ``replace`` (its pins and
+        removals kept). False when it exists and ``replace`` is not set."""
+        with Session(self.engine) as s, s.begin():
+            row = s.scalar(select(AlbumRow).where(AlbumRow.name == name))
+            if row is not None and not replace:
+                return False
+            if row is None:
+                row = AlbumRow(name=name, created_at=_now())
+                s.add(row)
+            row.search, row.model = search, model
+            row.vector = np.ascontiguousarray(vector, np.float32).tobytes()
+        return True
+
+    def album(self, name: str) -> tuple[AlbumRow, dict[int, bool]] | None:
+        """An album's row and what users decided of its images (``id -> pinned``)."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            row = s.scalar(select(AlbumRow).where(AlbumRow.name == name))
+            if row is None:
+                return None
+            decided = s.execute(select(AlbumMemberRow.image_id, AlbumMemberRow.pinned)
+                                .where(AlbumMemberRow.album_id == row.id))
+            return row, {int(i): bool(p) for i, p in decided}
+
+    def album_names(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.scalars(select(AlbumRow.name).order_by(AlbumRow.name)))
+
+    def delete_album(self, name: str) -> bool:
+        with Session(self.engine) as s, s.begin():
+            return s.execute(delete(AlbumRow).where(AlbumRow.name == name)).rowcount > 0
+
+    def decide_members(self, album_id: int, image_ids: Sequence[int], pinned: bool | None) -> None:
+        """Pin images into an album (``pinned`` True), remove them for good (False), or
+        leave them to the search again (None)."""
+        ids = [int(i) for i in image_ids]
+        with Session(self.engine) as s, s.begin():
+            s.execute(delete(AlbumMemberRow).where(AlbumMemberRow.album_id == album_id,
+                                                   AlbumMemberRow.image_id.in_(ids)))
+            if pinned is not None and ids:
+                s.execute(insert(AlbumMemberRow), [dict(album_id=album_id, image_id=i, pinned=pinned,
+                                                        created_at=_now()) for i in ids])
 
     # -- reading ----------------------------------------------------------------------
 

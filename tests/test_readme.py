@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from clipsearch import Library, demoworld
+from clipsearch import Library, Query, demoworld
 from clipsearch.cli import app
 from conftest import ctrl_c_as_on_a_terminal
 from test_docs import COMMANDS
@@ -57,6 +57,7 @@ PLACES = {
     "./examples": f"one sub-folder of four pictures per label: {', '.join(EXAMPLES)}",
     "./labelled": f"sub-folders named after labels of the `photos` set: {', '.join(LABELLED)}",
     "data/samples": "the repository's own data/samples, linked",
+    "./red-album": "an empty folder, to export the album `red` into",
 }
 # Options whose value is a file a command writes: it must be there afterwards.
 OUTPUT_OPTIONS = ("--plot", "--output", "-o")
@@ -216,6 +217,7 @@ def world(tmp_path_factory) -> World:
     for n, label in enumerate(LABELLED):
         for k, colour in enumerate(("purple", "white")):
             _draw(w.place("./labelled") / label / f"{k}.jpg", colour, demoworld.SHAPES[n], seed=300 + k)
+    w.place("./red-album").mkdir(parents=True)
     (w.work / "data").mkdir()
     (w.work / "data" / "samples").symlink_to(ROOT / "data" / "samples")
     with Library.open(w.library, model="demo") as lib:
@@ -223,6 +225,7 @@ def world(tmp_path_factory) -> World:
         lib.tag("demo-colours")
         lib.train_classifier("pets", w.place("./examples"))
         lib.head("photos")  # its label embeddings, cached in the library for the commands that use them
+        lib.albums.create("red", Query.build("a red circle"))  # the album the docs show, pin and export
     return w
 
 

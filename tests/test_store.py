@@ -19,7 +19,7 @@ from clipsearch.errors import LibraryError, SchemaTooNewError
 from clipsearch.results import ModelIdentity
 from clipsearch.store import FailedImage, IndexedImage, MovedImage, Store, TextCacheRow
 
-HEAD = "0007"
+HEAD = "0008"
 
 
 def item(path, vec=(1.0, 0.0), size=10, mtime=1):
@@ -262,7 +262,8 @@ def _id_types(backend: str) -> dict[str, str]:
 def test_migrations_go_up_to_head_down_to_base_and_up_again(tmp_path, backend):
     _migrate(tmp_path, backend, ("upgrade", "head"))
     tables, revision, collation = _schema(tmp_path, backend)
-    assert revision == HEAD and {"images", "meta", "tags", "classifiers", "text_cache", "image_cache"} == tables
+    assert revision == HEAD and {"images", "meta", "tags", "classifiers", "text_cache", "image_cache", "albums",
+                                "album_members"} == tables
     assert collation == ("C" if backend else None)
     if backend:
         assert set(_id_types(backend).values()) == {"bigint"}

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -192,6 +193,12 @@ def post_json(server: str, path: str, body: dict) -> dict:
     request = urllib.request.Request(server + path, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)
+
+
+def album_of(server: str, name: str) -> dict:
+    """The first page of an album, asked of the API directly."""
+    with urllib.request.urlopen(f"{server}api/albums/{urllib.parse.quote(name)}", timeout=60) as response:
         return json.load(response)
 
 
@@ -642,3 +649,47 @@ def test_eval_view_on_a_labelled_folder(browser, eval_server, tmp_path_factory):
         view.get_by_role("button", name="Run").click()
         expect(page.locator("#eval-result .error-box")).to_contain_text("outside the indexed folders")
         expect(page.locator("#eval-result .error-box .hint")).to_contain_text("clipsearch index")
+
+
+def test_albums_save_a_search_browse_pin_and_remove(page, server, tmp_path_factory):
+    page.goto(server + "?q=a+red+circle")
+    wait_for_results(page, 6)
+    page.get_by_role("button", name="Save as album").click()
+    page.get_by_label("Album name").fill("red things")
+    page.get_by_role("button", name="Save", exact=True).click()
+    # The saved album opens: the same images as the search, with its search above them.
+    expect(page.locator("#context")).to_contain_text("red things")
+    expect(page.locator("#context")).to_contain_text("'a red circle'")
+    assert params(page)["view"] == ["album"] and params(page)["album"] == ["red things"]
+    wait_for_results(page, 6)
+    members = album_of(server, "red things")["members"]
+    first = first_name(page)
+    assert "red" in first and members == 48  # every image, as a search of at most 100 gives
+
+    # Removed for good: gone from the album, and still gone after a reload.
+    page.get_by_role("button", name=f"Remove {first} from the album").click()
+    expect(page.locator(f"#grid .tile[aria-label^='{first},']")).to_have_count(0)
+    page.reload()
+    wait_for_results(page, 1)
+    expect(page.locator("#context")).to_contain_text(f"{members - 1} images")
+    expect(page.locator(f"#grid .tile[aria-label^='{first},']")).to_have_count(0)
+
+    # Pinned: marked, and kept by the server.
+    second = first_name(page)
+    page.get_by_role("button", name=f"Pin {second}").click()
+    expect(page.get_by_role("button", name=f"Unpin {second}")).to_have_attribute("aria-pressed", "true")
+    album = album_of(server, "red things")
+    assert len(album["pinned"]) == 1 and len(album["removed"]) == 1
+    assert [m["name"] for m in album["results"] if m["pinned"]] == [second]
+    save_screenshot(page, "web-album.png", tmp_path_factory)
+
+    # The albums view lists it; its card opens it again.
+    page.get_by_role("link", name="Albums", exact=True).click()
+    card = page.locator(".album-card[data-album='red things']")
+    expect(card).to_contain_text(str(members - 1))
+    expect(card).to_contain_text("1 pinned, 1 removed")
+    card.click()
+    wait_for_results(page, 1)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete album").click()
+    expect(page.locator("#message h2")).to_have_text("No albums yet")

@@ -12,7 +12,7 @@ __all__ = ["RESUMABLE", "app", "main"]
 
 
 def _commands():
-    from . import indexing, labelling, searching, serving, upkeep  # noqa: F401 (they register the commands)
+    from . import albums, indexing, labelling, searching, serving, upkeep  # noqa: F401 (they register the commands)
     from . import common
 
     return common

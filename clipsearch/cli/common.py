@@ -17,6 +17,7 @@ import threading
 import warnings
 from contextlib import nullcontext
 from contextvars import ContextVar
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -212,6 +213,25 @@ def run_served(lib, argv: list[str], cwd: str) -> tuple[str, str, int]:
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception  # a bug: the service says so, and the client runs the query itself
     return result.stdout, result.stderr, result.exit_code
+
+
+class SidecarStyle(str, Enum):
+    default = "default"
+    lightroom = "lightroom"
+
+
+SidecarStyleOpt = Annotated[SidecarStyle, typer.Option(
+    "--sidecar-style", help="XMP sidecar names: default photo.jpg.xmp (darktable, digiKam), lightroom photo.xmp.")]
+
+
+def show_xmp_report(report, json_out: bool) -> None:
+    """What writing XMP sidecars did (``XmpReport``), the sidecars left alone on stderr."""
+    for e in report.errors:
+        skipping(e.path, e.reason)
+    verb = "would write" if report.dry_run else "wrote"
+    show(json_out, report.to_dict(), [
+        f"{verb} {report.keywords} keywords: {report.created} new sidecars, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {len(report.errors)} left alone"])
 
 
 def show(json_out: bool, data, lines: list[str], empty: str | None = None) -> None:

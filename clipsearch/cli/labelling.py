@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from .common import (
-    DeviceOpt, FolderOpt, Group, JsonOpt, LibraryOpt, ModelOpt, Stages, app, command, open_library,
-    show, skipping, stderr, wrote,
+    DeviceOpt, FolderOpt, Group, JsonOpt, LibraryOpt, ModelOpt, SidecarStyle, SidecarStyleOpt, Stages, app,
+    command, open_library, show, show_xmp_report, skipping, stderr, wrote,
 )
 
 
@@ -309,10 +309,6 @@ class ExportFormat(str, Enum):
     xmp = "xmp"
 
 
-class SidecarStyle(str, Enum):
-    default = "default"
-    lightroom = "lightroom"
-
 
 @command(group=tag_app, name="export")
 def tag_export(
@@ -321,9 +317,7 @@ def tag_export(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
                                                    help="Write CSV/JSON to this file.", show_default=False)] = None,
     folder: FolderOpt = None,
-    sidecar_style: Annotated[SidecarStyle, typer.Option(
-        "--sidecar-style", help="XMP sidecar names: default photo.jpg.xmp (darktable, digiKam), lightroom "
-                                "photo.xmp.")] = SidecarStyle.default,
+    sidecar_style: SidecarStyleOpt = SidecarStyle.default,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="XMP: report what would change; write nothing.")] = False,
     library: LibraryOpt = None,
     json_out: JsonOpt = False,
@@ -350,12 +344,7 @@ def tag_export(
             output.write_text(text, encoding="utf-8")
             wrote(output)
         return
-    for e in report.errors:
-        skipping(e.path, e.reason)
-    verb = "would write" if dry_run else "wrote"
-    show(json_out, report.to_dict(), [
-        f"{verb} {report.keywords} keywords: {report.created} new sidecars, {report.updated} updated, "
-        f"{report.unchanged} unchanged, {len(report.errors)} left alone"])
+    show_xmp_report(report, json_out)
 
 
 @command

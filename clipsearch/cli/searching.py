@@ -29,43 +29,63 @@ def _print_hits(hits, json_out: bool, paths_only: bool) -> None:
     show(json_out, [h.to_dict() for h in hits], lines, "no results")
 
 
+TextArg = Annotated[Optional[str], typer.Argument(metavar="TEXT", help="What to look for, in words.",
+                                                 show_default=False)]
+ImageOpt = Annotated[Optional[Path], typer.Option("--image", "-i", metavar="IMAGE",
+                                                  help="Search by this image file, or an indexed one as id:N.",
+                                                  show_default=False)]
+AlsoOpt = Annotated[Optional[list[str]], typer.Option(
+    "--and", "-a", metavar="TERM",
+    help="Add a term: text, an image path or id:N, optionally weighted as W:TERM. Repeatable.",
+    show_default=False)]
+ExcludeOpt = Annotated[Optional[list[str]], typer.Option(
+    "--not", metavar="TERM", help="Subtract a term, same forms as --and. Repeatable.", show_default=False)]
+ExtOpt = Annotated[Optional[list[str]], typer.Option(
+    "--ext", metavar="EXT", help="Only files with this extension, e.g. jpg. Repeatable.", show_default=False)]
+AfterOpt = Annotated[Optional[datetime], typer.Option(
+    "--after", formats=_DATE_FORMATS, metavar="DATE",
+    help="Only photos taken on or after this date, YYYY-MM-DD (EXIF, else the file's time).", show_default=False)]
+BeforeOpt = Annotated[Optional[datetime], typer.Option(
+    "--before", formats=_DATE_FORMATS, metavar="DATE", help="Only photos taken before this date, YYYY-MM-DD.",
+    show_default=False)]
+TagOpt = Annotated[Optional[list[str]], typer.Option(
+    "--tag", metavar="LABEL", help="Only images with this tag. Repeatable: all must be present.", show_default=False)]
+NoTagOpt = Annotated[Optional[list[str]], typer.Option(
+    "--no-tag", metavar="LABEL", help="Only images without this tag. Repeatable.", show_default=False)]
+MinScoreOpt = Annotated[Optional[float], typer.Option(
+    "--min-score", help="Drop hits with a lower cosine score.", show_default=False)]
+SortOpt = Annotated[SortOrder, typer.Option("--sort", help="Order: best score first, newest first, or by path.")]
+IncludeQueryOpt = Annotated[bool, typer.Option("--include-query", help="Keep the query's own images in the results.")]
+
+
+def build_query(text: str | None, image: Path | None, also: list[str] | None, exclude: list[str] | None):
+    """The query of a search's TEXT, --image, --and and --not, or a usage error."""
+    from ..query import Query
+
+    if text is None and image is None and not also:
+        raise typer.BadParameter("give a text query, --image PATH or --and TERM", param_hint="TEXT")
+    if text is not None and not text.strip():
+        raise typer.BadParameter("the query text is empty", param_hint="TEXT")
+    return Query.build(text, image, also or (), exclude or ())
+
+
 @command
 def search(
-    text: Annotated[Optional[str], typer.Argument(metavar="TEXT", help="What to look for, in words.",
-                                                  show_default=False)] = None,
-    image: Annotated[Optional[Path], typer.Option("--image", "-i", metavar="IMAGE",
-                                                  help="Search by this image file, or an indexed one as id:N.",
-                                                  show_default=False)] = None,
-    also: Annotated[Optional[list[str]], typer.Option(
-        "--and", "-a", metavar="TERM",
-        help="Add a term: text, an image path or id:N, optionally weighted as W:TERM. Repeatable.",
-        show_default=False)] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option(
-        "--not", metavar="TERM", help="Subtract a term, same forms as --and. Repeatable.", show_default=False)] = None,
+    text: TextArg = None,
+    image: ImageOpt = None,
+    also: AlsoOpt = None,
+    exclude: ExcludeOpt = None,
     folder: FolderOpt = None,
-    ext: Annotated[Optional[list[str]], typer.Option(
-        "--ext", metavar="EXT",
-        help="Only files with this extension, e.g. jpg. Repeatable.", show_default=False)] = None,
-    after: Annotated[Optional[datetime], typer.Option(
-        "--after", formats=_DATE_FORMATS, metavar="DATE",
-        help="Only photos taken on or after this date, YYYY-MM-DD (EXIF, else the file's time).",
-        show_default=False)] = None,
-    before: Annotated[Optional[datetime], typer.Option(
-        "--before", formats=_DATE_FORMATS, metavar="DATE", help="Only photos taken before this date, YYYY-MM-DD.",
-        show_default=False)] = None,
-    tag: Annotated[Optional[list[str]], typer.Option(
-        "--tag", metavar="LABEL",
-        help="Only images with this tag. Repeatable: all must be present.", show_default=False)] = None,
-    no_tag: Annotated[Optional[list[str]], typer.Option(
-        "--no-tag", metavar="LABEL", help="Only images without this tag. Repeatable.", show_default=False)] = None,
-    min_score: Annotated[Optional[float], typer.Option(
-        "--min-score", help="Drop hits with a lower cosine score.", show_default=False)] = None,
-    sort: Annotated[SortOrder, typer.Option(
-        "--sort", help="Order: best score first, newest first, or by path.")] = SortOrder.score,
+    ext: ExtOpt = None,
+    after: AfterOpt = None,
+    before: BeforeOpt = None,
+    tag: TagOpt = None,
+    no_tag: NoTagOpt = None,
+    min_score: MinScoreOpt = None,
+    sort: SortOpt = SortOrder.score,
     limit: LimitOpt = 10,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many hits first (paging).")] = 0,
-    include_query: Annotated[bool, typer.Option(
-        "--include-query", help="Keep the query's own images in the results.")] = False,
+    include_query: IncludeQueryOpt = False,
     library: LibraryOpt = None,
     device: DeviceOpt = "auto",
     paths_only: PathsOnlyOpt = False,
@@ -83,13 +103,7 @@ def search(
 
     Example: `clipsearch search "a beach" --and ./sunset.jpg --not "2:people" -n 5`
     """
-    from ..query import Query
-
-    if text is None and image is None and not also:
-        raise typer.BadParameter("give a text query, --image PATH or --and TERM", param_hint="TEXT")
-    if text is not None and not text.strip():
-        raise typer.BadParameter("the query text is empty", param_hint="TEXT")
-    query = Query.build(text, image, also or (), exclude or ())
+    query = build_query(text, image, also, exclude)
     with open_library(library, device=device, create=False) as lib:
         hits = lib.search(query=query, k=limit, offset=offset, min_score=min_score, folders=folder or (),
                           extensions=ext or (), after=after, before=before, tags=tag or (),

@@ -53,18 +53,18 @@ from starlette.routing import Match
 from .. import __version__
 from ..defaults import CROP_CANDIDATE, DUPLICATE_THRESHOLD
 from ..errors import (
-    ClipSearchError, InputError, JobNotFoundError, LibraryEmptyError, LibraryLockedError, ModelError,
+    AlbumError, AlbumNotFoundError, ClipSearchError, InputError, JobNotFoundError, LibraryEmptyError, LibraryLockedError, ModelError,
     PathNotFoundError, TooManyJobsError,
 )
 from ..jobs import Job, Jobs
 from ..library import Library
 from ..query import MAX_IMAGE_ID, Term
 from ..query import Query as SearchQuery
-from ..results import SearchHit
+from ..results import Album, SearchHit
 from .compat import add_routes as add_clip_retrieval_routes
 from .schemas import (
     FILE_RESPONSES, INPUT_ERRORS, JOB_ERRORS, MAX_NAME, MODEL_ERRORS, SEARCH_REQUEST_BODY, THUMBNAIL_RESPONSES,
-    UPLOAD_ERRORS, DuplicatesBody, EvalBody, Filters, LabelSetName, MatrixBody, Name, Page, SearchBody, SearchParams,
+    UPLOAD_ERRORS, AlbumBody, DuplicatesBody, EvalBody, Filters, LabelSetName, MatrixBody, MembersBody, Name, Page, SearchBody, SearchParams,
     TagBody, errors, label_file, parse_fields, parse_json,
 )
 
@@ -134,8 +134,10 @@ def _error(status: int, message: str, hint: str | None = None, headers: dict | N
 
 
 def _status(exc: ClipSearchError) -> int:
-    if isinstance(exc, (PathNotFoundError, LibraryEmptyError, JobNotFoundError)):
+    if isinstance(exc, (PathNotFoundError, LibraryEmptyError, JobNotFoundError, AlbumNotFoundError)):
         return 404
+    if isinstance(exc, AlbumError):
+        return 409
     if isinstance(exc, TooManyJobsError):
         return 429
     if isinstance(exc, LibraryLockedError):
@@ -146,6 +148,7 @@ def _status(exc: ClipSearchError) -> int:
 
 
 ImageIdParam = Annotated[int, PathParam(ge=0, le=MAX_IMAGE_ID, description="An indexed image's id.")]
+AlbumNameParam = Annotated[str, PathParam(max_length=MAX_NAME, description="The album's name.")]
 JobIdParam = Annotated[str, PathParam(max_length=MAX_NAME, description="A job's id, as its start gave it.")]
 
 
@@ -289,13 +292,7 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
 
     def body_search(text: str | None, images: list[int], also: list[str], exclude: list[str], filters: Filters,
                     upload: Term | None) -> dict:
-        terms = [upload] if upload else []
-        terms += [Term("id", i) for i in images]
-        terms += [_term(t) for t in also] + [_term(t, -1.0) for t in exclude]
-        query = SearchQuery((SearchQuery.build(text).terms if text and text.strip() else ()) + tuple(terms))
-        if not any(t.weight > 0 for t in query.terms):
-            raise InputError("give a text, an image or an 'and' term to search for",
-                             hint="for example /api/search?q=a+dog+on+the+beach")
+        query = _query(text, images, also, exclude, upload)
         return search(query, filters.n, filters.offset, filters.library_filters())
 
     @app.get("/api/similar/{image_id}", summary="Images like an indexed one (no model needed)",
@@ -401,6 +398,45 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
             "threshold": body.threshold, "top_k": body.top_k, "min_cosine": body.min_cosine,
             "folders": body.folders, "dry_run": body.dry_run}))
 
+    # -- albums -------------------------------------------------------------------------
+
+    def album_summary(album: Album) -> dict:
+        return {**album.to_dict(), "members": len(album.members)}
+
+    @app.get("/api/albums", summary="The albums (saved searches), each with how many images it holds now")
+    def list_albums():
+        return [album_summary(a) for a in library.albums.all()]
+
+    @app.post("/api/albums", status_code=201, summary="Save a search as an album", responses=errors(400, 404, 409,
+                                                                                                      413, 422, 503))
+    async def create_album(request: Request):
+        body = parse_json(AlbumBody, await request.body())
+        query = _query(body.text, body.images, body.also, body.exclude, None)
+        return album_summary(await run_in_threadpool(
+            library.albums.create, body.name, query, limit=body.limit, include_query_images=body.include_query,
+            replace=body.replace, **body.library_filters()))
+
+    @app.get("/api/albums/{name}", summary="An album's images as the library stands now, a page at a time",
+             responses=INPUT_ERRORS)
+    def get_album(name: AlbumNameParam, page: Annotated[Page, Query()]):
+        album = library.albums.get(name)
+        members = album.members[page.offset:page.offset + page.n]
+        return {**album.to_dict(), "members": len(album.members), "results": [hit(m) for m in members],
+                "n": page.n, "offset": page.offset, "has_more": page.offset + page.n < len(album.members)}
+
+    @app.delete("/api/albums/{name}", summary="Delete an album (its images stay)", responses=INPUT_ERRORS)
+    def delete_album(name: AlbumNameParam):
+        library.albums.delete(name)
+        return {"deleted": name}
+
+    @app.post("/api/albums/{name}/members", summary="Pin images into an album, remove them for good, or leave "
+                                                    "them to its search again", responses=errors(400, 404, 413, 422))
+    async def decide_members(name: AlbumNameParam, request: Request):
+        body = parse_json(MembersBody, await request.body())
+        decide = {"pinned": library.albums.pin, "removed": library.albums.remove,
+                  "search": library.albums.reset}[body.state]
+        return album_summary(await run_in_threadpool(decide, name, body.images))
+
     @app.get("/api/jobs", summary="The background jobs, running, waiting and recently finished (no results)")
     def list_jobs():
         return [job.to_dict(result=False) for job in jobs.list()]
@@ -439,6 +475,19 @@ def create_app(library: Library, *, token: str | None = None, max_upload_bytes: 
     app.state.library = library
     app.state.jobs = jobs
     return app
+
+
+def _query(text: str | None, images: list[int], also: list[str], exclude: list[str],
+           upload: Term | None) -> SearchQuery:
+    """The query of a request's terms."""
+    terms = [upload] if upload else []
+    terms += [Term("id", i) for i in images]
+    terms += [_term(t) for t in also] + [_term(t, -1.0) for t in exclude]
+    query = SearchQuery((SearchQuery.build(text).terms if text and text.strip() else ()) + tuple(terms))
+    if not any(t.weight > 0 for t in query.terms):
+        raise InputError("give a text, an image or an 'and' term to search for",
+                         hint="for example /api/search?q=a+dog+on+the+beach")
+    return query
 
 
 def _term(raw: str, sign: float = 1.0) -> Term:

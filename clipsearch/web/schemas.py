@@ -23,6 +23,7 @@ from pydantic import (
 
 from ..errors import InputError, LabelError
 from ..labels import available_label_sets, available_templates, resolve_templates
+from ..albums import DEFAULT_LIMIT as DEFAULT_ALBUM_LIMIT
 from ..defaults import DUPLICATE_THRESHOLD
 from ..query import MAX_IMAGE_ID
 
@@ -38,6 +39,7 @@ MAX_PAGE = 500
 MAX_OFFSET = 100_000
 MAX_MATRIX_IMAGES = 64  # columns a similarity matrix can show legibly
 MAX_FEW_SHOT = 64
+MAX_ALBUM = 10_000  # members an album's search may give
 
 
 def _unicode(value: str) -> str:
@@ -126,8 +128,8 @@ class Page(BaseModel):
     offset: whole(0, MAX_OFFSET) = Field(0, description="Results to skip.")
 
 
-class Filters(Page):
-    """What every search takes besides its terms: filters, order and page."""
+class SearchFilters(BaseModel):
+    """What a search takes besides its terms and its page: filters, cutoff and order."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -149,6 +151,10 @@ class Filters(Page):
                     tags=self.tag, no_tags=self.no_tag, min_score=self.min_score, sort=self.sort)
 
 
+class Filters(Page, SearchFilters):
+    """What every search takes besides its terms: filters, order and page."""
+
+
 _TERMS = "More terms: text or id:N, optionally weighted W:TERM."
 
 
@@ -161,16 +167,43 @@ class SearchParams(Filters):
     exclude: list[QueryTerm] = Field([], alias="not", max_length=MAX_TERMS, description="Terms to subtract.")
 
 
-class SearchBody(Filters):
-    """``POST /api/search``'s JSON body (or, with an uploaded ``image``, its form fields,
-    ``q`` standing for ``text``)."""
-
-    model_config = ConfigDict(extra="forbid")
+class Terms(BaseModel):
+    """A query's terms, in a JSON body."""
 
     text: Text | None = Field(None, description="What to look for, in words.")
     images: list[ImageId] = Field([], max_length=MAX_TERMS, description="Ids of indexed images to search with.")
     also: list[QueryTerm] = Field([], alias="and", max_length=MAX_TERMS, description=_TERMS)
     exclude: list[QueryTerm] = Field([], alias="not", max_length=MAX_TERMS, description="Terms to subtract.")
+
+
+class SearchBody(Filters, Terms):
+    """``POST /api/search``'s JSON body (or, with an uploaded ``image``, its form fields,
+    ``q`` standing for ``text``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AlbumBody(SearchFilters, Terms):
+    """``POST /api/albums``: a search to save as an album, as ``POST /api/search`` takes it,
+    with the album's name and size."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Name = Field(description="The album's name, without slashes.")
+    limit: whole(1, MAX_ALBUM) = Field(DEFAULT_ALBUM_LIMIT, description="Members the search gives at most "
+                                                                           "(pinned images besides).")
+    include_query: bool = Field(False, description="Keep the query's own images among the members.")
+    replace: bool = Field(False, description="Save over an album of this name (its pins and removals stay).")
+
+
+class MembersBody(BaseModel):
+    """``POST /api/albums/{name}/members``: what to do with some of an album's images."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    images: list[ImageId] = Field(min_length=1, max_length=MAX_PAGE, description="Ids of indexed images.")
+    state: Literal["pinned", "removed", "search"] = Field(
+        description="pinned: kept in whatever the search says; removed: out for good; search: the search decides.")
 
 
 class MatrixBody(BaseModel):
@@ -260,7 +293,8 @@ class ErrorBody(BaseModel):
 _WHY = {
     400: "The request cannot be carried out as given.",
     401: "This server needs a token (`serve --token`).",
-    404: "No such image, the file is missing or outside the indexed folders, or nothing is indexed yet.",
+    404: "No such image or album, the file is missing or outside the indexed folders, or nothing is indexed yet.",
+    409: "An album of that name exists already.",
     413: "The request body is over the server's limit (`serve --max-upload-mb`).",
     422: "A parameter or body field is missing, of the wrong type or out of range.",
     429: "Too many background jobs are waiting already.",

@@ -9,6 +9,7 @@
 // then render() makes the page match. Reloading, sharing the URL or going back and
 // forward (popstate) all just call render() on the state read from the URL.
 
+import { showAlbums } from "./albums.js";
 import { renderDetail } from "./detail.js";
 import { showDuplicates } from "./duplicates.js";
 import { showEval } from "./eval.js";
@@ -29,7 +30,8 @@ import { toURL } from "./url.js";
 function render({ restore = false, scrollTop = true } = {}) {
   const s = state;
   for (const link of document.querySelectorAll(".views a")) {
-    const current = link.dataset.nav === (s.view === "similar" || s.view === "matrix" ? "search" : s.view);
+    const shown = { similar: "search", matrix: "search", album: "albums" }[s.view] || s.view;
+    const current = link.dataset.nav === shown;
     if (current) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
     link.href = toURL({ ...s, view: link.dataset.nav, id: null, open: null });
   }
@@ -38,9 +40,10 @@ function render({ restore = false, scrollTop = true } = {}) {
   renderFilters();
   renderQueryChip();
 
-  const listView = s.view === "search" || s.view === "similar";
+  const listView = s.view === "search" || s.view === "similar" || s.view === "album";
   ui.searchView.hidden = !listView;
   ui.tagsView.hidden = s.view !== "tags";
+  ui.albumsView.hidden = s.view !== "albums";
   ui.dupsView.hidden = s.view !== "duplicates";
   ui.matrixView.hidden = s.view !== "matrix";
   ui.evalView.hidden = s.view !== "eval";
@@ -50,6 +53,7 @@ function render({ restore = false, scrollTop = true } = {}) {
     showList({ ...s, view: "none" });
   }
   if (s.view === "tags") showTagsView();
+  if (s.view === "albums") showAlbums();
   if (s.view === "duplicates") {
     document.title = "Duplicates · clipsearch";
     showDuplicates();
@@ -58,6 +62,7 @@ function render({ restore = false, scrollTop = true } = {}) {
   if (s.view === "eval") showEval();
   if (listView) {
     document.title = s.view === "similar" ? "Similar images · clipsearch"
+      : s.view === "album" ? `${s.album} · albums · clipsearch`
       : s.q ? `${s.q} · clipsearch` : "clipsearch";
     if (listKey(s)) {
       showList(s, { restore, scrollTop });

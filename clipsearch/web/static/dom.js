@@ -24,6 +24,8 @@ const ICONS = {
   copies: "M8 8h11a1 1 0 0 1 1 1v11a1 1 0 0 1-1 1H8a1 1 0 0 1-1-1V9a1 1 0 0 1 1-1zM4 16V5a1 1 0 0 1 1-1h11",
   x: "M6 6l12 12M18 6L6 18",
   matrix: "M4 4h16v16H4zM4 9.33h16M4 14.67h16M9.33 4v16M14.67 4v16",
+  album: "M4 6h16v13a1 1 0 0 1-1 1H5a1 1 0 0 1-1-1zM7 3h10M4 15l4.5-4.5 4 4 2.5-2.5 5 5",
+  pin: "M9 3h6l-1 6 4 4H6l4-4zM12 13v8",
 };
 
 export function icon(name) {

@@ -2,6 +2,7 @@
 // around its grid, the search bar's image chip, the filters, and searching by a dropped,
 // pasted or chosen image file.
 
+import { albumContext, albumFetcher, memberActions, saveButton } from "./albums.js";
 import { ApiError, api, errorBox } from "./api.js";
 import { dirname, fmtScore, h, icon, plural, thumbUrl, toast } from "./dom.js";
 import {
@@ -28,6 +29,7 @@ function fetcherFor(s) {
   if (s.view === "similar") {
     return (offset, n, signal) => api(`/api/similar/${s.id}?n=${n}&offset=${offset}`, { signal });
   }
+  if (s.view === "album") return albumFetcher(s.album);
   if (s.upload) {
     return async (offset, n, signal) => {
       const file = await uploadFile(s.upload);
@@ -58,7 +60,8 @@ function fetcherFor(s) {
 // `gen` numbers the list being shown: a response for an older one is dropped even if it
 // arrives after the newer one's (abort() covers most of these; this covers the rest).
 let gen = 0;
-export let list = { key: null, items: [], offset: 0, hasMore: false, loading: false, controller: null, fetcher: null };
+// `about` is what the last page said besides its results (an album's name and search).
+export let list = { key: null, items: [], offset: 0, hasMore: false, loading: false, controller: null, fetcher: null, about: null };
 const listCache = new Map(); // key -> snapshot, for back and forward
 const seenFolders = new Set();
 
@@ -117,6 +120,7 @@ export async function loadPage(first = false) {
     list.items = list.items.concat(page.results);
     list.offset += page.results.length;
     list.hasMore = page.has_more && page.results.length > 0;
+    list.about = { ...page, results: undefined };
     for (const hit of page.results) seenFolders.add(dirname(hit.path));
     const tiles = page.results.map((hit, i) => tile(hit, start + i));
     if (first) {
@@ -193,7 +197,7 @@ export function tile(hit, index, { showFolder = false } = {}) {
   // For telling copies apart. A folder's end matters most, so it is cut on the left (rtl),
   // kept in order by the marks.
   showFolder && h("span", { class: "folder", "aria-hidden": "true", text: `\u200e${dirname(hit.path)}\u200e` }));
-  return h("li", {}, link);
+  return h("li", { class: hit.pinned ? "pinned" : null }, link, state.view === "album" && memberActions(hit));
 }
 
 // -- what the search view says around its grid -----------------------------------------
@@ -252,6 +256,8 @@ export function renderContext() {
     facts(s.id).then((f) => {
       source.replaceChildren(h("img", { src: thumbUrl(f.thumbnail, 128), alt: "" }), " ", h("strong", { text: f.name }));
     }, () => { source.textContent = `image ${s.id}`; });
+  } else if (s.view === "album") {
+    parts.push(...albumContext(s, found, list.about));
   } else if (s.view === "search" && list.key) {
     if (found) parts.push(found);
     const filters = [];
@@ -268,6 +274,7 @@ export function renderContext() {
       parts.push(h("span", { text: "(folder, date and order filters do not apply to an uploaded image)" }));
     }
   }
+  if (s.view === "search" && found && !s.upload) parts.push(saveButton(s));
   if (found && list.key) {
     const ids = list.items.slice(0, MATRIX_IMAGES).map((x) => x.id);
     parts.push(h("a", {
@@ -451,6 +458,14 @@ document.addEventListener("paste", (e) => {
   if (!file) return; // text goes where text goes
   e.preventDefault();
   searchWithFile(file);
+});
+
+// A pin or removal changes the album's list: fetch it again, where it was scrolled to.
+events.addEventListener("album-changed", () => {
+  const y = scrollY;
+  list.key = null;
+  showList(state, { scrollTop: false });
+  requestAnimationFrame(() => scrollTo(0, y));
 });
 
 events.addEventListener("info", () => {

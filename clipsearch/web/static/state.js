@@ -21,6 +21,7 @@ export const ui = {
   main: $("main"), context: $("context"), live: $("live"), message: $("message"),
   searchView: $("search-view"), grid: $("grid"), sentinel: $("sentinel"),
   loadingMore: $("loading-more"), endNote: $("end-note"),
+  albumsView: $("albums-view"), albumList: $("album-list"),
   tagsView: $("tags-view"), tagsFilter: $("tags-filter"), tagList: $("tag-list"),
   dupsView: $("dups-view"), dupsThreshold: $("dups-threshold"), dupsCrops: $("dups-crops"), dupsValue: $("dups-threshold-value"),
   dupsList: $("dups-list"),
@@ -77,6 +78,7 @@ export const activeFilters = (s) =>
 // The identity of the list a state shows; null when it shows none.
 export function listKey(s) {
   if (s.view === "similar") return `similar:${s.id}`;
+  if (s.view === "album") return `album:${s.album}`;
   if (s.view !== "search") return null;
   if (!s.q.trim() && s.image == null && !s.upload) return null;
   const base = { q: s.q.trim(), image: s.image, upload: s.upload, tags: s.tags };

@@ -1,7 +1,7 @@
 // The page's state and its URL: every view, search and filter is a query parameter, so
 // that reloading or sharing a URL restores what it showed.
 
-const VIEWS = ["search", "similar", "tags", "duplicates", "matrix", "eval"];
+const VIEWS = ["search", "similar", "tags", "duplicates", "matrix", "eval", "albums", "album"];
 const MAX_MATRIX_IMAGES = 64; // the server's limit for /api/matrix
 const SORTS = ["score", "date", "path"];
 
@@ -9,7 +9,7 @@ export function blankState() {
   return {
     view: "search", q: "", image: null, upload: null, in: "", after: "", before: "", tags: [],
     sort: "score", id: null, open: null, threshold: null, crops: true,
-    labels: "", ids: [], folder: "", compare: false, shots: null,
+    labels: "", ids: [], folder: "", compare: false, shots: null, album: "",
   };
 }
 
@@ -38,7 +38,9 @@ export function readURL() {
   s.folder = p.get("folder") || "";
   s.compare = p.get("compare") === "1";
   s.shots = posInt(p.get("shots")) || null;
+  s.album = p.get("album") || "";
   if (s.view === "similar" && s.id == null) s.view = "search";
+  if (s.view === "album" && !s.album) s.view = "albums";
   return s;
 }
 
@@ -49,6 +51,7 @@ export function toURL(s) {
   const p = new URLSearchParams();
   if (s.view !== "search") p.set("view", s.view);
   if (s.view === "similar") p.set("id", s.id);
+  if (s.view === "album") p.set("album", s.album);
   if (s.view === "duplicates" && s.threshold) p.set("threshold", s.threshold);
   if (s.view === "duplicates" && !s.crops) p.set("crops", "0");
   if (s.view === "matrix" && s.ids.length) p.set("ids", s.ids.join(","));
