@@ -208,11 +208,11 @@ class QueryEmbedder:
         the others are decoded and encoded, together. A file that cannot be decoded raises
         :class:`QueryError`, or, given an ``unreadable`` dict, is recorded there (position ->
         reason) and gets a zero vector."""
+        items = list(images)
+        if not items:  # a text query's: no image code to load
+            return np.empty((0, 0), np.float32), [], []
         from .images import decode_image, hash_bytes, read_file
 
-        items = list(images)
-        if not items:
-            return np.empty((0, 0), np.float32), [], []
         ids: list[int | None] = []
         paths: list[str] = []
         uploads: dict[int, bytes] = {}

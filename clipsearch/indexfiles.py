@@ -17,13 +17,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import LibraryEmptyError
 from .index import DEFAULT_MEMORY_BUDGET, DEFAULT_TARGET_RECALL, IndexPlan, VectorIndex, choose_index, ivf_plan
-from .indexer import IndexProgress
 from .store import Store
+
+if TYPE_CHECKING:  # for annotations only: a search has no use for the indexer
+    from .indexer import IndexProgress
 
 # index.<G>.faiss and .json; index.<G>.<stamp>.ivfdata and .trained for an on-disk index;
 # index.v<N>.faiss from before vector files.

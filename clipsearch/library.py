@@ -27,24 +27,20 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import evaluation
 from . import precision as precisions
 from .embedding import QueryEmbedder
 from .files import writer_lock
 from .encoder import Encoder, ModelSpec
 from .errors import ArgumentError, ClassifierError, ImageError, LibraryEmptyError, PathNotFoundError
-from .cluster import RayEmbedder, RayOptions
-from .classifier import Head, example_folders, train_probe, zero_shot_head
 from .decodepool import DecodeLimits, default_workers
 from .defaults import DUPLICATE_THRESHOLD, ENGINES, ENV_DB_URL, SORT_ORDERS, library_folder
 from .duplicates import SIGNATURES, SignatureStore, find_groups, ranked_groups
 from .index import VectorIndex
 from .indexfiles import LiveIndex
-from .indexer import Indexer, IndexProgress
-from .labels import DEFAULT_TEMPLATES, LabelSet, resolve_templates
 from .albums import Albums
 from .query import Filter, Query, Term, absolute_folders, sort_hits
 from .results import (
@@ -52,10 +48,18 @@ from .results import (
     LibraryInfo, MetadataMove, OptimizeReport, Prediction, SearchHit, SimilarityMatrix, TagCount,
     TagReport, XmpReport,
 )
-from .scanner import ScanOptions, resolve_roots, scanned_part
 from .store import STATUS_INDEXED, Store
-from .thumbnails import Thumbnail
 from .tagging import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Progress, image_tags, tag_images
+
+# What only indexing, classifying and evaluating use is imported where they run: a search
+# (a process of its own, often) does not pay for loading it.
+if TYPE_CHECKING:
+    from .classifier import Head
+    from .cluster import RayEmbedder, RayOptions
+    from .indexer import IndexProgress
+    from .labels import LabelSet
+    from .scanner import ScanOptions
+    from .thumbnails import Thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +156,8 @@ class Library:
         default a Ray started on this machine) while this process scans and commits, with
         the same guarantees (``cluster.py``).
         """
+        from .scanner import ScanOptions, resolve_roots
+
         if engine not in ENGINES:
             raise ArgumentError(f"unknown engine {engine!r}", hint=f"choose one of: {', '.join(ENGINES)}")
         options = ScanOptions(include_hidden=include_hidden, follow_symlinks=follow_symlinks,
@@ -170,6 +176,8 @@ class Library:
         followed by its content (``watch`` calls this with what its events name). Paths
         outside every indexed folder are left out, and none becomes a folder of the
         library. Options as for :meth:`index`."""
+        from .scanner import ScanOptions, scanned_part
+
         options = ScanOptions(include_hidden=include_hidden, follow_symlinks=follow_symlinks, excludes=tuple(exclude))
         inside = scanned_part(paths, [Path(r) for r in self.store.roots()], options)
         if not inside:
@@ -195,6 +203,9 @@ class Library:
     def _run(self, roots: list[Path], options: ScanOptions, batch_size, progress, retry_errors, limits, workers,
              precision, engine, ray, require_images: bool = True) -> IndexReport:
         """An index run over ``roots``, the writer lock held."""
+        from .cluster import RayOptions
+        from .indexer import Indexer
+
         want = precisions.requested(precision)
         self._embedder.default_model()
         if self.store.model_identity() is not None:
@@ -218,6 +229,8 @@ class Library:
         return report
 
     def _ray_embedder(self, want: str, options: RayOptions, limits: DecodeLimits) -> RayEmbedder:
+        from .cluster import RayEmbedder
+
         device, recorded = "cuda" if options.gpus_per_worker > 0 else "cpu", self._embedder.precisions()
         chosen = precisions.unchecked(want, recorded, device)
         if chosen == "int8":
@@ -409,6 +422,9 @@ class Library:
         if (labels is None) == (classifier is None):
             raise ClassifierError("give either a label set or a trained classifier",
                                   hint="[[labels=SET_OR_FILE]], or [[classifier=NAME]]")
+        from .classifier import zero_shot_head
+        from .labels import DEFAULT_TEMPLATES, LabelSet, resolve_templates
+
         if classifier is not None:
             return self._classifier_head(classifier)
         label_set = labels if isinstance(labels, LabelSet) else LabelSet.load(labels)
@@ -506,6 +522,9 @@ class Library:
         name = name.strip()
         if not name or len(name) > 128:
             raise ClassifierError("a classifier needs a name of 1 to 128 characters")
+        from .classifier import example_folders, train_probe
+        from .labels import LabelSet
+
         classes = example_folders(examples)
         label_set = LabelSet.of_examples(name, classes, labels)
         head = self.head(label_set, templates=templates, progress=progress)
@@ -531,6 +550,10 @@ class Library:
         ``few_shot`` K adds K-shot probes (1, 2, 4, ... K) against zero-shot. With
         ``roots_only``, only files that lie inside the indexed folders once symlinks are
         resolved are read (what a web request may read)."""
+        from . import evaluation
+        from .classifier import example_folders
+        from .labels import DEFAULT_TEMPLATES, LabelSet, resolve_templates
+
         classes = example_folders(examples, keep=(lambda p: self._within_roots(p, default_root=False) is not None)
                                   if roots_only else None)
         if classifier is not None:
@@ -590,6 +613,8 @@ class Library:
             raise ClassifierError(f"no classifier called {name!r}", hint="see `clipsearch classifier list`")
 
     def _classifier_head(self, name: str) -> Head:
+        from .classifier import Head
+
         row = self.store.classifier(name)
         if row is None:
             known = ", ".join(r.name for r in self.store.classifiers()) or "none yet"

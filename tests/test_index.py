@@ -110,6 +110,25 @@ def test_a_saved_index_catches_up_with_rows_written_after_it(tmp_path, data):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.1.faiss", "index.1.json", "vectors.1.f16"]
 
 
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: p.factory)
+def test_a_loaded_index_takes_new_rows(tmp_path, data, plan):
+    """A loaded index maps its file's vectors (FAISS cannot add to those): a process that
+    loaded it and then writes, or takes in another's rows, still adds them, and the file
+    it was loaded from stays as it was."""
+    x, _ = data
+    vi = build(tmp_path, plan, x[:3000])
+    vi.save(tmp_path / "index.1.faiss")
+    saved = (tmp_path / "index.1.faiss").read_bytes()
+    rows = np.arange(3000)
+    loaded = VectorIndex.load(tmp_path / "index.1.faiss", VectorFile(tmp_path, 1, 32), rows + 1000, rows)
+    new = loaded.file.append(x[3000:3100])
+    loaded.assign(new + 1000, new)
+    assert loaded.ntotal == 3100
+    _, I = loaded.search(x[3050], 1)
+    assert I[0, 0] == 1000 + new[50]
+    assert (tmp_path / "index.1.faiss").read_bytes() == saved
+
+
 @pytest.mark.parametrize("plan", [PLANS[0], PLANS[1]], ids=lambda p: p.factory)
 @pytest.mark.parametrize("exact_limit", [50_000, 10])  # exact over the subset, or through a selector
 def test_a_selective_filter_returns_the_true_top_hits(tmp_path, data, plan, exact_limit, monkeypatch):

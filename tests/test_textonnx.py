@@ -136,3 +136,23 @@ def test_a_stale_export_falls_back_to_torch(tmp_path, demo_export, demo_images, 
         embedder = QueryEmbedder(lib.root, lib.store)
         assert embedder.text_encoder() is embedder.encoder  # not the export made for another model
         assert lib.search("a red circle", k=1)
+
+
+# What a search never runs: library.py imports these where they are used.
+_NOT_FOR_SEARCH = ("torch", "clipsearch.indexer", "clipsearch.scanner", "clipsearch.images", "clipsearch.evaluation",
+                   "clipsearch.cluster", "clipsearch.thumbnails")
+
+
+def test_a_cold_text_search_loads_no_indexing_or_evaluation_code(tmp_path, monkeypatch, demo_images):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("CLIPSEARCH_TEXT_ONNX", "1")
+    with Library.open(tmp_path / "lib", model="demo") as lib:
+        lib.index([demo_images[0].parent])
+    code = ("import sys\nsys.argv = ['clipsearch', 'search', 'a red circle', '-L', %r, '--no-service']\n"
+            "from clipsearch.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(sorted(m for m in %r if m in sys.modules))" % (str(tmp_path / "lib"), _NOT_FOR_SEARCH))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
