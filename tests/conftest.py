@@ -88,6 +88,10 @@ def serving(library: Path, *args: str):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            # A killed server cannot remove its query socket, and a socket left in a shared
+            # library (demo_library) makes every later copy of it fail.
+            proc.wait()
+            (Path(library) / "query.sock").unlink(missing_ok=True)
 
 
 class FakeEncoder:

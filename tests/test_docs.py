@@ -39,6 +39,7 @@ def _public_types() -> set[str]:
     import types
     import typing
 
+    import clipsearch
     from clipsearch import errors, results
     from clipsearch.library import Library
 
@@ -55,11 +56,14 @@ def _public_types() -> set[str]:
                 for field_type in typing.get_type_hints(annotation).values():
                     visit(field_type)
 
+    public = {name: getattr(clipsearch, name) for name in clipsearch.__all__}
     for name, member in inspect.getmembers(Library):
         if name.startswith("_"):
             continue
         function = member.fget if isinstance(member, property) else member
-        for annotation in typing.get_type_hints(function).values():
+        # library.py imports some of the types it names only for type checkers (a search
+        # must not load them): they are resolved from the package, where a public one is.
+        for annotation in typing.get_type_hints(function, localns=public).values():
             visit(annotation)
     for module in (errors, results):
         found |= {c for _, c in inspect.getmembers(module, inspect.isclass)
