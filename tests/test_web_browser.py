@@ -43,7 +43,8 @@ def library(demo_library, demo_images, tmp_path_factory) -> Path:
     from clipsearch import Library
 
     root = tmp_path_factory.mktemp("web") / "library"
-    shutil.copytree(demo_library, root)
+    # Not a query socket that a server of demo_library in an earlier test left behind.
+    shutil.copytree(demo_library, root, ignore=shutil.ignore_patterns("query.sock"))
     with Library.open(root) as lib:
         for path in demo_images:
             colour = path.name.split("_")[0]
