@@ -237,7 +237,5 @@ class Albums:
         from . import xmp
 
         album = self.get(name)
-        if style not in xmp.STYLES:
-            raise ArgumentError(f"unknown sidecar style {style!r}", hint=f"choose one of: {', '.join(xmp.STYLES)}")
         return xmp.write_keywords((ImageTag(m.id, m.path, album.name, m.score, XMP_SOURCE, album.name,
                                             album.created_at) for m in album.members), style, dry_run)

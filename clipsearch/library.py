@@ -507,8 +507,6 @@ class Library:
         merged into an existing sidecar without disturbing it (see ``xmp.py``)."""
         from . import xmp
 
-        if style not in xmp.STYLES:
-            raise ArgumentError(f"unknown sidecar style {style!r}", hint=f"choose one of: {', '.join(xmp.STYLES)}")
         return xmp.write_keywords(self.image_tags(folders), style, dry_run)
 
     def train_classifier(self, name: str, examples: str | os.PathLike,

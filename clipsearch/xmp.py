@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from .errors import ArgumentError
 from .files import write_atomic
 from .results import FileError, ImageTag, XmpReport
 
@@ -76,6 +77,8 @@ def merge(text: str | None, new: list[str]) -> tuple[str | None, list[str]]:
 def write_keywords(tags: Iterable[ImageTag], style: str = "default", dry_run: bool = False) -> XmpReport:
     """Merge each image's tag labels into its sidecar as keywords; a sidecar that cannot be
     merged safely is left as it is and reported."""
+    if style not in STYLES:  # checked before any sidecar is written, for every caller
+        raise ArgumentError(f"unknown sidecar style {style!r}", hint=f"choose one of: {', '.join(STYLES)}")
     report = XmpReport(dry_run=dry_run)
     by_path: dict[str, list[str]] = {}
     for t in tags:

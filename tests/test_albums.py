@@ -136,6 +136,10 @@ def test_album_errors_are_clear(tmp_path, photos):
             lib.albums.create("s", Query.build("red"), sort="colour")
         with pytest.raises(PathNotFoundError):
             lib.albums.pin("red", [tmp_path / "not-indexed.jpg"])
+        for write in (lambda: lib.albums.write_xmp("red", "bogus"), lambda: lib.write_xmp(style="bogus")):
+            with pytest.raises(ArgumentError, match="unknown sidecar style 'bogus'"):
+                write()
+        assert not list(photos.glob("*.xmp"))  # refused before any sidecar was written
         lib.albums.delete("red")
         assert lib.albums.all() == []
 
