@@ -110,17 +110,39 @@ def _sqlite_opener(path: Path):
     return connect
 
 
+_BUSY_MS = 10_000  # how long a connection waits for another's write before it gives up
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
-    # WAL lets searches read a consistent snapshot while an index run writes.
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+    _into_wal(cur)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
     # Up to 64 MB of page cache (the default is 2 MB): writing a million tags, or looking up
     # a large library's rows, stays in memory instead of re-reading B-tree pages.
     cur.execute("PRAGMA cache_size=-65536")
     cur.close()
+
+
+def _into_wal(cur) -> None:
+    """WAL mode, which lets searches read a consistent snapshot while an index run writes.
+    Two processes that open a new library at once both convert its new file, and SQLite
+    refuses one of them at once ("database is locked") rather than wait, whatever the busy
+    timeout, since each holds a lock the other needs. Tried again, the file is WAL already
+    and the statement only reads."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + _BUSY_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def unusable(url: URL, exc: Exception) -> LibraryError:

@@ -134,5 +134,5 @@ def test_search_while_indexing_and_a_second_writer_is_refused(large_images, tmp_
                 os.killpg(w.pid, signal.SIGKILL)
     assert searches >= 2
     assert sorted(w.returncode for w in writers) == [0, 1], errors
-    assert any("another clipsearch process is writing" in e for e in errors)
+    assert any("another clipsearch process is writing" in e for e in errors), errors
     assert assert_consistent(lib) == 120

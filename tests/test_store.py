@@ -8,6 +8,7 @@ run on SQLite only.
 """
 
 import sqlite3
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -65,6 +66,36 @@ def test_the_schema_head_is_alembics_and_an_up_to_date_library_opens_without_ale
 def test_sqlite_runs_in_wal_mode(tmp_path):
     Store(tmp_path).close()
     assert sqlite3.connect(tmp_path / "library.db").execute("pragma journal_mode").fetchone()[0] == "wal"
+
+
+def test_connections_that_open_a_new_database_at_once_all_succeed(tmp_path):
+    # SQLite refuses one of two connections that convert a new file to WAL at the same
+    # moment, at once and whatever the busy timeout: two `index` runs started together on a
+    # new library failed one of them with "database is locked" instead of the lock message.
+    from clipsearch import database
+
+    rounds, width, failures = 150, 4, []
+    for r in range(rounds):
+        path = tmp_path / f"{r}.db"
+        start = threading.Barrier(width)
+
+        def connect():
+            conn = sqlite3.connect(path, check_same_thread=False)
+            try:
+                start.wait()
+                database._sqlite_pragmas(conn, None)  # what each new connection of a library runs
+                failures.append(conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal")
+            except Exception as exc:  # noqa: BLE001 - what failed is the assertion's message
+                failures.append(repr(exc))
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=connect) for _ in range(width)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == [False] * rounds * width, [f for f in failures if f is not False]
 
 
 def test_newer_schema_is_refused_with_a_clear_error(tmp_path, backend):
