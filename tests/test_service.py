@@ -11,6 +11,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,24 @@ def test_watch_serves_queries_too(library_copy, served, tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0 and not (library_copy / SOCKET).exists()
+
+
+def test_serve_stopped_with_sigterm_removes_its_socket(library_copy):
+    # SIGTERM is how a service manager stops a server; uvicorn raises it again after its
+    # shutdown, and with the default handler the process died before removing the socket.
+    proc = subprocess.Popen([sys.executable, "-m", "clipsearch.cli", "serve", "--port", "0", "-L", str(library_copy)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("clipsearch serving ")
+        deadline = time.monotonic() + 60
+        while not (library_copy / SOCKET).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # it listens just after the line is printed
+        assert stat.S_ISSOCK((library_copy / SOCKET).lstat().st_mode)
+        proc.terminate()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, proc.stderr.read()
+    assert not (library_copy / SOCKET).exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import threading
 import time
 from contextlib import contextmanager
@@ -81,12 +82,18 @@ def serve(
         from ..service import QueryService
 
         with _watching(lib, watch), QueryService(lib.root, functools.partial(run_served, lib)).running():
+            # uvicorn shuts down on SIGTERM (a service manager's stop) as on Ctrl-C, then
+            # raises the signal again; as an interrupt, not the default handler's instant
+            # exit, it lets the query socket be removed and the watcher stop on the way out.
+            previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
             try:
                 uvicorn.Server(config).run(sockets=[sock])
             except KeyboardInterrupt:
                 # Ctrl-C is how a server is stopped: uvicorn has shut down (and raises the
                 # signal again once it has), and there is nothing to resume.
                 pass
+            finally:
+                signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
