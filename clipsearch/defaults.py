@@ -26,6 +26,10 @@ DUPLICATE_THRESHOLD = 0.995
 # 0.88-0.9996 against their original on the demo model, 1% of them below 0.9.
 CROP_CANDIDATE = 0.9
 
+# tag: a label is kept from this score, and at most this many per image (None: all).
+TAG_THRESHOLD = 0.1
+TAG_TOP_K = 5
+
 
 def default_library_dir() -> Path:
     """``$CLIPSEARCH_LIBRARY``, else a per-user data folder."""

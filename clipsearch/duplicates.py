@@ -34,8 +34,7 @@ from .decodepool import DecodeLimits, DecodePool, Decoded, default_workers
 from .files import write_atomic
 from .index import VectorIndex
 from .store import STATUS_INDEXED, ImageRow, Store
-from .results import DuplicateGroup, SearchHit
-from .tagging import Progress
+from .results import DuplicateGroup, Progress, SearchHit
 
 # Vectors this alike are the same picture to the model's precision (float16 storage).
 IDENTICAL = 1 - 1e-6

@@ -36,25 +36,23 @@ from .embedding import QueryEmbedder
 from .files import writer_lock
 from .encoder import Encoder, ModelSpec
 from .errors import ArgumentError, ClassifierError, ImageError, LibraryEmptyError, PathNotFoundError
-from .decodepool import DecodeLimits, default_workers
-from .defaults import DUPLICATE_THRESHOLD, ENGINES, ENV_DB_URL, SORT_ORDERS, library_folder
-from .duplicates import SIGNATURES, SignatureStore, find_groups, ranked_groups
+from .defaults import DUPLICATE_THRESHOLD, ENGINES, ENV_DB_URL, SORT_ORDERS, TAG_THRESHOLD, TAG_TOP_K, library_folder
 from .index import VectorIndex
 from .indexfiles import LiveIndex
-from .albums import Albums
 from .query import Filter, Query, Term, absolute_folders, sort_hits
 from .results import (
     Classification, ClassifierReport, DuplicateGroup, Evaluation, FileError, ImageInfo, ImageTag, IndexReport,
-    LibraryInfo, MetadataMove, OptimizeReport, Prediction, SearchHit, SimilarityMatrix, TagCount,
+    LibraryInfo, MetadataMove, OptimizeReport, Prediction, Progress, SearchHit, SimilarityMatrix, TagCount,
     TagReport, XmpReport,
 )
 from .store import STATUS_INDEXED, Store
-from .tagging import DEFAULT_THRESHOLD, DEFAULT_TOP_K, Progress, image_tags, tag_images
 
 # What only indexing, classifying and evaluating use is imported where they run: a search
 # (a process of its own, often) does not pay for loading it.
 if TYPE_CHECKING:
+    from .albums import Albums
     from .classifier import Head
+    from .decodepool import DecodeLimits
     from .cluster import RayEmbedder, RayOptions
     from .indexer import IndexProgress
     from .labels import LabelSet
@@ -139,7 +137,7 @@ class Library:
     def index(self, paths: Iterable[str | os.PathLike], *, batch_size: int | None = None,
               progress: IndexProgress | None = None, retry_errors: bool = False,
               exclude: Iterable[str] = (), include_hidden: bool = False,
-              follow_symlinks: bool = False, limits: DecodeLimits = DecodeLimits(),
+              follow_symlinks: bool = False, limits: DecodeLimits | None = None,
               workers: int | None = None, precision: str | None = None, engine: str = "local",
               ray: RayOptions | None = None) -> IndexReport:
         """Add new and changed images under ``paths``, follow moved ones, forget deleted ones.
@@ -170,7 +168,7 @@ class Library:
 
     def update(self, paths: Iterable[str | os.PathLike], *, progress: IndexProgress | None = None,
                exclude: Iterable[str] = (), include_hidden: bool = False, follow_symlinks: bool = False,
-               limits: DecodeLimits = DecodeLimits(), workers: int | None = None) -> IndexReport:
+               limits: DecodeLimits | None = None, workers: int | None = None) -> IndexReport:
         """Bring ``paths``, files and folders inside the indexed folders, up to date: what
         appeared, changed or vanished there, a file or folder moved from one to another
         followed by its content (``watch`` calls this with what its events name). Paths
@@ -204,8 +202,11 @@ class Library:
              precision, engine, ray, require_images: bool = True) -> IndexReport:
         """An index run over ``roots``, the writer lock held."""
         from .cluster import RayOptions
+        from .decodepool import DecodeLimits, default_workers
+        from .duplicates import SIGNATURES, SignatureStore
         from .indexer import Indexer
 
+        limits = limits or DecodeLimits()
         want = precisions.requested(precision)
         self._embedder.default_model()
         if self.store.model_identity() is not None:
@@ -306,6 +307,8 @@ class Library:
     @property
     def albums(self) -> Albums:
         """The library's saved searches, whose members follow it (``albums.py``)."""
+        from .albums import Albums
+
         return Albums(self)
 
     def similar(self, image: str | os.PathLike | int, k: int = 10) -> list[SearchHit]:
@@ -327,6 +330,8 @@ class Library:
         """
         if not 0 < threshold <= 1:
             raise ArgumentError(f"the threshold is a cosine similarity in (0, 1], not {threshold}")
+        from .duplicates import find_groups, ranked_groups
+
         found = find_groups(self.store, self.vectors, self.root, threshold, neighbours, crops, progress)
         return ranked_groups(found, self._hits)
 
@@ -456,7 +461,7 @@ class Library:
         return out
 
     def tag(self, labels: str | os.PathLike | LabelSet | None = None, *, templates: Iterable[str] = (),
-            classifier: str | None = None, threshold: float = DEFAULT_THRESHOLD, top_k: int | None = DEFAULT_TOP_K,
+            classifier: str | None = None, threshold: float = TAG_THRESHOLD, top_k: int | None = TAG_TOP_K,
             min_cosine: float | None = None, folders: Iterable[str | os.PathLike] = (), dry_run: bool = False,
             progress: Progress | None = None) -> TagReport:
         """Tag the library's images (those under ``folders``, if given) from their stored
@@ -466,6 +471,8 @@ class Library:
             raise ArgumentError(f"the threshold is a probability in [0, 1], not {threshold}")
         if top_k is not None and top_k < 1:
             raise ArgumentError(f"[[top_k]] must be at least 1, not {top_k}")
+        from .tagging import tag_images
+
         if self.store.model_identity() is None:
             raise LibraryEmptyError.at(self.root)
         started = time.perf_counter()
@@ -499,6 +506,8 @@ class Library:
 
     def image_tags(self, folders: Iterable[str | os.PathLike] = ()) -> list[ImageTag]:
         """Every tag of every image (under ``folders``), manual removals applied."""
+        from .tagging import image_tags
+
         return image_tags(self.store, absolute_folders(folders))
 
     def write_xmp(self, folders: Iterable[str | os.PathLike] = (), style: str = "default",
@@ -661,6 +670,8 @@ class Library:
                               time.perf_counter() - started, built.on_disk)
 
     def info(self) -> LibraryInfo:
+        from .duplicates import SIGNATURES, SignatureStore
+
         counts = self.store.counts()
         identity = self.store.model_identity()
         vectors = self.vectors if identity else None

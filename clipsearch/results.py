@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+
+# How far a long run got, told as (stage, done, total): tagging, classifying, duplicates.
+Progress = Callable[[str, int, int], None]
 
 
 class _Record:

@@ -19,7 +19,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from queue import Full, Queue
@@ -27,17 +27,13 @@ from queue import Full, Queue
 import numpy as np
 
 from .classifier import Head, Predictions, iter_blocks
-from .results import ImageTag, TagReport
+from .defaults import TAG_THRESHOLD, TAG_TOP_K
+from .results import ImageTag, Progress, TagReport
 from .store import Store
 
 BLOCK = 4096  # images per block: a 1000-label block of logits is 16 MB, reused
-DEFAULT_THRESHOLD = 0.1
-DEFAULT_TOP_K = 5
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
-
-
-def tag_images(store: Store, head: Head, *, threshold: float = DEFAULT_THRESHOLD, top_k: int | None = DEFAULT_TOP_K,
+def tag_images(store: Store, head: Head, *, threshold: float = TAG_THRESHOLD, top_k: int | None = TAG_TOP_K,
                min_cosine: float | None = None, folders: Sequence[str] = (), dry_run: bool = False,
                progress: Progress | None = None) -> TagReport:
     """Tag the indexed images under ``folders`` (all if none) with ``head``; see the module docstring."""
