@@ -596,6 +596,28 @@ class VectorIndex:
         write_atomic(path, faiss.serialize_index(self._index).tobytes())
         write_atomic(path.with_suffix(".json"), json.dumps(asdict(self.facts), indent=1).encode())
 
+    def save_ids(self, path: Path, stamp: tuple[int, int]) -> None:
+        """Write which image each row holds, as of ``stamp`` (the vector version and
+        generation, ``Store.vector_state``), beside the index saved at ``path``."""
+        with self.lock.reading():
+            data = np.asarray(stamp, np.int64).tobytes() + self._labels.astype("<i8").tobytes()
+        write_atomic(Path(path).with_suffix(".ids"), data)
+
+    @staticmethod
+    def saved_ids(path: Path, stamp: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(ids, rows)`` as :meth:`save_ids` wrote them beside ``path``, if at ``stamp``:
+        the database has changed no vector since, so they are what it would answer. A cold
+        query reads them, not every image's row from the database (0.035 s for 100k)."""
+        try:
+            raw = np.fromfile(Path(path).with_suffix(".ids"), "<i8")
+        except (OSError, ValueError):
+            return None
+        if len(raw) < 2 or (int(raw[0]), int(raw[1])) != tuple(stamp):
+            return None
+        labels = raw[2:].astype(np.int64)
+        rows = np.flatnonzero(labels >= 0)
+        return labels[rows], rows
+
     @classmethod
     def load(cls, path: Path, vectors: VectorFile, ids: np.ndarray, rows: np.ndarray) -> "VectorIndex":
         """Load a saved index; rows appended since it was saved are added now."""

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # for annotations only: a search has no use for the indexer
 
 # index.<G>.faiss and .json; index.<G>.<stamp>.ivfdata and .trained for an on-disk index;
 # index.v<N>.faiss from before vector files.
-_INDEX_FILE = re.compile(r"^index\.v?\d+(\.\d+)?\.(faiss|json|ivfdata|trained)$")
+_INDEX_FILE = re.compile(r"^index\.v?\d+(\.\d+)?\.(faiss|json|ids|ivfdata|trained)$")
 # An on-disk index is rebuilt once the rows added since its lists were written (held in
 # memory) reach this share of them.
 _DELTA_SHARE = 0.2
@@ -122,10 +122,13 @@ class LiveIndex:
         return dropped
 
     def save(self) -> None:
+        """Write the index, and which image each of its rows holds: by a writer, under the
+        writer lock, so the database's vector state is the one the index reflects."""
         path = self.path
         vectors = self.current
         vectors.save(path)
-        keep = {path.name, path.with_suffix(".json").name}
+        vectors.save_ids(path, self.store.vector_state())
+        keep = {path.name, path.with_suffix(".json").name, path.with_suffix(".ids").name}
         if vectors.on_disk:
             keep |= {f"{vectors.facts.on_disk}.ivfdata", f"{vectors.facts.on_disk}.trained"}
         for p in self.root.iterdir():
@@ -141,9 +144,9 @@ class LiveIndex:
     def _refresh(self) -> VectorIndex:
         if self.store.model_identity() is None:
             raise LibraryEmptyError.at(self.root)
-        ids, rows, version = self.store.live()
         file = self.store.vector_file()
         if self._vectors is not None and self._vectors.file.generation == file.generation:
+            ids, rows, version = self.store.live()
             # Another process indexed since we looked: take its rows, forget what it removed,
             # in one step as far as searches in other threads can tell.
             with self._vectors.lock.writing():
@@ -151,6 +154,9 @@ class LiveIndex:
                 self._vectors.assign(ids, rows)
         else:
             path = self.path
+            state = self.store.vector_state()
+            saved = VectorIndex.saved_ids(path, state) if state[1] == file.generation else None
+            ids, rows, version = (*saved, state[0]) if saved is not None else self.store.live()
             try:
                 self._vectors = VectorIndex.load(path, file, ids, rows) if path.exists() else None
             except (OSError, RuntimeError, ValueError):  # damaged, or replaced as we read: rebuild

@@ -187,6 +187,32 @@ def test_a_file_that_vanishes_mid_run_is_recorded_and_the_run_goes_on(tmp_path, 
         assert report.added == 2 and lib.info().images == 2
 
 
+def test_a_new_process_takes_the_saved_row_map_until_the_database_has_changed(tmp_path, fake_encoder, monkeypatch):
+    from clipsearch.store import Store
+
+    paths = make_images(tmp_path / "photos")
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        lib.index([tmp_path / "photos"])
+    [ids] = (tmp_path / "lib").glob("index.*.ids")
+    as_saved = ids.read_bytes()
+    reads = []
+    real = Store.live
+    monkeypatch.setattr(Store, "live", lambda self, *a, **k: reads.append(1) or real(self, *a, **k))
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        assert lib.search(image=paths["blue"], k=1, include_query_images=True)[0].path == str(paths["blue"])
+    assert reads == []  # which image each row holds came with the index
+    # A run that committed a change and was stopped before it saved the index (as here,
+    # where the map it saved is put back): the map's stamp is old, so the database is read.
+    paths["red"].unlink()
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:
+        assert lib.index([tmp_path / "photos"]).removed == 1
+    ids.write_bytes(as_saved)
+    reads.clear()
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        found = [Path(h.path).name for h in lib.search(text="red", k=10)]
+    assert reads and "red.png" not in found and len(found) == len(COLOURS) - 1
+
+
 def test_a_damaged_faiss_file_is_rebuilt_not_fatal(tmp_path, fake_encoder):
     paths = make_images(tmp_path / "photos")
     with Library.open(tmp_path / "lib", encoder=fake_encoder) as lib:

@@ -81,7 +81,7 @@ def test_a_library_goes_on_disk_and_back(tmp_path):
         assert report.on_disk and report.index_type.startswith("OPQ") and report.recall_at_10 >= 0.9
         assert lib.info().index_on_disk
         files = sorted(p.suffix for p in (tmp_path / "lib").glob("index.*"))
-        assert files == [".faiss", ".ivfdata", ".json", ".trained"]
+        assert files == [".faiss", ".ids", ".ivfdata", ".json", ".trained"]
         probe = sorted(photos.iterdir())[123]
         assert lib.search(image=probe, k=1, include_query_images=True)[0].path == str(probe)
     for i in range(10_100, 10_150):  # a later run: rows go to the delta

@@ -53,7 +53,8 @@ def test_optimize_and_deletions_under_an_approximate_index_with_the_demo_model(t
         assert (report.dropped, report.memory_budget, report.target_recall) == (len(red), 10_000, 0.9)
         assert lib.info().dead_vectors == 0 and lib.info().vectors == 48 - len(red)
         assert sorted(p.name for p in (tmp_path / "lib").glob("*.f16")) == ["vectors.2.f16"]
-        assert sorted(p.name for p in (tmp_path / "lib").glob("index.*")) == ["index.2.faiss", "index.2.json"]
+        assert sorted(p.name for p in (tmp_path / "lib").glob("index.*")) == [
+            "index.2.faiss", "index.2.ids", "index.2.json"]
         assert [label(h.path) for h in lib.search(text="a blue square", k=1)] == ["blue_square"]
         with pytest.raises(ArgumentError, match="recall target"):
             lib.optimize(target_recall=1.5)
