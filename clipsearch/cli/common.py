@@ -8,6 +8,7 @@ and exit code 1; usage errors exit with 2.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
@@ -40,6 +41,11 @@ class _ReadableHelp:
             if getattr(param, "is_flag", False):
                 param.metavar = ""
             elif param.param_type_name == "argument" and param.metavar:
+                # typer up to 0.28 shows an argument's type as its type's metavar (the
+                # type copied, as click shares one per kind), from 0.29 as display_type_rich.
+                if hasattr(param, "type"):
+                    param.type = copy.copy(param.type)
+                    param.type.get_metavar = lambda *args, **kwargs: ""
                 param.display_type_rich = lambda ctx: None
         return super().format_help(ctx, formatter)
 
