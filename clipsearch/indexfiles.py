@@ -55,7 +55,10 @@ class LiveIndex:
 
     @property
     def path(self) -> Path:
-        return self.root / f"index.{self.store.generation()}.faiss"
+        return self._path(self.store.generation())
+
+    def _path(self, generation: int) -> Path:
+        return self.root / f"index.{generation}.faiss"
 
     @property
     def current(self) -> VectorIndex:
@@ -153,7 +156,7 @@ class LiveIndex:
                 self._vectors.remove(np.setdiff1d(self._vectors.ids(), ids))
                 self._vectors.assign(ids, rows)
         else:
-            path = self.path
+            path = self._path(file.generation)  # not self.path: one query less on a cold search
             state = self.store.vector_state()
             saved = VectorIndex.saved_ids(path, state) if state[1] == file.generation else None
             ids, rows, version = (*saved, state[0]) if saved is not None else self.store.live()

@@ -33,6 +33,7 @@ from .store import Store
 
 BLOCK = 4096  # images per block: a 1000-label block of logits is 16 MB, reused
 
+
 def tag_images(store: Store, head: Head, *, threshold: float = TAG_THRESHOLD, top_k: int | None = TAG_TOP_K,
                min_cosine: float | None = None, folders: Sequence[str] = (), dry_run: bool = False,
                progress: Progress | None = None) -> TagReport:
