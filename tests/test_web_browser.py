@@ -657,6 +657,12 @@ def test_albums_save_a_search_browse_pin_and_remove(page, server, tmp_path_facto
     wait_for_results(page, 6)
     page.get_by_role("button", name="Save as album").click()
     page.get_by_label("Album name").fill("red things")
+    # The context line is drawn again as each page of results arrives: the open form, what
+    # was typed in it and its focus outlive that.
+    page.evaluate("import('/static/search.js').then((m) => m.renderContext())")
+    expect(page.get_by_label("Album name")).to_have_value("red things")
+    expect(page.get_by_label("Album name")).to_be_focused()
+    expect(page.get_by_role("button", name="Save as album")).to_be_hidden()
     page.get_by_role("button", name="Save", exact=True).click()
     # The saved album opens: the same images as the search, with its search above them.
     expect(page.locator("#context")).to_contain_text("red things")

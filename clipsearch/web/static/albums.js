@@ -5,7 +5,7 @@
 
 import { api, errorBox, postJSON } from "./api.js";
 import { h, icon, plural, toast } from "./dom.js";
-import { events, navigate, state, ui } from "./state.js";
+import { events, listKey, navigate, state, ui } from "./state.js";
 import { toURL } from "./url.js";
 
 const path = (name) => `/api/albums/${encodeURIComponent(name)}`;
@@ -96,27 +96,42 @@ export function memberActions(hit) {
 }
 
 // "Save as album" on a search's context line: a name, then the search as the API takes it.
+// The context line is drawn again as each page of results arrives: a form opened for this
+// search stays open, with what was typed and the focus, instead of closing under the user.
+let draft = null; // { key, name } of the open form
+
 export function saveButton(s) {
-  const form = h("form", { class: "inline-form save-album", hidden: true },
+  const key = listKey(s);
+  const open = draft?.key === key;
+  const refocus = open && document.activeElement?.matches?.(".save-album input");
+  const form = h("form", { class: "inline-form save-album", hidden: !open },
     h("input", { type: "text", name: "name", required: true, maxlength: 200, pattern: "[^\\x2F\\x5C]+",
-                 placeholder: "Album name", "aria-label": "Album name", value: s.q.trim() }),
+                 placeholder: "Album name", "aria-label": "Album name", value: open ? draft.name : s.q.trim() }),
     h("button", { type: "submit", class: "button primary", text: "Save" }));
+  const input = form.elements.name;
+  input.addEventListener("input", () => { if (draft?.key === key) draft.name = input.value; });
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
-    const name = form.elements.name.value.trim();
+    const name = input.value.trim();
     const body = { name, ...(s.q.trim() ? { text: s.q.trim() } : {}), ...(s.image != null ? { images: [s.image] } : {}),
                    ...(s.in ? { in: [s.in] } : {}), ...(s.after ? { after: s.after } : {}),
                    ...(s.before ? { before: s.before } : {}), ...(s.tags.length ? { tag: s.tags } : {}), sort: s.sort };
     try {
       const album = await postJSON("/api/albums", body);
+      draft = null;
       toast(`Saved the album ${album.name}: ${plural(album.members, "image")}`);
       navigate({ view: "album", album: album.name, open: null });
     } catch (err) {
       toast(`Could not save the album: ${err.message}${err.hint ? ` (${err.hint})` : ""}`);
     }
   });
-  const button = h("button", { type: "button", class: "chip", title: "Save this search as an album that follows the library",
-                               onclick: () => { button.hidden = true; form.hidden = false; form.elements.name.focus(); } },
+  const button = h("button", { type: "button", class: "chip", hidden: open,
+                               title: "Save this search as an album that follows the library",
+                               onclick: () => {
+                                 draft = { key, name: input.value };
+                                 button.hidden = true; form.hidden = false; input.focus();
+                               } },
     icon("album"), "Save as album");
+  if (refocus) requestAnimationFrame(() => input.focus());
   return h("span", { class: "save-album-box" }, button, form);
 }
