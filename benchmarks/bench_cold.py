@@ -16,7 +16,7 @@ each in a fresh process, interleaved, ``--runs`` times:
 * ``clipsearch --help``.
 
 It prints the medians and the ratios to import torch. Targets on the 2-core CPU
-machine: cold search <= 1.2 s, with the service <= 0.3 s, --help <= 0.3 s.
+machine: cold search <= 0.45 of import torch, with the service <= 0.3 s, --help <= 0.3 s.
 """
 
 from __future__ import annotations

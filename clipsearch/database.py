@@ -20,12 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-
-from sqlalchemy import URL, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import ArgumentError
+from typing import TYPE_CHECKING
 
 from .errors import LibraryEmptyError, LibraryError, SchemaTooNewError
 from .files import exclusive_lock, write_atomic
+
+if TYPE_CHECKING:  # imported where used: a search on a SQLite library does without SQLAlchemy
+    from sqlalchemy import URL, Engine
 
 DB_FILE = "library.db"
 LINK_FILE = "database.json"
@@ -46,11 +47,16 @@ class Link:
 
 
 def sqlite_url(folder: Path) -> URL:
+    from sqlalchemy import URL
+
     return URL.create("sqlite", database=str(folder / DB_FILE))
 
 
 def parse_url(url: str) -> URL:
     """A PostgreSQL URL, for the psycopg (3) driver: ``postgresql://`` and ``postgres://`` mean it too."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -75,9 +81,11 @@ def is_sqlite(url: URL) -> bool:
 
 
 def engine(url: URL) -> Engine:
+    from sqlalchemy import create_engine, event
+
     if is_sqlite(url):
         eng = create_engine(url, creator=_sqlite_opener(Path(url.database)))
-        event.listen(eng, "connect", _sqlite_pragmas)
+        event.listen(eng, "connect", sqlite_pragmas)
         return eng
     # A dead server fails in seconds, not after the system's TCP timeout; the URL may say otherwise.
     args = {k: v for k, v in (("connect_timeout", 10), ("application_name", "clipsearch")) if k not in url.query}
@@ -113,7 +121,8 @@ def _sqlite_opener(path: Path):
 _BUSY_MS = 10_000  # how long a connection waits for another's write before it gives up
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def sqlite_pragmas(dbapi_conn, _record=None) -> None:
+    """What every connection to a library's SQLite file sets first (``_record``: SQLAlchemy's)."""
     cur = dbapi_conn.cursor()
     cur.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
     _into_wal(cur)
@@ -157,10 +166,10 @@ def unusable(url: URL, exc: Exception) -> LibraryError:
 # -- the folder's link ------------------------------------------------------------------
 
 
-def locate(folder: Path, url: str | None, create: bool) -> URL:
+def locate(folder: Path, url: str | None, create: bool) -> URL | None:
     """The database of the library in ``folder``: at ``url``, else the one the folder names,
-    else the folder's own SQLite file. Only the checks that need no connection; the folder
-    is made when ``create`` and missing."""
+    else (None) the folder's own SQLite file. Only the checks that need no connection; the
+    folder is made when ``create`` and missing."""
     check_folder(folder)
     move = read_move(folder)
     if move is not None:  # which database holds the truth is not settled until it ends
@@ -169,7 +178,7 @@ def locate(folder: Path, url: str | None, create: bool) -> URL:
     if url is None and link is None:
         if not (folder / DB_FILE).exists():
             _new_folder(folder, create)
-        return sqlite_url(folder)
+        return None
     parsed = parse_url(url if url is not None else link.url)
     if (folder / DB_FILE).exists():
         # Not a fresh, empty database beside it: the folder's vectors belong to its SQLite file.
@@ -298,6 +307,8 @@ def serialized(eng: Engine, folder: Path):
     database: two processes opening a new library at once create its schema, and pair it
     with its folder, once. PostgreSQL takes an advisory lock in the database rather than
     a file lock, as the folder may sit on shared storage where flock is unreliable."""
+    from sqlalchemy import text
+
     if is_sqlite(eng.url):
         with exclusive_lock(folder / (DB_FILE + ".migrate.lock")), eng.begin() as conn:
             yield conn
@@ -345,7 +356,7 @@ def migrate(eng: Engine, folder: Path) -> None:
 
 def _revision(conn) -> str | None:
     """The schema revision Alembic recorded, read as Alembic reads it; None for a new database."""
-    from sqlalchemy import inspect
+    from sqlalchemy import inspect, text
 
     if not inspect(conn).has_table("alembic_version"):
         return None

@@ -33,8 +33,9 @@ from .defaults import CROP_CANDIDATE, DUPLICATE_THRESHOLD
 from .decodepool import DecodeLimits, DecodePool, Decoded, default_workers
 from .files import write_atomic
 from .index import VectorIndex
-from .store import STATUS_INDEXED, ImageRow, Store
 from .results import DuplicateGroup, Progress, SearchHit
+from .store import STATUS_INDEXED, Store
+from .tables import ImageRow
 
 # Vectors this alike are the same picture to the model's precision (float16 storage).
 IDENTICAL = 1 - 1e-6

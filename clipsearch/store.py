@@ -1,4 +1,4 @@
-"""The metadata database: SQLite or PostgreSQL through SQLAlchemy, its schema owned by Alembic.
+"""The metadata database: SQLite or PostgreSQL, its schema owned by Alembic.
 
 The database is the source of truth. It holds a row per file, with the row of its
 exact vector in the append-only vector file (``vectorstore.py``), and a
@@ -6,6 +6,10 @@ exact vector in the append-only vector file (``vectorstore.py``), and a
 The FAISS index is derived from the two (see ``index.py``), so a crash between a
 database commit and an index save loses nothing. Which database holds a library's
 metadata, and how it is reached, is ``database.py``'s business.
+
+What a search reads runs as plain SQL (``plainsql.py``); the rest goes through
+SQLAlchemy's ORM and the models in ``tables.py``, imported by the methods that use them,
+so that a cold search on a SQLite library never imports SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -18,171 +22,31 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import (
-    URL, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, TypeDecorator,
-    delete, exists, func, insert, not_, or_, select, text, update,
-)
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.hybrid import hybrid_property
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
 
 from . import database
 from .errors import LibraryError
+from .plainsql import PlainSQL, in_list
 from .results import FileError, ModelIdentity, TagCount
 from .vectorstore import VectorFile
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL, Engine
+    from sqlalchemy.orm import Session
+
+    from .tables import AlbumRow, ClassifierRow, ImageRow
 
 STATUS_INDEXED = "indexed"
 STATUS_ERROR = "error"
 MANUAL = "manual"
 _CACHE_TOUCH_NS = 3600 * 10**9  # how stale a cached text's last use may be before it is renewed
-
-
-class UTCDateTime(TypeDecorator):
-    """A moment, read back as naive UTC on either backend: SQLite keeps no offset and
-    PostgreSQL answers in the session's time zone, and exports must not depend on which."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):
-        # Naive means UTC, as it is read back: a row copied to the other backend keeps its
-        # moment instead of taking the PostgreSQL session's time zone.
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value
-
-    def process_result_value(self, value, dialect):
-        if value is not None and value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        return value
-
-
-# 64-bit ids (migration 0007). On SQLite an ``INTEGER PRIMARY KEY`` is the 64-bit rowid,
-# which a ``BIGINT`` one would not be: it would no longer number new rows itself.
-ID = BigInteger().with_variant(Integer, "sqlite")
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class ImageRow(Base):
-    __tablename__ = "images"
-
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    # Compared in byte order (COLLATE "C" on PostgreSQL, migration 0006): see _under().
-    path: Mapped[str] = mapped_column(Text, unique=True)
-    size: Mapped[int] = mapped_column(BigInteger)
-    mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
-    width: Mapped[int | None] = mapped_column(Integer)
-    height: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), index=True)
-    error: Mapped[str | None] = mapped_column(Text)
-    indexed_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    taken_ns: Mapped[int | None] = mapped_column(BigInteger, index=True)  # EXIF DateTimeOriginal
-    row: Mapped[int | None] = mapped_column(BigInteger)  # of the vector file; None unless indexed
-
-    @hybrid_property
-    def when_ns(self) -> int:
-        """When the photo was taken: EXIF if known, else the file's modification time."""
-        return self.taken_ns if self.taken_ns is not None else self.mtime_ns
-
-    @when_ns.inplace.expression
-    @classmethod
-    def _when_ns_sql(cls):
-        # The same rule in SQL, for date filters and search results.
-        return func.coalesce(cls.taken_ns, cls.mtime_ns)
-
-
-class TextCacheRow(Base):
-    """Text embeddings already computed, so a repeated query is not encoded again."""
-
-    __tablename__ = "text_cache"
-
-    model: Mapped[str] = mapped_column(String(256), primary_key=True)
-    text: Mapped[str] = mapped_column(Text, primary_key=True)
-    vector: Mapped[bytes] = mapped_column(LargeBinary)
-    used_at: Mapped[int] = mapped_column(BigInteger, index=True)
-
-
-class ImageCacheRow(Base):
-    """Embeddings of images outside the library (evaluation examples, query files and
-    uploads), by content, so that they are encoded once."""
-
-    __tablename__ = "image_cache"
-
-    model: Mapped[str] = mapped_column(String(256), primary_key=True)
-    content_hash: Mapped[str] = mapped_column(String(32), primary_key=True)
-    vector: Mapped[bytes] = mapped_column(LargeBinary)
-    used_at: Mapped[int] = mapped_column(BigInteger, index=True)
-
-
-class TagRow(Base):
-    """A label on an image. A manual row with ``removed`` set hides that label's automatic
-    tags on the image: manual tags always win."""
-
-    __tablename__ = "tags"
-
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    image_id: Mapped[int] = mapped_column(ID, ForeignKey("images.id", ondelete="CASCADE"))
-    label: Mapped[str] = mapped_column(Text, index=True)
-    source: Mapped[str] = mapped_column(String(16))  # zero-shot, few-shot (classifier.py) or MANUAL
-    label_set: Mapped[str] = mapped_column(String(256))  # label set or classifier name; "" if manual
-    score: Mapped[float] = mapped_column(Float)  # probability; 1.0 for manual tags
-    removed: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class ClassifierRow(Base):
-    """A few-shot linear head over the library's image vectors (raw float32, JSON: no pickle)."""
-
-    __tablename__ = "classifiers"
-
-    name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    model: Mapped[str] = mapped_column(String(256))
-    labels: Mapped[str] = mapped_column(Text)
-    weights: Mapped[bytes] = mapped_column(LargeBinary)
-    bias: Mapped[bytes] = mapped_column(LargeBinary)
-    scale: Mapped[float] = mapped_column(Float)
-    report: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class AlbumRow(Base):
-    """A saved search (``albums.py``): its terms and filters as JSON, its query vector as
-    raw float32 bytes, and the model that made the vector."""
-
-    __tablename__ = "albums"
-
-    id: Mapped[int] = mapped_column(ID, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    search: Mapped[str] = mapped_column(Text)
-    vector: Mapped[bytes] = mapped_column(LargeBinary)
-    model: Mapped[str] = mapped_column(String(256))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class AlbumMemberRow(Base):
-    """What a user decided about one image of an album: pinned in, or removed for good."""
-
-    __tablename__ = "album_members"
-
-    album_id: Mapped[int] = mapped_column(ID, ForeignKey("albums.id", ondelete="CASCADE"), primary_key=True)
-    image_id: Mapped[int] = mapped_column(ID, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True,
-                                          index=True)
-    pinned: Mapped[bool] = mapped_column(Boolean)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class MetaRow(Base):
-    __tablename__ = "meta"
-
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
+# When a photo was taken: EXIF DateTimeOriginal if known, else the file's modification time.
+WHEN_NS = "coalesce(taken_ns, mtime_ns)"
+_CACHES = {"text": "text_cache", "content_hash": "image_cache"}  # an embedding cache's key -> its table
 
 
 @dataclass(frozen=True)
@@ -237,37 +101,19 @@ def _now() -> datetime:
 _COPY_ROWS = 10_000  # rows per insert when copying a library to another database
 
 
-def _past_explicit_ids(conn, table: str) -> None:
-    """Rows inserted with their ids do not move PostgreSQL's sequence: move it past them, for
-    rows added without one. (SQLite numbers from the largest id anyway.)"""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), max(id)) FROM {table} "
-                          "HAVING max(id) IS NOT NULL"))
-
-
-def _hidden(tag):
-    """A clause: the user took ``tag``'s label off its image by hand."""
-    manual = aliased(TagRow)
-    return exists().where(manual.image_id == tag.image_id, manual.label == tag.label,
-                          manual.source == MANUAL, manual.removed)
-
-
-def _tagged(label: str):
-    """Ids of images that carry ``label``: a tag of any source, not taken off by hand."""
-    return select(TagRow.image_id).where(TagRow.label == label, not_(TagRow.removed), not_(_hidden(TagRow)))
-
-
-def _under(roots: Iterable[Path | str]):
-    """A clause for paths equal to or inside any of ``roots``; None for no roots."""
-    clauses = []
-    for root in roots:
+def under(roots: Iterable[Path | str], column: str = "path") -> tuple[str, dict[str, str]] | None:
+    """A SQL condition, and its parameters, for paths in ``column`` equal to or inside any
+    of ``roots``; None for no roots."""
+    clauses, params = [], {}
+    for n, root in enumerate(roots):
         r = str(root)
         prefix = r.rstrip("/") + "/"
         # A range on the path, not LIKE: paths may contain % and _, and this uses the index.
         # '0' is the character right after '/', so this is "starts with prefix" in byte
         # order, which SQLite uses and images.path has on PostgreSQL (migration 0006).
-        clauses += [ImageRow.path == r, (ImageRow.path >= prefix) & (ImageRow.path < prefix[:-1] + "0")]
-    return or_(*clauses) if clauses else None
+        params |= {f"root{n}": r, f"from{n}": prefix, f"to{n}": prefix[:-1] + "0"}
+        clauses.append(f"{column} = :root{n} OR ({column} >= :from{n} AND {column} < :to{n})")
+    return ("(" + " OR ".join(clauses) + ")", params) if clauses else None
 
 
 class Store:
@@ -277,15 +123,36 @@ class Store:
         """The database at ``url`` (default: ``folder``'s own SQLite file), its schema brought
         up to date; the vector files are in ``folder``."""
         self.folder = Path(folder)
-        self.url = (database.sqlite_url(self.folder) if url is None
-                    else database.parse_url(url) if isinstance(url, str) else url)
-        self.engine = database.engine(self.url)
+        self._url = database.parse_url(url) if isinstance(url, str) else url
+        self.is_sqlite = self._url is None or database.is_sqlite(self._url)
+        sqlite_file = (None if not self.is_sqlite else self.folder / database.DB_FILE if self._url is None
+                       else Path(self._url.database))
+        self.sql = PlainSQL(sqlite_file, lambda: self.engine)
         try:
-            database.migrate(self.engine, self.folder)
+            if not self._schema_is_current():
+                database.migrate(self.engine, self.folder)
         except BaseException:
-            self.engine.dispose()
+            self.close()
             raise
         self._vector_file: VectorFile | None = None
+
+    @cached_property
+    def url(self) -> URL:
+        return database.sqlite_url(self.folder) if self._url is None else self._url
+
+    @cached_property
+    def engine(self) -> Engine:
+        """SQLAlchemy's engine, made the first time a statement needs it (not for a search)."""
+        return database.engine(self.url)
+
+    def _schema_is_current(self) -> bool:
+        """Whether the schema is at the newest revision: one query, without SQLAlchemy on SQLite."""
+        if self.is_sqlite and not self.sql.path.exists():
+            return False
+        try:
+            return self.sql.rows("SELECT version_num FROM alembic_version") == [(database.SCHEMA_HEAD,)]
+        except self.sql.errors:
+            return False  # a new database, or not one: database.migrate says which
 
     @classmethod
     def open(cls, folder: Path, url: str | None = None, *, create: bool = True) -> "Store":
@@ -296,7 +163,7 @@ class Store:
         try:
             store = cls(folder, database.locate(folder, url, create))
             try:
-                if not database.is_sqlite(store.url):
+                if not store.is_sqlite:
                     store.pair(create)
             except BaseException:
                 store.close()
@@ -309,7 +176,9 @@ class Store:
         return store
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.sql.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
 
     @property
     def where(self) -> str:
@@ -318,11 +187,10 @@ class Store:
 
     def database_bytes(self) -> int:
         """The metadata's size: the SQLite file and its journals, or the PostgreSQL database."""
-        if database.is_sqlite(self.url):
+        if self.is_sqlite:
             files = [self.folder / (database.DB_FILE + journal) for journal in ("", *database.JOURNALS)]
             return sum(p.stat().st_size for p in files if p.exists())
-        with self.engine.connect() as conn:
-            return int(conn.scalar(text("SELECT pg_database_size(current_database())")))
+        return int(self.sql.rows("SELECT pg_database_size(current_database())")[0][0])
 
     def pair(self, create: bool) -> None:
         """Check that the folder and the database hold the same library, by the id both keep,
@@ -331,6 +199,8 @@ class Store:
         link = database.read_link(self.folder)
         if link is not None and self.get_meta("library_id") == link.library_id:
             return  # the usual case
+        from .tables import ImageRow, MetaRow, insert, select
+
         with database.serialized(self.engine, self.folder) as conn:
             link = database.read_link(self.folder)  # a process beside us may have just paired them
             ours = conn.scalar(select(MetaRow.value).where(MetaRow.key == "library_id"))
@@ -363,26 +233,29 @@ class Store:
     # -- meta -------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
-        with Session(self.engine) as s:
-            row = s.get(MetaRow, key)
-            return row.value if row else None
+        return self._meta(key).get(key)
 
     def set_meta(self, key: str, value: str) -> None:
-        with Session(self.engine) as s, s.begin():
-            s.merge(MetaRow(key=key, value=value))
+        self._set_meta({key: value})
+
+    def _meta(self, *keys: str) -> dict[str, str]:
+        listed, params = in_list("key", keys)
+        return dict(self.sql.rows(f"SELECT key, value FROM meta WHERE key IN {listed}", params))
+
+    def _set_meta(self, values: dict[str, str]) -> None:
+        with self.sql.transaction(write=True) as run:
+            for key, value in values.items():
+                run("INSERT INTO meta (key, value) VALUES (:key, :value) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", {"key": key, "value": value})
 
     def model_identity(self) -> ModelIdentity | None:
-        with Session(self.engine) as s:
-            meta = {r.key: r.value for r in s.scalars(select(MetaRow))}
+        meta = self._meta("model", "pretrained", "dim")
         if "model" not in meta:
             return None
         return ModelIdentity(meta["model"], meta.get("pretrained") or None, int(meta["dim"]))
 
     def set_model_identity(self, identity: ModelIdentity) -> None:
-        with Session(self.engine) as s, s.begin():
-            for key, value in (("model", identity.name), ("pretrained", identity.pretrained or ""),
-                               ("dim", str(identity.dim))):
-                s.merge(MetaRow(key=key, value=value))
+        self._set_meta({"model": identity.name, "pretrained": identity.pretrained or "", "dim": str(identity.dim)})
 
     def roots(self) -> list[str]:
         """Every folder (or file) ever given to ``index``: what the library may serve."""
@@ -396,9 +269,7 @@ class Store:
 
     def vector_state(self) -> tuple[int, int]:
         """``(vectors_version, generation)`` in one read: what a reader checks before every query."""
-        with self.engine.connect() as conn:
-            meta = dict(conn.execute(select(MetaRow.key, MetaRow.value).where(
-                MetaRow.key.in_(("vectors_version", "vectors_generation")))).all())
+        meta = self._meta("vectors_version", "vectors_generation")
         return int(meta.get("vectors_version") or 0), int(meta.get("vectors_generation") or 1)
 
     def vectors_version(self) -> int:
@@ -408,12 +279,11 @@ class Store:
 
     def known_files(self, roots: Iterable[Path]) -> dict[str, KnownFile]:
         """Every file the database has under any of ``roots`` (a root may also be a file)."""
-        clause = _under(roots)
-        if clause is None:
+        found = under(roots)
+        if found is None:
             return {}
-        stmt = select(ImageRow.id, ImageRow.path, ImageRow.size, ImageRow.mtime_ns, ImageRow.status).where(clause)
-        with Session(self.engine) as s:
-            return {r.path: KnownFile(r.id, r.path, r.size, r.mtime_ns, r.status) for r in s.execute(stmt)}
+        rows = self.sql.rows(f"SELECT id, path, size, mtime_ns, status FROM images WHERE {found[0]}", found[1])
+        return {row[1]: KnownFile(*row) for row in rows}
 
     def commit_batch(
         self,
@@ -423,6 +293,8 @@ class Store:
         moved: Sequence[MovedImage] = (),
     ) -> tuple[np.ndarray, np.ndarray]:
         """Write one batch in one transaction; returns the ids of ``indexed`` and their rows."""
+        from .tables import ImageRow, MetaRow, Session, TagRow, delete, past_explicit_ids, update
+
         rows = np.empty(0, np.int64)
         if indexed:
             # Durable before the transaction that points at them (see vectorstore.py).
@@ -455,7 +327,7 @@ class Store:
             s.flush()
             ids = [row.id for row in written]
             if any(i.new_id for i in (*indexed, *failed)):
-                _past_explicit_ids(s.connection(), "images")
+                past_explicit_ids(s.connection(), "images")
             if indexed or removed or failed or moved:
                 current = s.get(MetaRow, "vectors_version")
                 version = int(current.value) + 1 if current else 1
@@ -467,6 +339,8 @@ class Store:
         what it holds, in one transaction; returns ``table -> rows``. The caller checks that
         ``target`` holds no other library (``Library.move_metadata``). ``progress(table, done,
         total)`` follows it."""
+        from .tables import Base, func, past_explicit_ids, select
+
         tables = Base.metadata.sorted_tables  # a row's parent before it
         copied: dict[str, int] = {}
         with self.engine.connect() as source, target.engine.begin() as conn:
@@ -482,13 +356,13 @@ class Store:
                     if progress:
                         progress(table.name, copied[table.name], totals[table.name])
             for table in ("images", "tags", "albums"):
-                _past_explicit_ids(conn, table)
+                past_explicit_ids(conn, table)
         return copied
 
     def checkpoint(self) -> None:
         """Fold SQLite's write-ahead log into the database file, so that the file alone holds
         every committed row (before it is moved aside). Nothing to do on PostgreSQL."""
-        if database.is_sqlite(self.url):
+        if self.is_sqlite:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -496,11 +370,12 @@ class Store:
         """The first id no row has taken. An index run numbers its new files from here in
         scan order, so the ids do not depend on which file finished decoding first (or on
         which machine): the same folder indexed twice, locally or on a cluster, gets the same ids."""
-        with self.engine.connect() as conn:
-            return int(conn.scalar(select(func.coalesce(func.max(ImageRow.id), 0))) or 0) + 1
+        return int(self.sql.rows("SELECT coalesce(max(id), 0) FROM images")[0][0]) + 1
 
     @staticmethod
     def _rows_at(s: Session, paths: Sequence[str]) -> dict[str, ImageRow]:
+        from .tables import ImageRow, select
+
         found: dict[str, ImageRow] = {}
         for start in range(0, len(paths), 5000):  # under any database's bound-parameter limit
             found.update((r.path, r) for r in s.scalars(
@@ -510,6 +385,8 @@ class Store:
     @staticmethod
     def _upsert(s: Session, existing: dict[str, ImageRow], path: str, size: int, mtime_ns: int,
                 new_id: int | None = None) -> ImageRow:
+        from .tables import ImageRow
+
         row = existing.get(path)
         if row is None:
             row = existing[path] = ImageRow(id=new_id, path=path)
@@ -522,16 +399,15 @@ class Store:
         # Status is checked here, not in SQL: given both conditions, SQLite (which keeps no
         # statistics) walks the status index, every indexed row, on each call, and indexing
         # asks once per new file. A content has few rows, so this reads the hash index only.
-        with Session(self.engine) as s:
-            rows = s.execute(select(ImageRow.id, ImageRow.path, ImageRow.status)
-                             .where(ImageRow.content_hash == content_hash).order_by(ImageRow.id))
-            row = next((r for r in rows if r.status == STATUS_INDEXED), None)
-        return (row.id, row.path) if row else None
+        rows = self.sql.rows("SELECT id, path, status FROM images WHERE content_hash = :hash ORDER BY id",
+                             {"hash": content_hash})
+        return next(((i, path) for i, path, status in rows if status == STATUS_INDEXED), None)
 
     def id_for_path(self, path: str) -> int | None:
         """The id of an indexed image at exactly this path."""
-        with Session(self.engine) as s:
-            return s.scalar(select(ImageRow.id).where(ImageRow.path == path, ImageRow.status == STATUS_INDEXED))
+        rows = self.sql.rows("SELECT id FROM images WHERE path = :path AND status = :indexed",
+                             {"path": path, "indexed": STATUS_INDEXED})
+        return rows[0][0] if rows else None
 
     def ids_matching(self, folders: Sequence[str] = (), extensions: Sequence[str] = (),
                      after_ns: int | None = None, before_ns: int | None = None,
@@ -539,17 +415,19 @@ class Store:
         """Ids of indexed images inside any of ``folders``, with any of ``extensions``, taken
         in ``[after_ns, before_ns)`` (EXIF time, else modification time), carrying every
         label in ``tags`` and none in ``no_tags``."""
+        from .tables import ImageRow, Session, or_, select, tagged, within
+
         stmt = select(ImageRow.id).where(ImageRow.status == STATUS_INDEXED)
         for label in tags:
-            stmt = stmt.where(ImageRow.id.in_(_tagged(label)))
+            stmt = stmt.where(ImageRow.id.in_(tagged(label)))
         for label in no_tags:
-            stmt = stmt.where(ImageRow.id.not_in(_tagged(label)))
+            stmt = stmt.where(ImageRow.id.not_in(tagged(label)))
         if after_ns is not None:
             stmt = stmt.where(ImageRow.when_ns >= after_ns)
         if before_ns is not None:
             stmt = stmt.where(ImageRow.when_ns < before_ns)
         if folders:
-            stmt = stmt.where(_under(folders))
+            stmt = stmt.where(within(folders))
         if extensions:
             # Case-insensitive on both backends (SQLite's LIKE is, PostgreSQL's is not);
             # extensions are checked to be plain.
@@ -580,25 +458,26 @@ class Store:
 
     def locate(self, ids: Sequence[int]) -> dict[int, tuple[str, int]]:
         """``id -> (path, vector row)`` of those of ``ids`` that are indexed."""
-        stmt = select(ImageRow.id, ImageRow.path, ImageRow.row).where(
-            ImageRow.id.in_([int(i) for i in ids]), ImageRow.status == STATUS_INDEXED)
-        with self.engine.connect() as conn:
-            return {r[0]: (r[1], r[2]) for r in conn.execute(stmt)}
+        listed, params = in_list("id", [int(i) for i in ids])
+        rows = self.sql.rows(f"SELECT id, path, row FROM images WHERE id IN {listed} AND status = :indexed",
+                             {**params, "indexed": STATUS_INDEXED})
+        return {i: (path, row) for i, path, row in rows}
 
     def live(self, folders: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray, int]:
         """Every indexed image (under ``folders``, if any) as ``(ids, rows)`` in row order,
         plus the vector version they belong to."""
-        stmt = select(ImageRow.id, ImageRow.row).where(ImageRow.status == STATUS_INDEXED).order_by(ImageRow.row)
-        if folders:
-            stmt = stmt.where(_under(folders))
+        found = under(folders)
+        inside, params = (f"AND {found[0]} ", found[1]) if found else ("", {})
         # One transaction, so the version matches the rows read. A cold query reads every
-        # image's row before it can search: the integers come straight from the DB-API cursor,
-        # without a SQLAlchemy Row per image, which doubled the time (0.07 s against 0.035 s
-        # for 100k rows on SQLite).
-        with self.engine.begin() as conn:
-            version = int(conn.scalar(select(MetaRow.value).where(MetaRow.key == "vectors_version")) or 0)
-            with conn.execute(stmt) as result:
-                flat = np.fromiter(itertools.chain.from_iterable(result.cursor), np.int64).reshape(-1, 2)
+        # image's row before it can search: the integers go from the cursor's tuples straight
+        # into numpy (a SQLAlchemy Row per image doubled the time, 0.07 s against 0.035 s for
+        # 100k rows on SQLite).
+        with self.sql.transaction() as run:
+            found = list(run("SELECT value FROM meta WHERE key = 'vectors_version'"))
+            version = int(found[0][0]) if found else 0
+            rows = run(f"SELECT id, row FROM images WHERE status = :indexed {inside}ORDER BY row",
+                       {**params, "indexed": STATUS_INDEXED})
+            flat = np.fromiter(itertools.chain.from_iterable(rows), np.int64).reshape(-1, 2)
         return np.ascontiguousarray(flat[:, 0]), np.ascontiguousarray(flat[:, 1]), version
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
@@ -615,6 +494,8 @@ class Store:
         leaves the old generation in use and a stray new file that the next compaction
         overwrites.
         """
+        from .tables import ImageRow, MetaRow, Session, update
+
         old = self.vector_file()
         ids, rows, _ = self.live()
         new = VectorFile(old.folder, old.generation + 1, old.dim)
@@ -631,47 +512,49 @@ class Store:
 
     def cached_texts(self, model: str, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """The cached embeddings among ``texts``, marked as used (to the hour)."""
-        return self._cached(TextCacheRow, TextCacheRow.text, model, texts)
+        return self._cached("text", model, texts)
 
     def cache_texts(self, model: str, vectors: dict[str, np.ndarray], keep: int = 10_000) -> None:
         """Remember text embeddings; the least recently used beyond ``keep`` are forgotten."""
-        self._cache(TextCacheRow, "text", model, vectors, keep)
+        self._cache("text", model, vectors, keep)
 
     def cached_images(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         """The cached embeddings of image contents among ``hashes``, marked as used."""
-        return self._cached(ImageCacheRow, ImageCacheRow.content_hash, model, hashes)
+        return self._cached("content_hash", model, hashes)
 
     def cache_images(self, model: str, vectors: dict[str, np.ndarray], keep: int = 100_000) -> None:
         """Remember embeddings of images outside the library, by content hash."""
-        self._cache(ImageCacheRow, "content_hash", model, vectors, keep)
+        self._cache("content_hash", model, vectors, keep)
 
-    def _cached(self, row, key, model: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        now = time.time_ns()
-        with self.engine.connect() as conn:
-            found = conn.execute(select(key, row.vector, row.used_at).where(
-                row.model == model, key.in_(list(keys)))).all()
+    def _cached(self, key: str, model: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        table, now = _CACHES[key], time.time_ns()
+        listed, params = in_list("key", list(keys))
+        found = self.sql.rows(f"SELECT {key}, vector, used_at FROM {table} WHERE model = :model AND {key} IN {listed}",
+                              {**params, "model": model})
         # A write per query would cost more than the lookup (half the latency of a warm
         # search), and least-recently-used to the hour keeps the right entries.
         stale = [k for k, _, used in found if now - used > _CACHE_TOUCH_NS]
         if stale:
+            listed, params = in_list("key", stale)
             try:
-                with Session(self.engine) as s, s.begin():
-                    s.execute(update(row).where(row.model == model, key.in_(stale)).values(used_at=now))
-            except DBAPIError:  # a read-only library (file, role or replica) can still search
+                with self.sql.transaction(write=True) as run:
+                    run(f"UPDATE {table} SET used_at = :now WHERE model = :model AND {key} IN {listed}",
+                        {**params, "model": model, "now": now})
+            except self.sql.errors:  # a read-only library (file, role or replica) can still search
                 pass
         return {k: np.frombuffer(v, np.float32).copy() for k, v, _ in found}
 
-    def _cache(self, row, key: str, model: str, vectors: dict[str, np.ndarray], keep: int) -> None:
-        now = time.time_ns()
+    def _cache(self, key: str, model: str, vectors: dict[str, np.ndarray], keep: int) -> None:
+        table, now = _CACHES[key], time.time_ns()
         try:
-            with Session(self.engine) as s, s.begin():
-                for k, vec in vectors.items():
-                    s.merge(row(model=model, **{key: k}, vector=np.asarray(vec, np.float32).tobytes(), used_at=now))
-                s.flush()
-                cutoff = s.scalar(select(row.used_at).order_by(row.used_at.desc()).offset(keep).limit(1))
-                if cutoff is not None:
-                    s.execute(delete(row).where(row.used_at <= cutoff))
-        except DBAPIError:
+            with self.sql.transaction(write=True) as run:
+                for k, vector in vectors.items():
+                    run(f"INSERT INTO {table} (model, {key}, vector, used_at) VALUES (:model, :key, :vector, :now) "
+                        f"ON CONFLICT (model, {key}) DO UPDATE SET vector = excluded.vector, used_at = excluded.used_at",
+                        {"model": model, "key": k, "vector": np.asarray(vector, np.float32).tobytes(), "now": now})
+                run(f"DELETE FROM {table} WHERE used_at <= "
+                    f"(SELECT used_at FROM {table} ORDER BY used_at DESC LIMIT 1 OFFSET :keep)", {"keep": keep})
+        except self.sql.errors:
             # A read-only library (file, role or replica), or a process beside us that cached
             # the same entries first: the cache is only a cache.
             pass
@@ -686,12 +569,14 @@ class Store:
         One transaction: readers see the old tags or the new ones, never a mix, and a crash
         leaves the old ones. Tags of other sources and sets are untouched.
         """
+        from .tables import ImageRow, Session, TagRow, delete, select, within
+
         now = _now()
         written = 0
         with Session(self.engine) as s, s.begin():
             stmt = delete(TagRow).where(TagRow.source == source, TagRow.label_set == label_set)
             if folders:
-                stmt = stmt.where(TagRow.image_id.in_(select(ImageRow.id).where(_under(folders))))
+                stmt = stmt.where(TagRow.image_id.in_(select(ImageRow.id).where(within(folders))))
             s.execute(stmt)
             conn = s.connection()
             # Plain tuples through the driver: a million tags is a million rows, and the per-row
@@ -721,6 +606,8 @@ class Store:
 
     def set_manual_tag(self, image_id: int, label: str, removed: bool) -> None:
         """Put ``label`` on an image by hand, or take it off (which hides automatic tags)."""
+        from .tables import Session, TagRow, select
+
         with Session(self.engine) as s, s.begin():
             row = s.scalar(select(TagRow).where(TagRow.image_id == image_id, TagRow.label == label,
                                                 TagRow.source == MANUAL))
@@ -731,14 +618,18 @@ class Store:
 
     def _effective(self, folders: Sequence[str] = ()):
         """Every tag that counts: on an indexed image, not a removal, not taken off by hand."""
+        from .tables import ImageRow, TagRow, hidden, not_, select, within
+
         stmt = (select(TagRow.image_id, ImageRow.path, TagRow.label, TagRow.score, TagRow.source, TagRow.label_set,
                        TagRow.created_at)
                 .join(ImageRow, ImageRow.id == TagRow.image_id)
-                .where(ImageRow.status == STATUS_INDEXED, not_(TagRow.removed), not_(_hidden(TagRow))))
-        return stmt.where(_under(folders)) if folders else stmt
+                .where(ImageRow.status == STATUS_INDEXED, not_(TagRow.removed), not_(hidden(TagRow))))
+        return stmt.where(within(folders)) if folders else stmt
 
     def tag_counts(self) -> list[TagCount]:
         """Each label with the number of images carrying it, most common first."""
+        from .tables import func, select
+
         eff = self._effective().subquery()
         images = func.count(func.distinct(eff.c.image_id))
         counts = select(eff.c.label, images).group_by(eff.c.label).order_by(images.desc(), eff.c.label)
@@ -751,6 +642,8 @@ class Store:
     def tags_of(self, ids: Sequence[int] | None = None, folders: Sequence[str] = ()) -> dict[int, list]:
         """``id -> tag rows`` (``path, label, score, source, label_set, created_at``) of the
         given images (all if None), one row per label: a manual tag first, then the best score."""
+        from .tables import ImageRow, TagRow
+
         stmt = self._effective(folders)
         if ids is not None:
             stmt = stmt.where(TagRow.image_id.in_([int(i) for i in ids]))
@@ -767,6 +660,8 @@ class Store:
 
     def save_classifier(self, name: str, model: str, labels: str, weights: np.ndarray, bias: np.ndarray,
                         scale: float, report: str) -> None:
+        from .tables import ClassifierRow, Session
+
         with Session(self.engine) as s, s.begin():
             s.merge(ClassifierRow(name=name, model=model, labels=labels,
                                   weights=np.ascontiguousarray(weights, np.float32).tobytes(),
@@ -774,14 +669,20 @@ class Store:
                                   report=report, created_at=_now()))
 
     def classifier(self, name: str) -> ClassifierRow | None:
+        from .tables import ClassifierRow, Session
+
         with Session(self.engine, expire_on_commit=False) as s:
             return s.get(ClassifierRow, name)
 
     def classifiers(self) -> list[ClassifierRow]:
+        from .tables import ClassifierRow, Session, select
+
         with Session(self.engine, expire_on_commit=False) as s:
             return list(s.scalars(select(ClassifierRow).order_by(ClassifierRow.name)))
 
     def delete_classifier(self, name: str) -> bool:
+        from .tables import ClassifierRow, Session, delete
+
         with Session(self.engine) as s, s.begin():
             return s.execute(delete(ClassifierRow).where(ClassifierRow.name == name)).rowcount > 0
 
@@ -790,6 +691,8 @@ class Store:
     def save_album(self, name: str, search: str, vector: np.ndarray, model: str, replace: bool) -> bool:
         """Save an album; an existing one of that name only with ``replace`` (its pins and
         removals kept). False when it exists and ``replace`` is not set."""
+        from .tables import AlbumRow, Session, select
+
         with Session(self.engine) as s, s.begin():
             row = s.scalar(select(AlbumRow).where(AlbumRow.name == name))
             if row is not None and not replace:
@@ -803,6 +706,8 @@ class Store:
 
     def album(self, name: str) -> tuple[AlbumRow, dict[int, bool]] | None:
         """An album's row and what users decided of its images (``id -> pinned``)."""
+        from .tables import AlbumMemberRow, AlbumRow, Session, select
+
         with Session(self.engine, expire_on_commit=False) as s:
             row = s.scalar(select(AlbumRow).where(AlbumRow.name == name))
             if row is None:
@@ -812,16 +717,22 @@ class Store:
             return row, {int(i): bool(p) for i, p in decided}
 
     def album_names(self) -> list[str]:
+        from .tables import AlbumRow, select
+
         with self.engine.connect() as conn:
             return list(conn.scalars(select(AlbumRow.name).order_by(AlbumRow.name)))
 
     def delete_album(self, name: str) -> bool:
+        from .tables import AlbumRow, Session, delete
+
         with Session(self.engine) as s, s.begin():
             return s.execute(delete(AlbumRow).where(AlbumRow.name == name)).rowcount > 0
 
     def decide_members(self, album_id: int, image_ids: Sequence[int], pinned: bool | None) -> None:
         """Pin images into an album (``pinned`` True), remove them for good (False), or
         leave them to the search again (None)."""
+        from .tables import AlbumMemberRow, Session, delete, insert
+
         ids = [int(i) for i in image_ids]
         with Session(self.engine) as s, s.begin():
             s.execute(delete(AlbumMemberRow).where(AlbumMemberRow.album_id == album_id,
@@ -833,25 +744,22 @@ class Store:
     # -- reading ----------------------------------------------------------------------
 
     def images(self, ids: Sequence[int]) -> dict[int, ImageRow]:
+        from .tables import ImageRow, Session, select
+
         with Session(self.engine, expire_on_commit=False) as s:
             return {r.id: r for r in s.scalars(select(ImageRow).where(ImageRow.id.in_([int(i) for i in ids])))}
 
     def hits(self, ids: Sequence[int]) -> dict[int, tuple[str, int | None, int | None, int]]:
-        """``id -> (path, width, height, when_ns)`` of indexed images: what a search result
-        shows, read as plain rows (no ORM objects: this is on every query's path)."""
-        stmt = select(ImageRow.id, ImageRow.path, ImageRow.width, ImageRow.height, ImageRow.when_ns).where(
-            ImageRow.id.in_([int(i) for i in ids]))
-        with self.engine.connect() as conn:
-            return {r[0]: tuple(r[1:]) for r in conn.execute(stmt)}
+        """``id -> (path, width, height, when_ns)`` of indexed images: what a search result shows."""
+        listed, params = in_list("id", [int(i) for i in ids])
+        rows = self.sql.rows(f"SELECT id, path, width, height, {WHEN_NS} FROM images WHERE id IN {listed}", params)
+        return {row[0]: tuple(row[1:]) for row in rows}
 
     def errors(self) -> list[FileError]:
-        with Session(self.engine) as s:
-            rows = s.execute(select(ImageRow.path, ImageRow.error).where(ImageRow.status == STATUS_ERROR)
-                             .order_by(ImageRow.path))
-            return [FileError(p, e or "") for p, e in rows]
+        rows = self.sql.rows("SELECT path, error FROM images WHERE status = :error ORDER BY path",
+                             {"error": STATUS_ERROR})
+        return [FileError(path, error or "") for path, error in rows]
 
     def counts(self) -> dict[str, int]:
-        with Session(self.engine) as s:
-            rows = s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all()
-        counts = {status: n for status, n in rows}
+        counts = dict(self.sql.rows("SELECT status, count(*) FROM images GROUP BY status"))
         return {"indexed": counts.get(STATUS_INDEXED, 0), "error": counts.get(STATUS_ERROR, 0)}

@@ -26,7 +26,8 @@ from . import database
 from .database import DB_FILE, LINK_FILE, SQLITE, Move
 from .errors import LibraryError
 from .results import MetadataMove
-from .store import ImageRow, Store
+from .store import Store
+from .tables import ImageRow
 
 
 def move(folder: Path, to: str | None, progress: Callable[[str, int, int], None] | None = None) -> MetadataMove:
@@ -36,7 +37,7 @@ def move(folder: Path, to: str | None, progress: Callable[[str, int, int], None]
     target_url = database.url_of(folder, SQLITE if to in (None, "", SQLITE) else to)
     pending = database.read_move(folder)
     if pending is None:
-        source_url = database.locate(folder, None, create=False)
+        source_url = database.locate(folder, None, create=False) or database.sqlite_url(folder)
         plan = Move(database.name_of(source_url), database.name_of(target_url))
         if plan.source == plan.target:
             raise LibraryError(f"the metadata of the library at {folder} is in {plan.target} already")

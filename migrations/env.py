@@ -14,7 +14,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from clipsearch.database import parse_url
-from clipsearch.store import Base
+from clipsearch.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

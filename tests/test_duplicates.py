@@ -14,7 +14,7 @@ from clipsearch import Library, demoworld, duplicates
 from clipsearch.duplicates import SIGNATURES, SignatureStore, candidate_pairs, connected_groups, ranked_groups
 from clipsearch.images import hash_bytes
 from clipsearch.results import SearchHit
-from clipsearch.store import ImageRow
+from clipsearch.tables import ImageRow
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,10 @@ import pytest
 from sqlalchemy import create_engine, inspect, text, update
 
 from clipsearch.errors import LibraryError, SchemaTooNewError
+from clipsearch.plainsql import in_list
 from clipsearch.results import ModelIdentity
-from clipsearch.store import FailedImage, IndexedImage, MovedImage, Store, TextCacheRow
+from clipsearch.store import FailedImage, IndexedImage, MovedImage, Store
+from clipsearch.tables import TextCacheRow
 
 HEAD = "0008"
 
@@ -83,7 +85,7 @@ def test_connections_that_open_a_new_database_at_once_all_succeed(tmp_path):
             conn = sqlite3.connect(path, check_same_thread=False)
             try:
                 start.wait()
-                database._sqlite_pragmas(conn, None)  # what each new connection of a library runs
+                database.sqlite_pragmas(conn)  # what each new connection of a library runs
                 failures.append(conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal")
             except Exception as exc:  # noqa: BLE001 - what failed is the assertion's message
                 failures.append(repr(exc))
@@ -118,6 +120,47 @@ def test_model_identity_round_trip(tmp_path, backend):
     assert s.model_identity() is None
     s.set_model_identity(ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", 512))
     assert s.model_identity() == ModelIdentity("ViT-B-32", "laion2b_s34b_b79k", 512)
+    s.close()
+
+
+def test_plain_sql_commits_a_transaction_whole_or_not_at_all(tmp_path, backend):
+    s = store(tmp_path, backend)
+    with pytest.raises(RuntimeError):
+        with s.sql.transaction(write=True) as run:
+            run("INSERT INTO meta (key, value) VALUES (:key, :value)", {"key": "half", "value": "done"})
+            raise RuntimeError("a crash before the commit")
+    assert s.get_meta("half") is None
+    s.set_meta("roots", "[]")
+    s.set_meta("roots", '["/photos"]')  # an upsert: the second write replaces the first
+    assert s.roots() == ["/photos"]
+    listed, params = in_list("key", [])
+    assert s.sql.rows(f"SELECT key FROM meta WHERE key IN {listed}", params) == []
+    s.close()
+    assert s.get_meta("roots") == '["/photos"]'  # closed, as an engine is disposed: it connects again
+    s.close()
+
+
+def test_threads_share_the_plain_sql_connections_one_at_a_time(tmp_path):
+    s = store(tmp_path, None)
+    start, failures = threading.Barrier(8), []
+
+    def work(n):
+        start.wait()
+        try:
+            for i in range(40):
+                s.set_meta(f"thread {n}", str(i))
+                with s.sql.transaction() as run:  # its own snapshot, never another thread's transaction
+                    assert list(run("SELECT value FROM meta WHERE key = :key", {"key": f"thread {n}"})) == [(str(i),)]
+        except Exception as exc:  # noqa: BLE001 - what failed is the assertion's message
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert 1 <= len(s.sql._idle) <= 8  # reused: one connection per thread at most, not one per statement
     s.close()
 
 
@@ -384,15 +427,13 @@ def test_vectors_in_sqlite_move_to_the_vector_file_on_upgrade(tmp_path):
 def test_finding_content_by_hash_reads_the_hash_index_and_skips_failed_rows(tmp_path):
     # Indexing asks once per new file; through the status index that was a walk over every
     # indexed row each time (a 100k-image index ran 39 minutes instead of 5).
-    from sqlalchemy import event
-
     s = store(tmp_path, None)
     s.commit_batch([item("/a.jpg"), IndexedImage("/b.jpg", 10, 1, "hshared", 4, 3, np.array((1.0, 0.0), np.float32))],
                    failed=[FailedImage("/0.jpg", 5, 9, "broken image")])
     s.commit_batch(failed=[FailedImage("/b.jpg", 5, 9, "broken image")])
     s.commit_batch([IndexedImage("/c.jpg", 10, 1, "hshared", 4, 3, np.array((0.0, 1.0), np.float32))])
-    seen = []
-    event.listen(s.engine, "before_cursor_execute", lambda conn, cursor, sql, params, *_: seen.append((sql, params)))
+    seen, run = [], s.sql.rows
+    s.sql.rows = lambda sql, params=None: seen.append((sql, params)) or run(sql, params)
     assert s.find_by_hash("hshared") == (s.id_for_path("/c.jpg"), "/c.jpg")  # /b.jpg failed since
     assert s.find_by_hash("h/a.jpg") == (s.id_for_path("/a.jpg"), "/a.jpg")
     assert s.find_by_hash("nowhere") is None

@@ -138,13 +138,14 @@ def test_a_stale_export_falls_back_to_torch(tmp_path, demo_export, demo_images, 
         assert lib.search("a red circle", k=1)
 
 
-# What a search never runs: library.py imports these where they are used.
-_NOT_FOR_SEARCH = ("torch", "clipsearch.indexer", "clipsearch.scanner", "clipsearch.images", "clipsearch.evaluation",
+# What a search never runs: library.py imports these where they are used, and the store
+# reads what a search needs as plain SQL (plainsql.py), without SQLAlchemy.
+_NOT_FOR_SEARCH = ("torch", "sqlalchemy", "alembic", "clipsearch.tables", "clipsearch.indexer", "clipsearch.scanner", "clipsearch.images", "clipsearch.evaluation",
                    "clipsearch.cluster", "clipsearch.thumbnails", "clipsearch.duplicates", "clipsearch.decodepool",
                    "clipsearch.tagging", "clipsearch.classifier", "clipsearch.labels", "clipsearch.albums")
 
 
-def test_a_cold_text_search_loads_no_indexing_or_evaluation_code(tmp_path, monkeypatch, demo_images):
+def test_a_cold_text_search_loads_no_sqlalchemy_and_no_indexing_or_evaluation_code(tmp_path, monkeypatch, demo_images):
     import subprocess
     import sys
 

@@ -170,7 +170,8 @@ def test_a_reader_left_open_does_not_recreate_the_moved_sqlite_file(library, pg_
     with Library.open(library, create=False) as reader:  # a `serve` someone forgot to stop
         assert reader.search(text="a red circle", k=1)
         Library.move_metadata(library, pg_url)
-        reader.store.engine.dispose()  # its next query needs a new connection
+        reader.store.sql.close()  # its next query needs a new connection
+        reader.store.engine.dispose()
         with pytest.raises(Exception, match="unable to open database file"):
             reader.info()
     assert not (library / "library.db").exists()

@@ -4,7 +4,7 @@ Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-22
 
-Finding the files under a folder is a range on ``images.path`` (``store._under``):
+Finding the files under a folder is a range on ``images.path`` (``store.under``):
 ``path >= '/a/b/' AND path < '/a/b0'``, '0' being the character after '/'. That holds in
 byte order only. A PostgreSQL database's default collation (en_US, ICU) orders by
 letters first, case and punctuation later, so '/a/B/x.jpg' would fall inside '/a/b/'.
