@@ -27,9 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .defaults import SORT_ORDERS
 from .errors import AlbumError, AlbumNotFoundError, ArgumentError
-from .query import Filter, Query, Term, sort_hits
+from .query import Filter, Query, Term, check_sort, sort_hits
 from .results import Album, AlbumExport, AlbumMember, FileError, ImageTag, XmpReport
 
 if TYPE_CHECKING:
@@ -129,8 +128,7 @@ class Albums:
         name = _check_name(name)
         if limit < 1:
             raise ArgumentError(f"an album's limit must be at least 1, not {limit}")
-        if sort not in SORT_ORDERS:
-            raise ArgumentError(f"unknown sort order {sort!r}", hint=f"choose one of: {', '.join(SORT_ORDERS)}")
+        check_sort(sort)
         checked = Filter.build(folders, extensions, after, before, tags, no_tags) or Filter()
         vector, query_ids = self._lib.query_vector(query)
         search = SavedSearch(

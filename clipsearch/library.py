@@ -36,10 +36,10 @@ from .embedding import QueryEmbedder
 from .files import writer_lock
 from .encoder import Encoder, ModelSpec
 from .errors import ArgumentError, ClassifierError, ImageError, LibraryEmptyError, PathNotFoundError
-from .defaults import DUPLICATE_THRESHOLD, ENGINES, ENV_DB_URL, SORT_ORDERS, TAG_THRESHOLD, TAG_TOP_K, library_folder
+from .defaults import DUPLICATE_THRESHOLD, ENGINES, ENV_DB_URL, TAG_THRESHOLD, TAG_TOP_K, library_folder
 from .index import VectorIndex
 from .indexfiles import LiveIndex
-from .query import Filter, Query, Term, absolute_folders, sort_hits
+from .query import Filter, Query, Term, absolute_folders, check_sort, sort_hits
 from .results import (
     Classification, ClassifierReport, DuplicateGroup, Evaluation, FileError, ImageInfo, ImageTag, IndexReport,
     LibraryInfo, MetadataMove, OptimizeReport, Prediction, Progress, SearchHit, SimilarityMatrix, TagCount,
@@ -266,8 +266,7 @@ class Library:
             raise ArgumentError(f"the number of results must be at least 1, not {k}")
         if offset < 0:
             raise ArgumentError(f"the offset must not be negative, not {offset}")
-        if sort not in SORT_ORDERS:
-            raise ArgumentError(f"unknown sort order {sort!r}", hint=f"choose one of: {', '.join(SORT_ORDERS)}")
+        check_sort(sort)
         xq, query_ids = self.query_vector(query or Query.build(text, image))
         vectors = self.vectors
         skip = (set() if include_query_images else query_ids) | {int(i) for i in leave_out}

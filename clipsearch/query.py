@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .defaults import SORT_ORDERS
 from .errors import ArgumentError, PathNotFoundError, QueryError
 
 if TYPE_CHECKING:
@@ -144,6 +145,13 @@ class Filter:
         """The ids of the ``store``'s images that pass."""
         return store.ids_matching(list(self.folders), list(self.extensions), self.after_ns, self.before_ns,
                                   list(self.tags), list(self.no_tags))
+
+
+def check_sort(sort: str) -> str:
+    """``sort``, if it names one of :data:`~clipsearch.defaults.SORT_ORDERS`."""
+    if sort not in SORT_ORDERS:
+        raise ArgumentError(f"unknown sort order {sort!r}", hint=f"choose one of: {', '.join(SORT_ORDERS)}")
+    return sort
 
 
 def sort_hits(hits: list, sort: str) -> list:
