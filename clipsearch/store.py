@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -127,6 +128,8 @@ class Store:
         self.is_sqlite = self._url is None or database.is_sqlite(self._url)
         sqlite_file = (None if not self.is_sqlite else self.folder / database.DB_FILE if self._url is None
                        else Path(self._url.database))
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
         self.sql = PlainSQL(sqlite_file, lambda: self.engine)
         try:
             if not self._schema_is_current():
@@ -140,10 +143,14 @@ class Store:
     def url(self) -> URL:
         return database.sqlite_url(self.folder) if self._url is None else self._url
 
-    @cached_property
+    @property
     def engine(self) -> Engine:
-        """SQLAlchemy's engine, made the first time a statement needs it (not for a search)."""
-        return database.engine(self.url)
+        """SQLAlchemy's engine, made the first time a statement needs it (not for a search):
+        once, though the web server's threads may all ask at the same moment."""
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = database.engine(self.url)
+            return self._engine
 
     def _schema_is_current(self) -> bool:
         """Whether the schema is at the newest revision: one query, without SQLAlchemy on SQLite."""
@@ -177,8 +184,8 @@ class Store:
 
     def close(self) -> None:
         self.sql.close()
-        if "engine" in self.__dict__:
-            self.engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()
 
     @property
     def where(self) -> str:
