@@ -47,6 +47,10 @@ MANUAL = "manual"
 _CACHE_TOUCH_NS = 3600 * 10**9  # how stale a cached text's last use may be before it is renewed
 # When a photo was taken: EXIF DateTimeOriginal if known, else the file's modification time.
 WHEN_NS = "coalesce(taken_ns, mtime_ns)"
+# A condition on a row of ``tags``: the user took its label off its image by hand, which
+# hides that label's automatic tags there.
+HIDDEN = ("EXISTS (SELECT 1 FROM tags AS manual WHERE manual.image_id = tags.image_id "
+          f"AND manual.label = tags.label AND manual.source = '{MANUAL}' AND manual.removed)")
 _CACHES = {"text": "text_cache", "content_hash": "image_cache"}  # an embedding cache's key -> its table
 
 
@@ -422,25 +426,30 @@ class Store:
         """Ids of indexed images inside any of ``folders``, with any of ``extensions``, taken
         in ``[after_ns, before_ns)`` (EXIF time, else modification time), carrying every
         label in ``tags`` and none in ``no_tags``."""
-        from .tables import ImageRow, Session, or_, select, tagged, within
-
-        stmt = select(ImageRow.id).where(ImageRow.status == STATUS_INDEXED)
-        for label in tags:
-            stmt = stmt.where(ImageRow.id.in_(tagged(label)))
-        for label in no_tags:
-            stmt = stmt.where(ImageRow.id.not_in(tagged(label)))
-        if after_ns is not None:
-            stmt = stmt.where(ImageRow.when_ns >= after_ns)
-        if before_ns is not None:
-            stmt = stmt.where(ImageRow.when_ns < before_ns)
-        if folders:
-            stmt = stmt.where(within(folders))
+        where, params = ["status = :indexed"], {"indexed": STATUS_INDEXED}
+        for labels, test in ((tags, "IN"), (no_tags, "NOT IN")):
+            for label in labels:
+                key = f"label{len(params)}"
+                where.append(f"id {test} (SELECT image_id FROM tags WHERE label = :{key} AND NOT removed "
+                             f"AND NOT {HIDDEN})")
+                params[key] = label
+        for bound, test in ((after_ns, ">="), (before_ns, "<")):
+            if bound is not None:
+                key = f"bound{len(params)}"
+                where.append(f"{WHEN_NS} {test} :{key}")
+                params[key] = bound
+        inside = under(folders)
+        if inside is not None:
+            where.append(inside[0])
+            params |= inside[1]
         if extensions:
             # Case-insensitive on both backends (SQLite's LIKE is, PostgreSQL's is not);
             # extensions are checked to be plain.
-            stmt = stmt.where(or_(*[ImageRow.path.ilike(f"%.{e}") for e in extensions]))
-        with Session(self.engine) as s:
-            return np.fromiter(s.scalars(stmt), np.int64)
+            listed = {f"ext{n}": f"%.{e.lower()}" for n, e in enumerate(extensions)}
+            where.append("(" + " OR ".join(f"lower(path) LIKE :{key}" for key in listed) + ")")
+            params |= listed
+        rows = self.sql.rows("SELECT id FROM images WHERE " + " AND ".join(where), params)
+        return np.fromiter((i for (i,) in rows), np.int64, len(rows))
 
     # -- vectors ----------------------------------------------------------------------
 
@@ -625,12 +634,12 @@ class Store:
 
     def _effective(self, folders: Sequence[str] = ()):
         """Every tag that counts: on an indexed image, not a removal, not taken off by hand."""
-        from .tables import ImageRow, TagRow, hidden, not_, select, within
+        from .tables import ImageRow, TagRow, not_, not_hidden, select, within
 
         stmt = (select(TagRow.image_id, ImageRow.path, TagRow.label, TagRow.score, TagRow.source, TagRow.label_set,
                        TagRow.created_at)
                 .join(ImageRow, ImageRow.id == TagRow.image_id)
-                .where(ImageRow.status == STATUS_INDEXED, not_(TagRow.removed), not_(hidden(TagRow))))
+                .where(ImageRow.status == STATUS_INDEXED, not_(TagRow.removed), not_hidden()))
         return stmt.where(within(folders)) if folders else stmt
 
     def tag_counts(self) -> list[TagCount]:

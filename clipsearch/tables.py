@@ -14,18 +14,17 @@ from pathlib import Path
 
 from sqlalchemy import (
     BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, TypeDecorator, delete,
-    exists, func, insert, literal_column, not_, or_, select, text, update,
+    func, insert, not_, select, text, update,
 )
-from sqlalchemy.ext.hybrid import hybrid_property
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from .store import MANUAL, WHEN_NS, under
+from .store import HIDDEN, under
 
 # SQLAlchemy's vocabulary, for the store's statements to import from here with the tables.
 __all__ = [
     "AlbumMemberRow", "AlbumRow", "Base", "ClassifierRow", "ImageCacheRow", "ImageRow", "MetaRow", "Session",
-    "TagRow", "TextCacheRow", "UTCDateTime", "delete", "func", "hidden", "insert", "not_", "or_",
-    "past_explicit_ids", "select", "tagged", "update", "within",
+    "TagRow", "TextCacheRow", "UTCDateTime", "delete", "func", "insert", "not_", "not_hidden",
+    "past_explicit_ids", "select", "update", "within",
 ]
 
 class UTCDateTime(TypeDecorator):
@@ -74,16 +73,11 @@ class ImageRow(Base):
     taken_ns: Mapped[int | None] = mapped_column(BigInteger, index=True)  # EXIF DateTimeOriginal
     row: Mapped[int | None] = mapped_column(BigInteger)  # of the vector file; None unless indexed
 
-    @hybrid_property
+    @property
     def when_ns(self) -> int:
-        """When the photo was taken: EXIF if known, else the file's modification time."""
+        """When the photo was taken: EXIF if known, else the file's modification time (the
+        rule of store.WHEN_NS, which the SQL of searches and date filters reads)."""
         return self.taken_ns if self.taken_ns is not None else self.mtime_ns
-
-    @when_ns.inplace.expression
-    @classmethod
-    def _when_ns_sql(cls):
-        # The same rule in SQL (store.WHEN_NS, which a search reads too), for date filters.
-        return literal_column(WHEN_NS)
 
 
 class TextCacheRow(Base):
@@ -181,16 +175,10 @@ def past_explicit_ids(conn, table: str) -> None:
                           "HAVING max(id) IS NOT NULL"))
 
 
-def hidden(tag):
-    """A clause: the user took ``tag``'s label off its image by hand."""
-    manual = aliased(TagRow)
-    return exists().where(manual.image_id == tag.image_id, manual.label == tag.label,
-                          manual.source == MANUAL, manual.removed)
-
-
-def tagged(label: str):
-    """Ids of images that carry ``label``: a tag of any source, not taken off by hand."""
-    return select(TagRow.image_id).where(TagRow.label == label, not_(TagRow.removed), not_(hidden(TagRow)))
+def not_hidden():
+    """A clause on ``tags`` rows: the user did not take the label off its image by hand
+    (store.HIDDEN)."""
+    return text(f"NOT {HIDDEN}")
 
 
 def within(roots: Iterable[Path | str]):

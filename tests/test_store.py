@@ -187,6 +187,13 @@ def test_known_files_matches_whole_folder_names_and_odd_characters(tmp_path, bac
     jpg = s.ids_matching(folders=["/p/photos"], extensions=["jpg"])
     assert sorted(jpg.tolist()) == sorted(by_path[p] for p in inside)
     assert s.ids_matching(extensions=["JPG"]).size == len(inside + outside + odd)
+    # Dates: EXIF time if known, else the file's; the upper bound is exclusive.
+    s.commit_batch([item("/q/old.jpg", mtime=100), item("/q/new.jpg", mtime=300),
+                    IndexedImage("/q/taken.jpg", 10, 900, "h", 4, 3, np.array((1.0, 0.0), np.float32), taken_ns=200)])
+    by_path = {r.path: r.id for r in s.known_files([Path("/q")]).values()}
+    assert sorted(s.ids_matching(folders=["/q"], after_ns=200, before_ns=300).tolist()) == [by_path["/q/taken.jpg"]]
+    assert sorted(s.ids_matching(folders=["/q"], after_ns=101).tolist()) == sorted([by_path["/q/taken.jpg"],
+                                                                                     by_path["/q/new.jpg"]])
     s.close()
 
 

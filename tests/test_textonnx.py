@@ -145,16 +145,24 @@ _NOT_FOR_SEARCH = ("torch", "sqlalchemy", "alembic", "clipsearch.tables", "clips
                    "clipsearch.tagging", "clipsearch.classifier", "clipsearch.labels", "clipsearch.albums")
 
 
-def test_a_cold_text_search_loads_no_sqlalchemy_and_no_indexing_or_evaluation_code(tmp_path, monkeypatch, demo_images):
+@pytest.mark.parametrize("filters", [[], ["--in", "{photos}", "--ext", "png", "--after", "2000-01-01",
+                                           "--no-tag", "dog"]], ids=["plain", "filtered"])
+def test_a_cold_text_search_loads_no_sqlalchemy_and_no_indexing_or_evaluation_code(tmp_path, monkeypatch, demo_images,
+                                                                                   filters):
     import subprocess
     import sys
 
     monkeypatch.setenv("CLIPSEARCH_TEXT_ONNX", "1")
     with Library.open(tmp_path / "lib", model="demo") as lib:
         lib.index([demo_images[0].parent])
-    code = ("import sys\nsys.argv = ['clipsearch', 'search', 'a red circle', '-L', %r, '--no-service']\n"
+        expected = [h.path for h in lib.search("a red circle", k=3)]
+    argv = ["clipsearch", "search", "a red circle", "-n", "3", "-f", "-L", str(tmp_path / "lib"), "--no-service",
+            *(f.format(photos=demo_images[0].parent) for f in filters)]
+    code = (f"import sys\nsys.argv = {argv!r}\n"
             "from clipsearch.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "print(sorted(m for m in %r if m in sys.modules))" % (str(tmp_path / "lib"), _NOT_FOR_SEARCH))
+            f"print(sorted(m for m in {_NOT_FOR_SEARCH!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    *paths, loaded = out.stdout.strip().splitlines()
+    assert paths == expected  # the filters let every demo picture through
+    assert loaded == "[]"
