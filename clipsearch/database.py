@@ -328,13 +328,9 @@ SCHEMA_HEAD = "0008"
 
 
 def migrate(eng: Engine, folder: Path) -> None:
-    """Bring the schema up to the newest revision: one query when it is there already."""
-    try:
-        with eng.connect() as conn:
-            if _revision(conn) == SCHEMA_HEAD:
-                return  # the usual case: no lock needed, no Alembic
-    except Exception as exc:  # not a usable database, or not reachable
-        raise unusable(eng.url, exc) from exc
+    """Bring the schema up to the newest revision, under the lock that keeps two processes
+    from doing it at once. A store checks first whether it is there already (one query,
+    ``Store._schema_is_current``), and calls this only when it is not."""
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
@@ -352,15 +348,6 @@ def migrate(eng: Engine, folder: Path) -> None:
         raise
     except Exception as exc:  # not a usable database, or not reachable
         raise unusable(eng.url, exc) from exc
-
-
-def _revision(conn) -> str | None:
-    """The schema revision Alembic recorded, read as Alembic reads it; None for a new database."""
-    from sqlalchemy import inspect, text
-
-    if not inspect(conn).has_table("alembic_version"):
-        return None
-    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _upgrade(conn, cfg, script, head: str, folder: Path) -> None:

@@ -147,11 +147,10 @@ class Filter:
                                   list(self.tags), list(self.no_tags))
 
 
-def check_sort(sort: str) -> str:
-    """``sort``, if it names one of :data:`~clipsearch.defaults.SORT_ORDERS`."""
+def check_sort(sort: str) -> None:
+    """An :class:`ArgumentError` unless ``sort`` is one of :data:`~clipsearch.defaults.SORT_ORDERS`."""
     if sort not in SORT_ORDERS:
         raise ArgumentError(f"unknown sort order {sort!r}", hint=f"choose one of: {', '.join(SORT_ORDERS)}")
-    return sort
 
 
 def sort_hits(hits: list, sort: str) -> list:

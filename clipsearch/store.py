@@ -31,7 +31,7 @@ import numpy as np
 
 from . import database
 from .errors import LibraryError
-from .plainsql import PlainSQL, in_list
+from .plainsql import PlainSQL, Run, in_list
 from .results import FileError, ModelIdentity, TagCount
 from .vectorstore import VectorFile
 
@@ -249,9 +249,10 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         self._set_meta({key: value})
 
-    def _meta(self, *keys: str) -> dict[str, str]:
+    def _meta(self, *keys: str, run: Run | None = None) -> dict[str, str]:
+        """The values of ``keys`` that are set, read in a transaction of their own or in ``run``'s."""
         listed, params = in_list("key", keys)
-        return dict(self.sql.rows(f"SELECT key, value FROM meta WHERE key IN {listed}", params))
+        return dict((run or self.sql.rows)(f"SELECT key, value FROM meta WHERE key IN {listed}", params))
 
     def _set_meta(self, values: dict[str, str]) -> None:
         with self.sql.transaction(write=True) as run:
@@ -489,8 +490,7 @@ class Store:
         # into numpy (a SQLAlchemy Row per image doubled the time, 0.07 s against 0.035 s for
         # 100k rows on SQLite).
         with self.sql.transaction() as run:
-            found = list(run("SELECT value FROM meta WHERE key = 'vectors_version'"))
-            version = int(found[0][0]) if found else 0
+            version = int(self._meta("vectors_version", run=run).get("vectors_version") or 0)
             rows = run(f"SELECT id, row FROM images WHERE status = :indexed {inside}ORDER BY row",
                        {**params, "indexed": STATUS_INDEXED})
             flat = np.fromiter(itertools.chain.from_iterable(rows), np.int64).reshape(-1, 2)

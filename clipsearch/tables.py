@@ -27,6 +27,7 @@ __all__ = [
     "past_explicit_ids", "select", "update", "within",
 ]
 
+
 class UTCDateTime(TypeDecorator):
     """A moment, read back as naive UTC on either backend: SQLite keeps no offset and
     PostgreSQL answers in the session's time zone, and exports must not depend on which."""
